@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# One set-up for the whole pipeline, driven only by files in this repository:
+#   - checks Java (Spark 4 needs 17+),
+#   - creates .venv and installs requirements.txt (every Python pin lives there),
+#   - installs Petastorm without its setuptools<70 pin (see requirements.txt),
+#   - builds Horovod 0.28.1 from its sdist with patches/horovod-*.patch (PyTorch + Gloo),
+#     caching the wheel outside the repo keyed on torch's version and the patch,
+#   - resolves Delta Lake's jars once into a local cache that every Spark session reuses.
+# Idempotent: a stamp keyed on the inputs makes a second run take seconds.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="$ROOT/.venv"
+CACHE="${DEEPFM_CACHE:-$HOME/.cache/deepfm-ctr}"
+PY_BIN="${PYTHON:-python3}"
+HOROVOD_VERSION=0.28.1
+HOROVOD_PATCH="$ROOT/patches/horovod-$HOROVOD_VERSION-cxx17.patch"
+STAMP="$VENV/.setup-stamp"
+
+log() { printf '[setup %(%H:%M:%S)T] %s\n' -1 "$*"; }
+die() { printf '[setup] ERROR: %s\n' "$*" >&2; exit 1; }
+
+stamp_key() {
+  cat "$ROOT/requirements.txt" "$HOROVOD_PATCH" "$ROOT/scripts/setup.sh" \
+      "$ROOT/scripts/resolve_jars.py" "$ROOT/pyproject.toml" | sha256sum | cut -d' ' -f1
+}
+
+check_java() {
+  command -v java >/dev/null || die "java not found: Spark 4 needs Java 17+ (apt-get install openjdk-17-jre-headless)"
+  local major
+  major=$(java -version 2>&1 | sed -nE 's/.*version "([0-9]+).*/\1/p' | head -1)
+  [ "${major:-0}" -ge 17 ] || die "Java $major found; Spark 4 needs Java 17+"
+}
+
+install_python_deps() {
+  [ -x "$VENV/bin/python" ] || { log "creating virtualenv $VENV"; "$PY_BIN" -m venv "$VENV"; }
+  "$VENV/bin/pip" install -q --upgrade pip wheel
+  log "installing pinned requirements (torch is large the first time; pip's cache serves re-installs)"
+  "$VENV/bin/pip" install -q -r "$ROOT/requirements.txt"
+  log "installing petastorm 0.13.1 (--no-deps: its setuptools<70 pin conflicts with torch)"
+  "$VENV/bin/pip" install -q --no-deps petastorm==0.13.1
+  "$VENV/bin/pip" install -q --no-deps --no-build-isolation -e "$ROOT"
+}
+
+build_horovod() {
+  local torch_version key wheel_dir wheel src
+  torch_version=$("$VENV/bin/python" -c 'import torch; print(torch.__version__)')
+  key=$(printf '%s %s' "$torch_version" "$(sha256sum "$HOROVOD_PATCH")" | sha256sum | cut -c1-16)
+  wheel_dir="$CACHE/horovod-wheels/$key"
+  wheel=$(ls "$wheel_dir"/horovod-*.whl 2>/dev/null | head -1 || true)
+  if [ -z "$wheel" ]; then
+    log "building horovod $HOROVOD_VERSION from source against torch $torch_version (~6 min on 2 cores)"
+    src=$(mktemp -d)
+    "$VENV/bin/pip" download -q --no-deps --no-binary :all: "horovod==$HOROVOD_VERSION" -d "$src"
+    tar xzf "$src/horovod-$HOROVOD_VERSION.tar.gz" -C "$src"
+    patch -d "$src/horovod-$HOROVOD_VERSION" -p1 < "$HOROVOD_PATCH"
+    mkdir -p "$wheel_dir"
+    # MPI, TensorFlow and MXNet off; Gloo for CPU collectives. NCCL is picked up on a CUDA machine
+    # whose build sees CUDA_HOME (this CPU machine builds the Gloo-only variant).
+    ( cd "$src/horovod-$HOROVOD_VERSION" &&
+      HOROVOD_WITH_PYTORCH=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI=1 \
+      HOROVOD_WITHOUT_TENSORFLOW=1 HOROVOD_WITHOUT_MXNET=1 HOROVOD_CPU_OPERATIONS=GLOO \
+      MAKEFLAGS="-j$(nproc)" \
+      "$VENV/bin/pip" wheel -q --no-deps --no-build-isolation -w "$wheel_dir" . ) \
+      || die "horovod build failed (see output above)"
+    rm -rf "$src"
+    wheel=$(ls "$wheel_dir"/horovod-*.whl | head -1)
+  fi
+  log "installing $(basename "$wheel")"
+  "$VENV/bin/pip" install -q --no-deps --force-reinstall "$wheel"
+  "$VENV/bin/horovodrun" --check-build | tee /dev/stderr | grep -q '\[X\] PyTorch' \
+    || die "horovod was built without PyTorch"
+  "$VENV/bin/horovodrun" --check-build | grep -q '\[X\] Gloo' || die "horovod was built without Gloo"
+}
+
+resolve_delta_jars() {
+  log "resolving Delta Lake jars into $CACHE/jars (once; Spark sessions reuse them offline)"
+  DEEPFM_CACHE="$CACHE" "$VENV/bin/python" "$ROOT/scripts/resolve_jars.py"
+}
+
+main() {
+  check_java
+  local key
+  key=$(stamp_key)
+  if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$key" ] && [ -d "$CACHE/jars" ]; then
+    log "environment up to date (stamp $STAMP)"
+    return 0
+  fi
+  install_python_deps
+  build_horovod
+  resolve_delta_jars
+  echo "$key" > "$STAMP"
+  log "done: $("$VENV/bin/python" -m deepfm doctor --brief 2>&1 | tail -1)"
+}
+
+# Sourcing the script (tests, debugging) defines the steps without running them.
+if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then main "$@"; fi
