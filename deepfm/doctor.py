@@ -28,9 +28,9 @@ class Check:
 def _package(name: str, dist: str | None = None) -> Check:
     try:
         importlib.import_module(name)
-        return Check(name, version(dist or name), True)
+        return Check(dist or name, version(dist or name), True)
     except (ImportError, PackageNotFoundError) as exc:
-        return Check(name, f"not importable: {exc}", False)
+        return Check(dist or name, f"not importable: {exc}", False)
 
 
 def _java() -> Check:
@@ -47,7 +47,7 @@ def _delta() -> Check:
     jars = delta_jars()
     ok = any("delta-spark" in j for j in jars)
     detail = f"{delta_maven_coordinates()} ({len(jars)} cached jars)" if ok else "jars not cached: run make setup"
-    return Check("delta", detail, ok)
+    return Check("delta-jars", detail, ok)
 
 
 def _horovod() -> Check:
@@ -88,7 +88,7 @@ def main(brief: bool = False) -> int:
     if not brief:
         for c in checks:
             mark = "ok" if c.ok else ("MISSING" if c.required else "--")
-            print(f"{c.name:10s} {mark:8s} {c.detail}")
+            print(f"{c.name:12s} {mark:8s} {c.detail}")
     if failed:
         print("doctor: broken: " + "; ".join(f"{c.name}: {c.detail}" for c in failed)
               + "\nRun `make setup` to (re)install.", file=sys.stderr)
