@@ -5,12 +5,15 @@
 #   - installs Petastorm without its setuptools<70 pin (see requirements.txt),
 #   - builds Horovod 0.28.1 from its sdist with patches/horovod-*.patch (PyTorch + Gloo),
 #     caching the wheel outside the repo keyed on torch's version and the patch,
-#   - resolves Delta Lake's jars once into a local cache that every Spark session reuses.
+#   - resolves Delta Lake's jars once into a local cache that every Spark session reuses,
+#   - creates Airflow's own virtualenv .airflow-venv from requirements-airflow.txt (the DAG
+#     shells out to the pipeline, so the two environments never share pins).
 # Idempotent: a stamp keyed on the inputs makes a second run take seconds.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$ROOT/.venv"
+AIRFLOW_VENV="$ROOT/.airflow-venv"
 CACHE="${DEEPFM_CACHE:-$HOME/.cache/deepfm-ctr}"
 PY_BIN="${PYTHON:-python3}"
 HOROVOD_VERSION=0.28.1
@@ -21,7 +24,7 @@ log() { printf '[setup %(%H:%M:%S)T] %s\n' -1 "$*"; }
 die() { printf '[setup] ERROR: %s\n' "$*" >&2; exit 1; }
 
 stamp_key() {
-  cat "$ROOT/requirements.txt" "$HOROVOD_PATCH" "$ROOT/scripts/setup.sh" \
+  cat "$ROOT/requirements.txt" "$ROOT/requirements-airflow.txt" "$HOROVOD_PATCH" "$ROOT/scripts/setup.sh" \
       "$ROOT/scripts/resolve_jars.py" "$ROOT/pyproject.toml" | sha256sum | cut -d' ' -f1
 }
 
@@ -78,6 +81,13 @@ resolve_delta_jars() {
   DEEPFM_CACHE="$CACHE" "$VENV/bin/python" "$ROOT/scripts/resolve_jars.py"
 }
 
+install_airflow() {
+  [ -x "$AIRFLOW_VENV/bin/python" ] || { log "creating Airflow's virtualenv $AIRFLOW_VENV"; "$PY_BIN" -m venv "$AIRFLOW_VENV"; }
+  log "installing Airflow (requirements-airflow.txt)"
+  "$AIRFLOW_VENV/bin/pip" install -q --upgrade pip
+  "$AIRFLOW_VENV/bin/pip" install -q -r "$ROOT/requirements-airflow.txt"
+}
+
 main() {
   check_java
   local key
@@ -89,6 +99,7 @@ main() {
   install_python_deps
   build_horovod
   resolve_delta_jars
+  install_airflow
   echo "$key" > "$STAMP"
   log "done: $("$VENV/bin/python" -m deepfm doctor --brief 2>&1 | tail -1)"
 }
