@@ -1,0 +1,47 @@
+"""Airflow DAG of the daily CTR pipeline: preprocess >> train >> score, once a day.
+
+Airflow runs in its own virtualenv (``.airflow-venv``, see requirements-airflow.txt); each task
+shells out to the pipeline's CLI in the project's virtualenv, the same command a user types,
+so a task's skip-if-done markers, logs and failure tails are the pipeline's own. ``ds`` (the
+logical date of the run) is the pipeline's run date D. ``catchup`` backfills missed days in
+order (``max_active_runs=1``: each day warm-starts from the day before).
+
+Settings come from the environment of the scheduler:
+  DEEPFM_REPO      checkout of this repository (default: this file's parent's parent)
+  DEEPFM_WORKDIR   pipeline work directory (default: conf/pipeline.yaml's workdir)
+  DEEPFM_START     first run date of the schedule (default 2026-11-01)
+"""
+from __future__ import annotations
+
+import os
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from airflow import DAG
+from airflow.operators.bash import BashOperator
+
+REPO = Path(os.environ.get("DEEPFM_REPO", Path(__file__).resolve().parent.parent))
+PYTHON = REPO / ".venv" / "bin" / "python"
+WORKDIR = os.environ.get("DEEPFM_WORKDIR", "")
+START = datetime.fromisoformat(os.environ.get("DEEPFM_START", "2026-11-01"))
+STEPS = ("preprocess", "train", "score")
+
+
+def step_command(step: str) -> str:
+    workdir = f" --workdir {WORKDIR}" if WORKDIR else ""
+    return f"cd {REPO} && {PYTHON} pipelines/daily.py{workdir} run --date {{{{ ds }}}} --step {step}"
+
+
+with DAG(
+    dag_id="deepfm_daily_ctr",
+    description="Daily DeepFM CTR pipeline: Spark preprocessing, Horovod training, Delta scoring",
+    schedule="@daily",
+    start_date=START,
+    catchup=True,
+    max_active_runs=1,
+    default_args={"retries": 2, "retry_delay": timedelta(minutes=5), "depends_on_past": True},
+    tags=["ctr", "deepfm"],
+) as dag:
+    tasks = [BashOperator(task_id=step, bash_command=step_command(step)) for step in STEPS]
+    for upstream, downstream in zip(tasks, tasks[1:]):
+        upstream >> downstream
