@@ -16,7 +16,7 @@ doctor: setup
 	@$(PY) -m deepfm doctor
 
 demo: setup
-	@$(PY) -m deepfm doctor
+	@$(PY) pipelines/daily.py demo
 
 test: setup
 	@$(PY) -m pytest
