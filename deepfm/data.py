@@ -1,0 +1,318 @@
+"""The training feed: one rank's shard of an encoded Parquet split, as shuffled torch batches.
+
+Two feeders sit behind one interface (``make_loader(kind, ...)``):
+  - ``petastorm`` (default): Petastorm's ``make_batch_reader`` (see ``deepfm.petastorm_io``);
+  - ``arrow``: the same row groups read with pyarrow directly, so the pipeline survives a
+    Petastorm that breaks on a future pyarrow, and the two can be measured side by side.
+
+Both shard by row group exactly as Petastorm does (row group ``i`` of the dataset, in sorted
+file order, goes to shard ``i % shard_count``), shuffle the row-group order per epoch from
+``(seed, epoch)``, then pass rows through a seeded in-memory shuffle window. The order of
+batches is therefore a pure function of ``(seed, epoch, shard, shard_count)``, which makes a
+resumed epoch exact.
+
+Every epoch each loader counts the rows its reader delivered and compares them with the
+shard's row count from the Parquet footers: a short read raises ``ShortReadError``.
+"""
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple, TypeVar
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+
+from deepfm.features import FeatureSpec
+
+LOADERS = ("petastorm", "arrow")
+T = TypeVar("T")
+
+
+class ShortReadError(RuntimeError):
+    """A reader delivered a different number of rows than the Parquet footers promise."""
+
+
+class Batch(NamedTuple):
+    """``cat`` LongTensor[B, n_cat], ``num`` FloatTensor[B, n_num], ``label`` FloatTensor[B]."""
+
+    cat: torch.Tensor
+    num: torch.Tensor
+    label: torch.Tensor
+
+    def __len__(self) -> int:  # type: ignore[override]
+        return self.label.shape[0]
+
+    def to(self, device: torch.device, non_blocking: bool = False) -> "Batch":
+        return Batch(*(t.to(device, non_blocking=non_blocking) for t in self))
+
+
+@dataclass(frozen=True)
+class RowGroup:
+    file: str
+    index: int
+    num_rows: int
+
+
+@dataclass(frozen=True)
+class Columns:
+    """Which Parquet columns feed which model input, in ``FeatureSpec`` order."""
+
+    categorical: tuple[str, ...]
+    numeric: tuple[str, ...]
+    label: str
+
+    @classmethod
+    def from_spec(cls, spec: FeatureSpec) -> "Columns":
+        return cls(tuple(f.name for f in spec.categorical_fields),
+                   tuple(f.name for f in spec.numeric_fields), spec.label)
+
+    @property
+    def all(self) -> list[str]:
+        return [self.label, *self.categorical, *self.numeric]
+
+
+def parquet_files(path: str | Path) -> list[Path]:
+    """Data files of a (partitioned) Parquet dataset in sorted path order, as Petastorm lists them."""
+    root = Path(path)
+    if root.is_file():
+        return [root]
+    files = [p for p in root.rglob("*") if p.is_file() and not _hidden(p.relative_to(root))]
+    if not files:
+        raise FileNotFoundError(f"no Parquet files under {root}")
+    return sorted(files)
+
+
+def _hidden(relative: Path) -> bool:
+    return any(part.startswith(("_", ".")) for part in relative.parts)
+
+
+def row_groups(path: str | Path) -> list[RowGroup]:
+    """Every row group of the dataset with its row count, read from the footers only."""
+    groups = []
+    for file in parquet_files(path):
+        meta = pq.ParquetFile(file).metadata
+        groups += [RowGroup(str(file), i, meta.row_group(i).num_rows) for i in range(meta.num_row_groups)]
+    return groups
+
+
+def shard_row_groups(groups: Sequence[RowGroup], shard: int, shard_count: int) -> list[RowGroup]:
+    """Petastorm's assignment: row group ``i`` belongs to shard ``i % shard_count``."""
+    if len(groups) < shard_count:
+        raise ValueError(f"{len(groups)} row groups cannot feed {shard_count} shards: "
+                         "write the split with more (smaller) row groups or files")
+    return list(groups[shard::shard_count])
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """A non-zero 31-bit seed per (seed, epoch) (Petastorm treats seed 0 as 'unseeded')."""
+    return 1 + int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0]) % (2**31 - 2)
+
+
+class ShardLoader:
+    """One rank's shard of a split; ``epoch(e)`` yields its batches for epoch ``e``.
+
+    Subclasses provide ``_chunks``: the shard's rows as column arrays, a row group at a time,
+    in the seeded row-group order of the epoch.
+    """
+
+    kind = ""
+
+    def __init__(self, path: str | Path, columns: Columns, batch_size: int, shard: int = 0,
+                 shard_count: int = 1, shuffle: bool = True, shuffle_buffer: int = 0, seed: int = 1):
+        self.path = Path(path)
+        self.columns = columns
+        self.batch_size = batch_size
+        self.shard, self.shard_count = shard, shard_count
+        self.shuffle = shuffle
+        self.shuffle_buffer = shuffle_buffer if shuffle else 0
+        self.seed = seed
+        self.row_groups = shard_row_groups(row_groups(path), shard, shard_count)
+        self.expected_rows = sum(g.num_rows for g in self.row_groups)
+
+    @property
+    def num_batches(self) -> int:
+        """Batches per epoch of this shard (the last one may be short)."""
+        return -(-self.expected_rows // self.batch_size)
+
+    def _chunks(self, epoch: int) -> Iterator[Mapping[str, np.ndarray]]:
+        raise NotImplementedError
+
+    def epoch(self, epoch: int, steps: int | None = None, skip: int = 0) -> Iterator[Batch]:
+        """Yield batches ``skip`` .. ``steps`` (default: all) of epoch ``epoch``.
+
+        The reader is always drained to the end, so the row count is verified even when
+        ``steps`` stops short of the shard (as equalised steps across ranks do).
+        Raises ``ShortReadError`` after the last batch if the shard was not read in full.
+        """
+        counted = _Counter(self._chunks(epoch))
+        arrays = (self._stack(chunk) for chunk in counted)
+        window = self.shuffle_buffer if self.shuffle else 0
+        rng = np.random.default_rng([self.seed, epoch, self.shard])
+        for i, (cat, num, label) in enumerate(_rebatch(arrays, self.batch_size, window, rng)):
+            if steps is not None and i >= steps:
+                break
+            if i >= skip:
+                yield Batch(torch.from_numpy(cat), torch.from_numpy(num), torch.from_numpy(label))
+        counted.drain()
+        if counted.rows != self.expected_rows:
+            raise ShortReadError(
+                f"{self.kind} loader read {counted.rows} rows of shard {self.shard}/{self.shard_count} "
+                f"of {self.path} in epoch {epoch}; the Parquet footers hold {self.expected_rows}")
+
+    def _stack(self, chunk: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Column arrays -> ``cat`` int64[n, n_cat], ``num`` float32[n, n_num], ``label`` float32[n]."""
+        n = len(chunk[self.columns.label])
+        cat = np.empty((n, len(self.columns.categorical)), dtype=np.int64)
+        for j, name in enumerate(self.columns.categorical):
+            cat[:, j] = chunk[name]
+        num = np.empty((n, len(self.columns.numeric)), dtype=np.float32)
+        for j, name in enumerate(self.columns.numeric):
+            num[:, j] = chunk[name]
+        return cat, num, chunk[self.columns.label].astype(np.float32)  # a writable copy, as torch wants
+
+
+class _Counter:
+    """Iterates chunks while counting their rows; ``drain`` reads (and counts) what is left."""
+
+    def __init__(self, chunks: Iterator[Mapping[str, np.ndarray]]):
+        self._chunks = chunks
+        self.rows = 0
+
+    def __iter__(self) -> Iterator[Mapping[str, np.ndarray]]:
+        for chunk in self._chunks:
+            self.rows += len(next(iter(chunk.values())))
+            yield chunk
+
+    def drain(self) -> None:
+        for _ in self:
+            pass
+
+
+def _rebatch(arrays: Iterable[tuple[np.ndarray, ...]], batch_size: int, window: int,
+             rng: np.random.Generator) -> Iterator[tuple[np.ndarray, ...]]:
+    """Cut row-aligned arrays into batches of ``batch_size`` rows (the last may be short).
+
+    With ``window`` > 0, rows are gathered until at least ``window`` are buffered, permuted
+    with ``rng`` and cut; the leftover (< batch_size rows) joins the next window.
+    """
+    buffered: list[tuple[np.ndarray, ...]] = []
+    rows = 0
+    fill = max(window, batch_size)
+    for arrs in arrays:
+        buffered.append(arrs)
+        rows += len(arrs[0])
+        if rows >= fill:
+            leftover = yield from _emit(buffered, batch_size, window > 0, rng, final=False)
+            buffered, rows = [leftover], len(leftover[0])
+    if rows:
+        yield from _emit(buffered, batch_size, window > 0, rng, final=True)
+
+
+def _emit(buffered: list[tuple[np.ndarray, ...]], batch_size: int, permute: bool,
+          rng: np.random.Generator, final: bool):
+    """Yield the batches of the buffered rows; return the leftover rows (all used if ``final``)."""
+    joined = [np.concatenate(parts) if len(parts) > 1 else parts[0] for parts in zip(*buffered)]
+    n = len(joined[0])
+    order = rng.permutation(n) if permute else None
+
+    def rows(lo: int, hi: int) -> tuple[np.ndarray, ...]:
+        if order is None:
+            return tuple(a[lo:hi] for a in joined)
+        return tuple(np.take(a, order[lo:hi], axis=0) for a in joined)  # 3x faster than a[idx]
+
+    full = n if final else n - n % batch_size
+    for start in range(0, full, batch_size):
+        yield rows(start, min(start + batch_size, full))
+    return rows(full, n)
+
+
+class ArrowLoader(ShardLoader):
+    """Reads the shard's row groups with ``pyarrow.parquet.ParquetFile.read_row_group``."""
+
+    kind = "arrow"
+
+    def _chunks(self, epoch: int) -> Iterator[Mapping[str, np.ndarray]]:
+        order = np.arange(len(self.row_groups))
+        if self.shuffle:
+            order = np.random.default_rng(epoch_seed(self.seed, epoch)).permutation(order)
+        files: dict[str, pq.ParquetFile] = {}
+        for i in order:
+            group = self.row_groups[i]
+            file = files.setdefault(group.file, pq.ParquetFile(group.file))
+            table = file.read_row_group(group.index, columns=self.columns.all)
+            yield {name: table.column(name).to_numpy() for name in self.columns.all}
+
+
+class PetastormLoader(ShardLoader):
+    """Reads the shard with Petastorm's ``make_batch_reader`` (row-group order seeded by Petastorm)."""
+
+    kind = "petastorm"
+
+    def __init__(self, *args, pool_type: str = "dummy", workers: int = 1, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.pool_type, self.workers = pool_type, workers
+
+    def _chunks(self, epoch: int) -> Iterator[Mapping[str, np.ndarray]]:
+        from deepfm.petastorm_io import petastorm_row_groups  # Petastorm only when chosen
+
+        yield from petastorm_row_groups(
+            self.path, self.columns.all, shard=self.shard, shard_count=self.shard_count,
+            seed=epoch_seed(self.seed, epoch), shuffle=self.shuffle,
+            pool_type=self.pool_type, workers=self.workers)
+
+
+def make_loader(kind: str, path: str | Path, spec: FeatureSpec, batch_size: int, shard: int = 0,
+                shard_count: int = 1, shuffle: bool = True, shuffle_buffer: int = 0, seed: int = 1,
+                pool_type: str = "dummy", workers: int = 1) -> ShardLoader:
+    """The loader ``kind`` (``petastorm`` or ``arrow``) over shard ``shard`` of the split at ``path``."""
+    common = dict(columns=Columns.from_spec(spec), batch_size=batch_size, shard=shard,
+                  shard_count=shard_count, shuffle=shuffle, shuffle_buffer=shuffle_buffer, seed=seed)
+    if kind == "arrow":
+        return ArrowLoader(path, **common)
+    if kind == "petastorm":
+        return PetastormLoader(path, pool_type=pool_type, workers=workers, **common)
+    raise ValueError(f"unknown loader {kind!r}; choose one of {LOADERS}")
+
+
+def prefetch(items: Iterable[T], depth: int) -> Iterator[T]:
+    """Produce ``items`` on a background thread, ``depth`` ahead (order kept; errors re-raised).
+
+    Parquet decoding releases the GIL, so reading overlaps the training step. ``depth`` 0
+    iterates inline.
+    """
+    if depth <= 0:
+        yield from items
+        return
+    done = object()
+    slots: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if stop.is_set():
+                    return
+                slots.put(item)
+            slots.put(done)
+        except BaseException as exc:  # handed to the consumer, raised there
+            slots.put(exc)
+
+    thread = threading.Thread(target=produce, name="prefetch", daemon=True)
+    thread.start()
+    try:
+        while (item := slots.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:  # consumer left early: unblock the producer so its thread ends
+        stop.set()
+        while thread.is_alive():
+            try:
+                slots.get(timeout=0.1)
+            except queue.Empty:
+                pass

@@ -1,0 +1,57 @@
+"""Experiment tracking: MLflow when it is importable and enabled in ``conf/train.yaml``.
+
+Only rank 0 tracks. Without MLflow every call is a no-op (one log line says so), so the
+trainer never depends on it. The default store is a local directory (``<output>/mlruns``);
+``mlflow ui --backend-store-uri <output>/mlruns`` compares runs.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+class Tracker:
+    """``start``/``log_metrics``/``log_artifacts``/``finish`` around one MLflow run (or nothing)."""
+
+    def __init__(self, settings: dict[str, Any], output: Path, enabled: bool = True):
+        self._mlflow = None
+        self.run_id: str | None = None
+        if not enabled:
+            return
+        if not settings.get("enabled", False):
+            log.info("tracking: MLflow disabled in conf/train.yaml (tracking.mlflow.enabled)")
+            return
+        try:
+            import mlflow
+        except ImportError:
+            log.info("tracking: mlflow is not installed; runs are recorded in metrics.json only")
+            return
+        uri = settings.get("tracking_uri") or (output.resolve() / "mlruns").as_uri()
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_experiment(settings.get("experiment", "deepfm-ctr"))
+        self._mlflow = mlflow
+        log.info("tracking: MLflow at %s", uri)
+
+    def start(self, params: dict[str, Any], run_id: str | None = None, run_name: str | None = None) -> None:
+        """Open a new run, or reopen ``run_id`` (a resumed training continues its run)."""
+        if self._mlflow is None:
+            return
+        run = self._mlflow.start_run(run_id=run_id, run_name=run_name)
+        self.run_id = run.info.run_id
+        if run_id is None:
+            self._mlflow.log_params({k: str(v)[:250] for k, v in params.items()})
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        if self._mlflow is not None:
+            self._mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+
+    def log_artifacts(self, path: Path, artifact_path: str | None = None) -> None:
+        if self._mlflow is not None:
+            self._mlflow.log_artifacts(str(path), artifact_path=artifact_path)
+
+    def finish(self, status: str = "FINISHED") -> None:
+        if self._mlflow is not None and self.run_id is not None:
+            self._mlflow.end_run(status=status)
