@@ -1,0 +1,232 @@
+"""Model zoo, layers and optimizers: pure torch, tiny inputs."""
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from deepfm.features import FeatureSpec, FieldSpec
+from deepfm.metrics import auc
+from deepfm.models import build_model, build_model_for_spec, make_optimizers, model_names, pretrain_init
+from deepfm.models.layers import FieldEmbedding, FMInteraction, InnerProducts, OuterProducts
+
+CARDINALITIES = [6, 9, 4]
+N_NUMERIC = 2
+SMALL = {"hidden_units": [32, 32], "dropout": 0.0, "embedding_dim": 4}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def single_thread():
+    """Tiny ops on a shared 2-core machine: spinning intra-op threads cost far more than they save."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def random_inputs(batch: int, cardinalities: list[int] = CARDINALITIES, n_numeric: int = N_NUMERIC, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    cat = torch.stack([torch.randint(0, c, (batch,), generator=g) for c in cardinalities], dim=1)
+    num = torch.rand(batch, n_numeric, generator=g)
+    return cat, num
+
+
+def test_registry_has_exactly_the_paper_models():
+    assert model_names() == ["lr", "fm", "fnn", "ipnn", "opnn", "pnn", "lr_dnn", "fm_dnn", "deepfm", "deepfm_p"]
+
+
+@pytest.mark.parametrize("name", model_names())
+def test_every_model_maps_inputs_to_one_logit_per_row(name):
+    model = build_model(name, CARDINALITIES, N_NUMERIC)
+    cat, num = random_inputs(5)
+    logits = model(cat, num)
+    assert logits.shape == (5,) and logits.dtype == torch.float32 and torch.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("name", model_names())
+def test_every_model_fits_a_tiny_batch(name):
+    torch.manual_seed(0)
+    model = build_model(name, CARDINALITIES, N_NUMERIC, {"hidden_units": [64, 64]})  # dropout 0.5 kept
+    cat, num = random_inputs(64)
+    labels = torch.randint(0, 2, (64,), generator=torch.Generator().manual_seed(1)).float()
+    optimizers = make_optimizers(model, lr=1e-2)
+
+    def eval_loss() -> float:
+        model.eval()
+        with torch.no_grad():
+            return F.binary_cross_entropy_with_logits(model(cat, num), labels).item()
+
+    before = eval_loss()
+    model.train()
+    for _ in range(20):
+        optimizers.zero_grad()
+        F.binary_cross_entropy_with_logits(model(cat, num), labels).backward()
+        optimizers.step()
+    assert eval_loss() < before - 0.02
+
+
+def test_models_without_numeric_fields():
+    model = build_model("deepfm", CARDINALITIES, 0, SMALL)
+    cat, _ = random_inputs(3)
+    assert model(cat, torch.empty(3, 0)).shape == (3,)
+
+
+def test_fm_sum_square_equals_naive_pairwise_sum():
+    embeddings = torch.randn(7, 5, 3, dtype=torch.float64)
+    naive = sum((embeddings[:, i] * embeddings[:, j]).sum(-1) for i, j in itertools.combinations(range(5), 2))
+    torch.testing.assert_close(FMInteraction()(embeddings), naive)
+
+
+def test_inner_and_outer_products_match_their_definitions():
+    embeddings = torch.randn(4, 5, 3, dtype=torch.float64)
+    inner = torch.stack(
+        [(embeddings[:, i] * embeddings[:, j]).sum(-1) for i, j in itertools.combinations(range(5), 2)], dim=1
+    )
+    torch.testing.assert_close(InnerProducts(5)(embeddings), inner)
+    outer = torch.einsum("bik,bjl->bkl", embeddings, embeddings).flatten(1)  # sum over all field pairs of e_i e_j^T
+    torch.testing.assert_close(OuterProducts()(embeddings), outer)
+
+
+def test_field_embedding_uses_per_field_offsets_and_scales_numeric_vectors():
+    embedding = FieldEmbedding([3, 4], n_numeric=1, dim=2, init_std=1.0)
+    cat = torch.tensor([[2, 3]])
+    num = torch.tensor([[0.5]])
+    out = embedding(cat, num)
+    table = embedding.categorical.weight
+    torch.testing.assert_close(out[0, 0], table[2])
+    torch.testing.assert_close(out[0, 1], table[3 + 3])
+    torch.testing.assert_close(out[0, 2], 0.5 * embedding.numeric[0])
+
+
+def test_deepfm_is_fm_plus_dnn_on_one_shared_embedding():
+    torch.manual_seed(0)
+    deepfm = build_model("deepfm", CARDINALITIES, N_NUMERIC, SMALL)
+    fm = build_model("fm", CARDINALITIES, N_NUMERIC, SMALL)
+    fm.wide.load_state_dict(deepfm.wide.state_dict())
+    cat, num = random_inputs(6)
+    deepfm.eval()
+    with torch.no_grad():
+        expected = fm(cat, num) + deepfm.deep(deepfm.wide(cat, num)[1])
+        torch.testing.assert_close(deepfm(cat, num), expected)
+    assert sum(isinstance(m, nn.Embedding) for m in deepfm.modules()) == 1
+    assert deepfm.deep_embedding is None
+
+
+def test_fm_dnn_has_its_own_deep_embedding():
+    model = build_model("fm_dnn", CARDINALITIES, N_NUMERIC, SMALL)
+    assert sum(isinstance(m, nn.Embedding) for m in model.modules()) == 2
+    assert model.deep_embedding is not None
+
+
+def test_config_resolution_layers_defaults_model_section_and_overrides():
+    assert build_model("deepfm", CARDINALITIES, N_NUMERIC).config["hidden_units"] == [400, 400, 400]
+    assert build_model("ipnn", CARDINALITIES, N_NUMERIC).config["activation"] == "tanh"
+    model = build_model("pnn", CARDINALITIES, N_NUMERIC, {"embedding_dim": 3, "hidden_units": [8]})
+    assert model.config["embedding_dim"] == 3 and model.config["product"] == "both"
+    assert model.deep_embedding.dim == 3
+    with pytest.raises(ValueError, match="unknown config keys"):
+        build_model("fm", CARDINALITIES, N_NUMERIC, {"embeding_dim": 3})
+    with pytest.raises(ValueError, match="unknown model"):
+        build_model("xdeepfm", CARDINALITIES, N_NUMERIC)
+
+
+def test_build_model_for_spec_follows_the_spec_layout():
+    spec = FeatureSpec(
+        fields=(
+            FieldSpec("I1", "log"),
+            FieldSpec("C1", "hash", cardinality=11, hash_buckets=10),
+            FieldSpec("C2", "vocab", cardinality=3, vocabulary=("a", "b")),
+        )
+    )
+    model = build_model_for_spec("deepfm", spec, SMALL)
+    assert model.cardinalities == [11, 3] and model.n_numeric == 1
+    assert model.wide.rows.categorical.num_embeddings == 14
+
+
+def test_pretrain_init_copies_fm_latent_vectors_into_fnn():
+    fm = build_model("fm", CARDINALITIES, N_NUMERIC, SMALL)
+    fnn = build_model("fnn", CARDINALITIES, N_NUMERIC, SMALL)
+    pretrain_init(fnn, fm)
+    torch.testing.assert_close(fnn.deep_embedding.categorical.weight, fm.wide.rows.categorical.weight[:, 1:])
+    torch.testing.assert_close(fnn.deep_embedding.numeric, fm.wide.rows.numeric[:, 1:])
+    with pytest.raises(ValueError, match="same spec and embedding_dim"):
+        pretrain_init(build_model("fnn", CARDINALITIES, N_NUMERIC, {**SMALL, "embedding_dim": 5}), fm)
+    with pytest.raises(ValueError, match="needs an fnn and an fm"):
+        pretrain_init(fnn, build_model("lr", CARDINALITIES, N_NUMERIC))
+
+
+@pytest.mark.parametrize("name", ["fm", "fm_dnn", "pnn"])
+def test_optimizers_update_only_the_embedding_rows_a_batch_touches(name):
+    model = build_model(name, [50, 50], N_NUMERIC, SMALL)
+    optimizers = make_optimizers(model)
+    kinds = [type(opt).__name__ for opt in optimizers]
+    assert kinds == ["SparseAdam", "Adam"]
+    tables = [m.weight for m in model.modules() if isinstance(m, nn.Embedding)]
+    sparse_ids = {id(p) for _, p in optimizers.named_parameters[0]}
+    assert {id(t) for t in tables} == sparse_ids
+
+    cat = torch.tensor([[1, 2], [3, 2]])
+    before = [t.detach().clone() for t in tables]
+    optimizers.zero_grad()
+    model(cat, torch.rand(2, N_NUMERIC)).sum().backward()
+    assert all(t.grad.is_sparse for t in tables)
+    optimizers.step()
+    touched = torch.tensor([1, 3, 50 + 2])
+    for table, old in zip(tables, before):
+        changed = (table.detach() != old).any(dim=1).nonzero().flatten()
+        assert torch.equal(changed, touched)
+
+
+def test_optimizers_state_round_trips():
+    model = build_model("deepfm", CARDINALITIES, N_NUMERIC, SMALL)
+    optimizers = make_optimizers(model)
+    cat, num = random_inputs(8)
+    model(cat, num).sum().backward()
+    optimizers.step()
+    state = optimizers.state_dict()
+    fresh = make_optimizers(model)
+    fresh.load_state_dict(state)
+    assert [o.state_dict()["state"].keys() for o in fresh] == [o.state_dict()["state"].keys() for o in optimizers]
+    assert len(fresh.param_groups) == 2 and all(g["lr"] == 1e-3 for g in fresh.param_groups)
+    wrapped = fresh.wrap(lambda opt, named: opt)
+    assert wrapped.optimizers == fresh.optimizers
+
+
+def planted_interaction_data(n: int, seed: int):
+    """Label depends only on the product of two fields' hidden ±1 factors: no order-1 signal.
+
+    Fields 0 and 1 have 20 values with factor +1 on half and -1 on the other half; every value
+    of field 0 is clicked as often as not on average over field 1, so LR can only guess.
+    """
+    g = torch.Generator().manual_seed(seed)
+    cards = [21, 21, 11]
+    cat = torch.stack([torch.randint(1, c, (n,), generator=g) for c in cards], dim=1)
+    factor = torch.where(torch.arange(21) % 2 == 0, 1.0, -1.0)
+    probability = torch.sigmoid(4.0 * factor[cat[:, 0]] * factor[cat[:, 1]])
+    labels = torch.bernoulli(probability, generator=g)
+    return cards, cat, torch.rand(n, 1, generator=g), labels
+
+
+def train_and_auc(name: str, epochs: int = 4) -> float:
+    torch.manual_seed(0)
+    cards, cat, num, labels = planted_interaction_data(4000, seed=0)
+    model = build_model(name, cards, 1, {**SMALL, "embedding_init_std": 0.1})
+    optimizers = make_optimizers(model, lr=0.02)
+    for _ in range(epochs):
+        for rows in torch.randperm(len(labels)).split(200):
+            optimizers.zero_grad()
+            F.binary_cross_entropy_with_logits(model(cat[rows], num[rows]), labels[rows]).backward()
+            optimizers.step()
+    _, test_cat, test_num, test_labels = planted_interaction_data(2000, seed=1)
+    model.eval()
+    with torch.no_grad():
+        return auc(model(test_cat, test_num), test_labels)
+
+
+def test_second_order_terms_learn_a_pure_pairwise_interaction():
+    lr_auc, fm_auc, deepfm_auc = (train_and_auc(name) for name in ("lr", "fm", "deepfm"))
+    assert lr_auc < 0.6
+    assert fm_auc > 0.85 and deepfm_auc > 0.85
