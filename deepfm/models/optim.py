@@ -41,9 +41,11 @@ class Optimizers:
         """All parameter groups of all optimizers (e.g. to set ``lr`` for warm-up)."""
         return [group for optimizer in self.optimizers for group in optimizer.param_groups]
 
-    def zero_grad(self, set_to_none: bool = True) -> None:
+    def zero_grad(self) -> None:
+        # No arguments: Horovod's DistributedOptimizer.zero_grad takes none (torch's default
+        # already sets gradients to None, which the sparse tables need anyway).
         for optimizer in self.optimizers:
-            optimizer.zero_grad(set_to_none=set_to_none)
+            optimizer.zero_grad()
 
     def step(self) -> None:
         for optimizer in self.optimizers:
