@@ -6,10 +6,10 @@ Two feeders sit behind one interface (``make_loader(kind, ...)``):
     Petastorm that breaks on a future pyarrow, and the two can be measured side by side.
 
 Both shard by row group exactly as Petastorm does (row group ``i`` of the dataset, in sorted
-file order, goes to shard ``i % shard_count``), shuffle the row-group order per epoch from
-``(seed, epoch)``, then pass rows through a seeded in-memory shuffle window. The order of
-batches is therefore a pure function of ``(seed, epoch, shard, shard_count)``, which makes a
-resumed epoch exact.
+file order, goes to shard ``i % shard_count``), read the shard's row groups in the same
+seeded per-epoch order, then pass rows through a seeded in-memory shuffle window: the two
+yield identical batches, and the order is a pure function of ``(seed, epoch, shard,
+shard_count)``, which makes a resumed epoch exact.
 
 Every epoch each loader counts the rows its reader delivered and compares them with the
 shard's row count from the Parquet footers: a short read raises ``ShortReadError``.
@@ -17,6 +17,7 @@ shard's row count from the Parquet footers: a short read raises ``ShortReadError
 from __future__ import annotations
 
 import queue
+import random
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -131,7 +132,9 @@ class ShardLoader:
         self.shuffle = shuffle
         self.shuffle_buffer = shuffle_buffer if shuffle else 0
         self.seed = seed
-        self.row_groups = shard_row_groups(row_groups(path), shard, shard_count)
+        every_group = row_groups(path)
+        self.dataset_row_groups = len(every_group)
+        self.row_groups = shard_row_groups(every_group, shard, shard_count)
         self.expected_rows = sum(g.num_rows for g in self.row_groups)
 
     @property
@@ -232,20 +235,31 @@ def _emit(buffered: list[tuple[np.ndarray, ...]], batch_size: int, permute: bool
 
 
 class ArrowLoader(ShardLoader):
-    """Reads the shard's row groups with ``pyarrow.parquet.ParquetFile.read_row_group``."""
+    """Reads the shard's row groups with ``pyarrow.parquet.ParquetFile.read_row_group``.
+
+    The row groups come in the order Petastorm would deliver them, so both feeders yield the
+    same batches and a run can switch feeders, even mid-epoch on resume.
+    """
 
     kind = "arrow"
 
     def _chunks(self, epoch: int) -> Iterator[Mapping[str, np.ndarray]]:
-        order = np.arange(len(self.row_groups))
-        if self.shuffle:
-            order = np.random.default_rng(epoch_seed(self.seed, epoch)).permutation(order)
         files: dict[str, pq.ParquetFile] = {}
-        for i in order:
+        for i in self._order(epoch_seed(self.seed, epoch)):
             group = self.row_groups[i]
             file = files.setdefault(group.file, pq.ParquetFile(group.file))
             table = file.read_row_group(group.index, columns=self.columns.all)
             yield {name: table.column(name).to_numpy() for name in self.columns.all}
+
+    def _order(self, seed: int) -> list[int]:
+        """Petastorm 0.13's order (``Reader._partition_row_groups`` then its ventilator):
+        the dataset's row-group indexes shuffled by ``random.Random(seed)`` when sharding, the
+        shard's ones kept, then permuted by ``np.random.default_rng(seed)`` when shuffling."""
+        indexes = list(range(self.dataset_row_groups))
+        if self.shard_count > 1:
+            random.Random(seed).shuffle(indexes)
+        local = [(i - self.shard) // self.shard_count for i in indexes if i % self.shard_count == self.shard]
+        return list(np.random.default_rng(seed).permutation(local)) if self.shuffle else local
 
 
 class PetastormLoader(ShardLoader):

@@ -45,6 +45,11 @@ def local_rank() -> int:
     return _hvd.local_rank() if _hvd else 0
 
 
+def local_size() -> int:
+    """Processes on this host (they share its CPU cores)."""
+    return _hvd.local_size() if _hvd else 1
+
+
 def is_primary() -> bool:
     """Rank 0: the one that writes checkpoints, bundles, metrics and logs progress."""
     return rank() == 0

@@ -14,7 +14,7 @@ log = logging.getLogger(__name__)
 
 
 class Tracker:
-    """``start``/``log_metrics``/``log_artifacts``/``finish`` around one MLflow run (or nothing)."""
+    """``start``/``log_metrics``/``log_artifact``/``finish`` around one MLflow run (or nothing)."""
 
     def __init__(self, settings: dict[str, Any], output: Path, enabled: bool = True):
         self._mlflow = None
@@ -48,9 +48,14 @@ class Tracker:
         if self._mlflow is not None:
             self._mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
 
-    def log_artifacts(self, path: Path, artifact_path: str | None = None) -> None:
-        if self._mlflow is not None:
-            self._mlflow.log_artifacts(str(path), artifact_path=artifact_path)
+    def log_artifact(self, path: Path) -> None:
+        """A file, or a directory as a folder of the same name; missing paths are skipped."""
+        if self._mlflow is None or not path.exists():
+            return
+        if path.is_dir():
+            self._mlflow.log_artifacts(str(path), artifact_path=path.name)
+        else:
+            self._mlflow.log_artifact(str(path))
 
     def finish(self, status: str = "FINISHED") -> None:
         if self._mlflow is not None and self.run_id is not None:

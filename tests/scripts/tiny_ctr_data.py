@@ -4,7 +4,8 @@
 ``<root>/feature_spec.json``; several files per day and several row groups per file, so
 shards get row groups from many files. Labels follow a planted logistic model (order-1 plus
 one pairwise interaction) that a model can learn. Numeric field ``row_id`` holds a unique id
-per row (exact in float32) so tests can check which rows a shard read.
+per row, scaled by ``ROW_ID_SCALE`` (a power of two: exact in float32, and small enough not to
+swamp the model), so tests can check which rows a shard read.
 
 Usage: ``python tests/scripts/tiny_ctr_data.py OUT [--rows N]``.
 """
@@ -21,6 +22,7 @@ from deepfm.features import FeatureSpec, FieldSpec
 
 CARDINALITIES = {"C1": 8, "C2": 50, "C3": 200, "C4": 20}
 NUMERIC = ("row_id", "I1")
+ROW_ID_SCALE = 2.0**-15
 
 
 def spec() -> FeatureSpec:
@@ -43,7 +45,7 @@ def write_dataset(root: str | Path, train_rows: int = 6000, test_rows: int = 200
                 n = rows // (len(days) * files_per_day)
                 cols = {name: rng.integers(0, card, n).astype(np.int32) for name, card in CARDINALITIES.items()}
                 cols["I1"] = rng.exponential(1.0, n).astype(np.float32)
-                cols["row_id"] = np.arange(next_id, next_id + n, dtype=np.float32)
+                cols["row_id"] = (np.arange(next_id, next_id + n) * ROW_ID_SCALE).astype(np.float32)
                 next_id += n
                 logit = sum(weights[name][cols[name]] for name in CARDINALITIES)
                 logit = logit + pair[cols["C1"], cols["C4"]] + 0.5 * cols["I1"] - 1.0
