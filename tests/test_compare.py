@@ -1,0 +1,135 @@
+"""The model comparison: runs through the production trainer, aggregates, renders its report."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+import deepfm.compare as compare
+from deepfm.compare import Settings, StudySettings
+
+sys.path.insert(0, str(Path(__file__).parent / "scripts"))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "jobs"))
+import compare as compare_job  # noqa: E402  (jobs/compare.py)
+from tiny_ctr_data import write_dataset  # noqa: E402
+
+ARGS = ["--models", "lr,deepfm", "--seeds", "2", "--epochs", "1", "--train", "batch_size=512"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny")
+    write_dataset(root, train_rows=2400, test_rows=1200, row_group_rows=200)
+    return root
+
+
+@pytest.fixture(scope="module")
+def comparison(data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("compare")
+    assert compare_job.main(["--data", str(data), "--output", str(out), *ARGS]) == 0
+    return out
+
+
+def test_two_models_two_seeds_end_to_end(comparison):
+    out = comparison
+    results = json.loads((out / "results.json").read_text())
+    assert sorted((r["model"], r["seed"]) for r in results["runs"]) == [("deepfm", 42), ("deepfm", 43), ("lr", 42), ("lr", 43)]
+    assert results["data"]["train_rows"] == 2400 and results["data"]["test_rows"] == 1200
+    for r in results["runs"]:
+        assert r["n"] == 1200 and len(r["history"]) == r["epochs_run"] == 1 and r["params"] > 0
+        assert (Path(r["run_dir"]) / "bundle").is_dir() and len(r["roc_tpr"]) == len(results["roc_fpr"])
+    table = pd.read_csv(out / "table.csv")
+    assert table["model"].tolist() == ["lr", "deepfm"] and table["runs"].tolist() == [2, 2]
+    assert table.loc[0, "time_vs_baseline"] == 1.0 and table.loc[0, "auc_gain_pct"] == 0.0
+    page = (out / "report.html").read_text()
+    for row in table.itertuples():
+        assert f"{row.auc_mean:.4f} ± {row.auc_std:.4f}" in page and f"{row.logloss_mean:.4f}" in page
+    images = re.findall(r'<img src="([^"]+)"', page)
+    assert {"roc.png", "calibration.png", "history.png", "efficiency.png"} <= set(images)
+    assert all((out / src).read_bytes()[:4] == b"\x89PNG" for src in images)
+
+
+def test_the_report_is_drawn_from_the_results(comparison, tmp_path, capsys):
+    results = json.loads((comparison / "results.json").read_text())
+    before = pd.read_csv(comparison / "table.csv").set_index("model")
+    for r in results["runs"]:
+        if r["model"] == "lr":
+            r["auc"] += 0.25
+            r["roc_tpr"] = [min(1.0, t + 0.1) for t in r["roc_tpr"]]
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    assert compare_job.main(["--output", str(tmp_path), "--report-only", "--note", "edited inputs"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    after = pd.read_csv(tmp_path / "table.csv").set_index("model")
+    assert after.loc["lr", "auc_mean"] == pytest.approx(before.loc["lr", "auc_mean"] + 0.25)
+    assert after.loc["deepfm", "auc_mean"] == before.loc["deepfm", "auc_mean"]
+    assert summary["ranking"] == ["lr", "deepfm"] and "deepfm ranks 2 of 2" in summary["note"]
+    page = (tmp_path / "report.html").read_text()
+    assert f"{after.loc['lr', 'auc_mean']:.4f}" in page and "edited inputs" in page
+    assert (tmp_path / "roc.png").read_bytes() != (comparison / "roc.png").read_bytes()
+
+
+def test_a_rerun_reuses_finished_runs(comparison, data, monkeypatch):
+    monkeypatch.setattr(compare, "train", lambda cfg: pytest.fail(f"retrained {cfg.model}"))
+    assert compare_job.main(["--data", str(data), "--output", str(comparison), *ARGS]) == 0
+
+
+def test_same_seed_same_training_settings_for_every_model(tmp_path):
+    settings = Settings(data=tmp_path, output=tmp_path / "out", train={"batch_size": 64})
+    a, b = (compare.train_config(settings, m, 7, 3, {}) for m in ("lr", "deepfm"))
+    differ = {f.name for f in dataclasses.fields(a) if getattr(a, f.name) != getattr(b, f.name)}
+    assert differ == {"model", "output"} and a.seed == 7 and a.batch_size == 64
+    assert compare.train_config(settings, "lr", 7, 3, {}).output == a.output
+    assert compare.train_config(settings, "lr", 8, 3, {}).output != a.output
+
+
+def test_study_points_follow_the_paper():
+    study = StudySettings(models=("deepfm", "ipnn"), shape_neurons=200, grids={
+        "dropout": [1.0, 0.5], "layers": [1, 5], "shape": ["increasing", "diamond"], "activation": ["sigmoid"]})
+    points = {(name, value, model): cfg for name, value, model, cfg in compare.study_points(study)}
+    assert points["dropout", 1.0, "deepfm"] == {"dropout": 0.0}
+    assert points["layers", 5, "ipnn"] == {"hidden_units": [400] * 5}
+    assert points["shape", "increasing", "deepfm"] == {"hidden_units": [100, 200, 300]}
+    assert sum(points["shape", "diamond", "deepfm"]["hidden_units"]) == 600
+    assert points["activation", "sigmoid", "ipnn"] == {"activation": "sigmoid"}
+
+
+def _run(model: str, seed: int, auc: float, logloss: float, seconds: float) -> dict:
+    return {"model": model, "seed": seed, "auc": auc, "logloss": logloss, "calibration": 1.0,
+            "train_seconds_per_epoch": seconds, "epochs_run": 2, "params": 10}
+
+
+def test_summarize_means_stds_gains_and_ranks():
+    rows = {r["model"]: r for r in compare.summarize([
+        _run("lr", 1, 0.70, 0.50, 2.0), _run("lr", 2, 0.72, 0.48, 2.0),
+        _run("deepfm", 1, 0.77, 0.44, 6.0), _run("deepfm", 2, 0.79, 0.46, 4.0)])}
+    assert rows["lr"]["auc_mean"] == pytest.approx(0.71) and rows["lr"]["auc_std"] == pytest.approx(0.0141421, rel=1e-4)
+    assert rows["deepfm"]["auc_gain_pct"] == pytest.approx(100 * (0.78 / 0.71 - 1))
+    assert rows["deepfm"]["logloss_gain_pct"] == pytest.approx(100 * (1 - 0.45 / 0.49))
+    assert rows["deepfm"]["time_vs_baseline"] == pytest.approx(2.5)
+    assert (rows["deepfm"]["rank"], rows["lr"]["rank"]) == (1, 2)
+    assert compare.summarize([_run("fm", 1, 0.7, 0.5, 1.0)])[0]["auc_gain_pct"] is None  # no LR: no gains
+
+
+def test_a_small_study_is_plotted(data, tmp_path):
+    settings = Settings(data=data, output=tmp_path, models=("deepfm",), seeds=(42,), epochs=1,
+                        train={"batch_size": 512, "log_every": 0, "tracking": {}},
+                        study=StudySettings(models=("deepfm",), grids={"layers": [1, 3]}, epochs=1))
+    results = compare.compare(settings)
+    points = results["studies"]["layers"]["points"]
+    assert [p["value"] for p in points] == [1, 3] and len(list((tmp_path / "runs").iterdir())) == 2  # layers=3 reused
+    compare.render(results, tmp_path)
+    assert 'src="study_layers.png"' in (tmp_path / "report.html").read_text()
+
+
+@pytest.mark.slow
+def test_horovodrun_path(data, tmp_path):
+    """--np 2: each training is ``horovodrun -np 2 jobs/train.py``; the record is measured the same way."""
+    assert compare_job.main(["--data", str(data), "--output", str(tmp_path), "--models", "lr", "--seeds", "1",
+                             "--epochs", "1", "--np", "2"]) == 0
+    (run,) = json.loads((tmp_path / "results.json").read_text())["runs"]
+    assert run["world_size"] == 2 and run["n"] == 1200 and 0.0 < run["auc"] < 1.0
