@@ -1,0 +1,29 @@
+"""Run under ``horovodrun -np N``: each rank reads one epoch of its train shard, as the trainer does.
+
+Writes the ``row_id`` column each rank received to ``<out>/rank<r>.npy``.
+Usage: ``dump_shard_rows.py DATA OUT``.
+"""
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from deepfm import distributed as dist
+from deepfm.config import load_conf
+from deepfm.data import make_loader
+from deepfm.features import FeatureSpec
+
+
+def main(data: str, out: str) -> None:
+    dist.init()
+    conf, spec = load_conf("train"), FeatureSpec.load(data)
+    loader = make_loader(conf["loader"], Path(data) / "train", spec, conf["batch_size"], shard=dist.rank(),
+                         shard_count=dist.size(), shuffle_buffer=conf["shuffle_buffer"], seed=conf["seed"],
+                         pool_type=conf["petastorm_pool"], workers=conf["petastorm_workers"])
+    column = [f.name for f in spec.numeric_fields].index("row_id")
+    rows = np.concatenate([batch.num[:, column].numpy() for batch in loader.epoch(0)])
+    np.save(Path(out) / f"rank{dist.rank()}.npy", rows)
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])

@@ -1,0 +1,230 @@
+"""The trainer: real Horovod (``horovodrun -np 2``, Gloo), real Petastorm, small data.
+
+Integration tests share one uninterrupted 2-rank run (module fixture); the resume test
+repeats its exact command, kills it mid-epoch and reruns it, and must end bit-identical.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from deepfm.bundle import load_bundle
+from deepfm.features import FeatureSpec, FieldSpec
+from deepfm.models import build_model_for_spec, make_optimizers, model_names
+from deepfm.models.layers import FieldEmbedding
+from deepfm.data import Batch
+from deepfm.train import (TrainConfig, apply_overrides, embedding_row_map, resolve_device, train, train_step,
+                          warm_start)
+
+sys.path.insert(0, str(Path(__file__).parent / "scripts"))
+from tiny_ctr_data import ROW_ID_SCALE, write_dataset  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+VENV_BIN = Path(sys.executable).parent
+ENV = {**os.environ, "PATH": f"{VENV_BIN}:{os.environ['PATH']}", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+# Small and quick, but several steps per checkpoint and a model that learns: 2 x ~90 steps.
+TRAIN_ARGS = ["--model", "deepfm", "--epochs", "2", "--batch-size", "128", "--checkpoint-every", "15",
+              "--log-every", "30", "--early-stopping-patience", "0", "--config-override", "shuffle_buffer=2000"]
+
+
+def _horovodrun(args: list[str]) -> list[str]:
+    return [str(VENV_BIN / "horovodrun"), "-np", "2", "-H", "localhost:2", "--gloo",
+            sys.executable, str(REPO / "jobs" / "train.py"), *args]
+
+
+def _run(command: list[str]) -> subprocess.CompletedProcess:
+    result = subprocess.run(command, capture_output=True, text=True, env=ENV, cwd=REPO, timeout=240)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    return result
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    pids = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        with contextlib.suppress(OSError):
+            if text in cmdline.read_bytes().decode(errors="replace"):
+                pids.append(int(cmdline.parent.name))
+    return pids
+
+
+def _summary(stdout: str) -> dict:
+    """The last JSON line of rank 0 (horovodrun prefixes it with ``[0]<stdout>:``)."""
+    lines = [line.split("<stdout>:", 1)[-1] for line in stdout.splitlines()]
+    return json.loads(next(line for line in reversed(lines) if line.startswith("{")))
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("ctr")
+    write_dataset(root, train_rows=24000, test_rows=6000, files_per_day=4, row_group_rows=1000)
+    return root
+
+
+@pytest.fixture(scope="module")
+def two_rank_run(data, tmp_path_factory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("run") / "two_ranks"
+    result = _run(_horovodrun(["--data", str(data), "--output", str(out), *TRAIN_ARGS]))
+    return out, _summary(result.stdout)
+
+
+@pytest.mark.slow
+def test_two_ranks_train_identical_weights_and_learn(two_rank_run, data):
+    out, summary = two_rank_run
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert summary["world_size"] == 2 and summary["loader"] == "petastorm"
+    assert summary["val_auc"] > 0.7, summary  # the planted signal is learnable
+    assert len(set(metrics["weight_digests"])) == 1 and len(metrics["weight_digests"]) == 2
+    assert [e["epoch"] for e in metrics["epochs"]] == [1, 2]
+    for epoch in metrics["epochs"]:
+        assert epoch["train_loss"] > 0 and 0 < epoch["val_logloss"] < 1 and epoch["wall_s"] > 0
+        assert len(epoch["samples_per_s_per_rank"]) == 2 and all(r > 0 for r in epoch["samples_per_s_per_rank"])
+    assert metrics["summary"] == summary
+    bundle = load_bundle(summary["bundle"], expected_spec=FeatureSpec.load(data))
+    assert bundle.name == "deepfm" and bundle.meta["extra"]["validation"]["auc"] == summary["val_auc"]
+    log = (out / "train.log").read_text()
+    assert "samples/s/rank ETA" in log and "validation at step" in log
+
+
+@pytest.mark.slow
+def test_ranks_read_disjoint_shards_whose_union_is_the_split(data, tmp_path):
+    script = Path(__file__).parent / "scripts" / "dump_shard_rows.py"
+    subprocess.run([str(VENV_BIN / "horovodrun"), "-np", "2", "-H", "localhost:2", "--gloo", sys.executable,
+                    str(script), str(data), str(tmp_path)], check=True, env=ENV, cwd=REPO, timeout=120,
+                   capture_output=True)
+    shards = [np.load(tmp_path / f"rank{r}.npy") for r in range(2)]
+    ids = [np.round(s / ROW_ID_SCALE).astype(np.int64) for s in shards]
+    assert len(ids[0]) and len(ids[1])
+    assert not set(ids[0]) & set(ids[1])
+    assert sorted(np.concatenate(ids)) == list(range(24000))
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_the_same_weights(two_rank_run, data, tmp_path):
+    reference, _ = two_rank_run
+    out = tmp_path / "killed"
+    command = _horovodrun(["--data", str(data), "--output", str(out), *TRAIN_ARGS])
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV, cwd=REPO,
+                            start_new_session=True)
+    checkpoint = out / "checkpoints" / "latest.pt"
+    try:
+        state = {}
+        deadline = time.time() + 180
+        while time.time() < deadline and proc.poll() is None:
+            if checkpoint.exists():
+                state = torch.load(checkpoint, weights_only=True)["state"]
+                if state["step_in_epoch"] >= 30 and state["epoch"] == 0:
+                    break
+            time.sleep(0.1)
+        assert proc.poll() is None, "the run ended before it could be killed"
+        os.kill(proc.pid, signal.SIGTERM)  # horovodrun takes both ranks down with it
+        proc.wait(timeout=60)
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # helpers horovodrun left behind
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert not _processes_mentioning(str(out)), "a rank of the killed run survived"
+
+    result = _run(command)
+    metrics = json.loads((out / "metrics.json").read_text())
+    resumed_at = metrics["resumed_at_steps"][0]
+    assert resumed_at >= 30 and resumed_at % 15 == 0
+    assert f"resuming from {checkpoint}" in result.stderr
+    expected = json.loads((reference / "metrics.json").read_text())
+    assert metrics["weight_digests"] == expected["weight_digests"]
+    assert [e["train_loss"] for e in metrics["epochs"]] == pytest.approx([e["train_loss"] for e in expected["epochs"]])
+    assert _summary(result.stdout)["val_auc"] == expected["summary"]["val_auc"]
+
+
+@pytest.mark.slow
+def test_one_rank_reaches_the_auc_of_two(two_rank_run, data, tmp_path):
+    """A plain ``python jobs/train.py`` (no Horovod) with the arrow feeder, same global batch."""
+    _, two = two_rank_run
+    args = [a if a != "128" else "256" for a in TRAIN_ARGS]
+    result = _run([sys.executable, str(REPO / "jobs" / "train.py"), "--data", str(data), "--output",
+                   str(tmp_path / "one"), "--loader", "arrow", "--lr-scaling", "none", "--lr", "0.002", *args])
+    one = _summary(result.stdout)
+    assert one["world_size"] == 1 and one["loader"] == "arrow"
+    assert abs(one["val_auc"] - two["val_auc"]) < 0.02, (one, two)
+
+
+@pytest.mark.slow
+def test_fnn_is_initialised_from_a_pretrained_fm(data, tmp_path):
+    out = tmp_path / "fnn"
+    summary = train(TrainConfig.from_dict({
+        "data": data, "output": out, "model": "fnn", "epochs": 1, "batch_size": 512, "loader": "arrow",
+        "fnn_pretrain_epochs": 1, "cpu_threads": 1, "tracking": {}}))
+    assert load_bundle(out / "fnn_pretrain_fm" / "bundle").name == "fm"
+    assert load_bundle(summary["bundle"]).name == "fnn" and summary["val_auc"] > 0.6
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(set(model_names()) - {"deepfm", "fnn"}))
+def test_every_model_of_the_library_trains(name, data, tmp_path):
+    summary = train(TrainConfig.from_dict({
+        "data": data, "output": tmp_path, "model": name, "epochs": 1, "batch_size": 1024, "loader": "arrow",
+        "cpu_threads": 1, "model_config": {"hidden_units": [32, 32]}, "tracking": {}}))
+    assert load_bundle(summary["bundle"]).name == name and summary["val_auc"] > 0.55
+
+
+def _vocab_spec(values: tuple[str, ...], numeric: int = 1) -> FeatureSpec:
+    fields = [FieldSpec("C1", "vocab", cardinality=len(values) + 1, vocabulary=values),
+              FieldSpec("C2", "hash", cardinality=5, hash_buckets=5)]
+    return FeatureSpec(tuple(fields + [FieldSpec(f"I{i}", "raw") for i in range(numeric)]))
+
+
+def test_warm_start_keeps_old_rows_by_value_and_initialises_new_ones():
+    old_spec, new_spec = _vocab_spec(("a", "b", "c")), _vocab_spec(("c", "d", "a", "e"))
+    assert embedding_row_map(new_spec, old_spec).tolist() == [0, 3, -1, 1, -1, 4, 5, 6, 7, 8]
+    torch.manual_seed(0)
+    old = build_model_for_spec("deepfm", old_spec, {"hidden_units": [8]})
+    new = build_model_for_spec("deepfm", new_spec, {"hidden_units": [8]})
+    tables = {f"{name}.categorical.weight" for name, module in new.named_modules() if isinstance(module, FieldEmbedding)}
+    fresh = {name: new.state_dict()[name].clone() for name in tables}
+    counts = warm_start(new, new_spec, old, old_spec)
+    assert counts == {"kept_rows": 8, "new_rows": 2}
+    for name in tables:
+        table, old_table = new.state_dict()[name], old.state_dict()[name]
+        for new_row, old_row in [(0, 0), (1, 3), (3, 1), (5, 4), (9, 8)]:
+            assert torch.equal(table[new_row], old_table[old_row])
+        for new_row in (2, 4):  # "d" and "e": new vocabulary keeps its initialisation
+            assert torch.equal(table[new_row], fresh[name][new_row])
+    assert all(torch.equal(tensor, old.state_dict()[name]) for name, tensor in new.state_dict().items()
+               if name not in tables)
+    with pytest.raises(ValueError, match="same fields"):
+        warm_start(new, _vocab_spec(("a",), numeric=2), old, old_spec)
+
+
+def test_amp_and_device_auto_on_cpu():
+    spec = _vocab_spec(("a", "b"))
+    assert resolve_device("auto") == (torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu"))
+    model = build_model_for_spec("deepfm", spec, {"hidden_units": [16]})
+    optimizers = make_optimizers(model, 1e-2)
+    batch = Batch(torch.randint(0, 3, (64, 2)), torch.rand(64, 1), torch.randint(0, 2, (64,)).float())
+    losses = [train_step(model, optimizers, batch, amp=True).item() for _ in range(20)]
+    assert all(np.isfinite(losses)) and losses[-1] < losses[0]
+
+
+def test_config_overrides_nest_and_parse_yaml():
+    conf = apply_overrides({"model_config": {}, "epochs": 1}, ["model_config.hidden_units=[8, 8]", "epochs=3"])
+    assert conf == {"model_config": {"hidden_units": [8, 8]}, "epochs": 3}
+    with pytest.raises(ValueError, match="unknown training settings"):
+        TrainConfig.from_dict({"data": ".", "output": ".", "epoch": 3})
+
+
+def test_cli_help_explains_every_option():
+    result = subprocess.run([sys.executable, str(REPO / "jobs" / "train.py"), "--help"], capture_output=True,
+                            text=True, check=True)
+    for option in ("--data", "--output", "--model", "--epochs", "--batch-size", "--lr", "--loader",
+                   "--warm-start", "--device", "--amp", "--seed", "--checkpoint-every", "--validate-every",
+                   "--early-stopping-patience", "--config-override"):
+        assert option in result.stdout
+    assert "deepfm_p" in result.stdout and "petastorm" in result.stdout
