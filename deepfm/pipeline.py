@@ -137,6 +137,7 @@ class Step:
     input_dirs: tuple[Path, ...] = ()
     upstream: tuple[str, ...] = ()
     env: dict[str, str] = field(default_factory=dict)
+    summary_file: Path | None = None  # JSON summary the step writes; default: its last JSON output line
 
 
 def previous_bundle(paths: RunPaths) -> Path | None:
@@ -163,6 +164,7 @@ def build_steps(settings: PipelineSettings, paths: RunPaths) -> list[Step]:
          *settings.preprocess_args],
         input_dirs=tuple(settings.raw_dir / f"date={(test_day - dt.timedelta(days=i)).isoformat()}"
                          for i in range(settings.train_days + 1)),
+        summary_file=paths.processed / "summary.json",
     )
     warm = previous_bundle(paths)
     train = Step(
@@ -247,7 +249,8 @@ def run_step(step: Step, paths: RunPaths, force: bool = False,
     log.info("[%s] %s: running (log %s)", paths.day, step.name, paths.logs / f"{step.name}.log")
     started = time.time()
     tail = run_command(step, paths.logs / f"{step.name}.log", echo)
-    summary = {**last_json_line(tail), "seconds": round(time.time() - started, 1)}
+    reported = json.loads(step.summary_file.read_text()) if step.summary_file else last_json_line(tail)
+    summary = {**reported, "seconds": round(time.time() - started, 1)}
     paths.marker(step.name).parent.mkdir(parents=True, exist_ok=True)
     paths.marker(step.name).write_text(json.dumps({"fingerprint": fp, "summary": summary}, indent=2))
     if step.name == "train":

@@ -89,6 +89,7 @@ def delta_rows_for_day(paths: RunPaths) -> dict[str, int]:
 
 def print_summary(paths: RunPaths, results: dict[str, dict]) -> None:
     pre, train, score = (results.get(s, {}) for s in STEPS)
+    pre = pre.get("totals", {})
     delta = delta_rows_for_day(paths)
     lines = [
         f"== DeepFM daily pipeline, run date {paths.day} ==",
