@@ -26,6 +26,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import time
@@ -205,10 +206,14 @@ def read_marker(paths: RunPaths, step: str) -> dict[str, Any]:
     return json.loads(marker.read_text()) if marker.exists() else {}
 
 
+HOROVODRUN_PREFIX = re.compile(r"^\[\d+\]<std(?:out|err)>:")
+
+
 def last_json_line(lines: list[str]) -> dict[str, Any]:
-    """The step's one-line JSON summary: the last output line that parses as a JSON object."""
+    """The step's one-line JSON summary: the last output line that parses as a JSON object
+    (horovodrun's ``[rank]<stdout>:`` prefix removed)."""
     for line in reversed(lines):
-        line = line.strip()
+        line = HOROVODRUN_PREFIX.sub("", line).strip()
         if line.startswith("{") and line.endswith("}"):
             try:
                 return json.loads(line)

@@ -78,6 +78,7 @@ def test_previous_bundle_is_newest_earlier_trained_date(tmp_path):
 def test_summary_line_and_date_range():
     assert last_json_line(["{\"a\": 1}", "log line", "{\"b\": 2}", "done"]) == {"b": 2}
     assert last_json_line(["{not json}"]) == {}
+    assert last_json_line(['[0]<stdout>:{"val_auc": 0.7}', "[1]<stderr>:done"]) == {"val_auc": 0.7}
     assert date_range(DAY, DAY + dt.timedelta(days=2))[-1] == dt.date(2026, 11, 22)
     with pytest.raises(ValueError):
         date_range(DAY, DAY - dt.timedelta(days=1))
