@@ -134,12 +134,14 @@ def time_interleaved(steps: dict[str, Step], batches: list[Batch], warmup: int) 
 
     The machine is shared, so the contenders alternate step by step: a burst of foreign load
     slows all of them alike instead of one, and the median step time shrugs off the bursts.
+    The order rotates every batch so that no contender always runs after the same one.
     """
-    seconds: dict[str, list[float]] = {name: [] for name in steps}
+    names = list(steps)
+    seconds: dict[str, list[float]] = {name: [] for name in names}
     for index, batch in enumerate(batches):
-        for name, step in steps.items():
+        for name in names[index % len(names):] + names[: index % len(names)]:
             start = time.perf_counter()
-            step(*batch)
+            steps[name](*batch)
             if index >= warmup:
                 seconds[name].append(time.perf_counter() - start)
     return seconds

@@ -28,6 +28,7 @@ class FieldEmbedding(nn.Module):
             raise ValueError("a model needs at least one field")
         offsets = torch.tensor([0, *cardinalities[:-1]], dtype=torch.long).cumsum(0)
         self.register_buffer("offsets", offsets[: len(cardinalities)], persistent=False)
+        # One spare row when there are no categorical fields: nn.Embedding needs at least one.
         self.categorical = nn.Embedding(max(sum(cardinalities), 1), dim, sparse=True)
         self.numeric = nn.Parameter(torch.empty(n_numeric, dim))
         nn.init.normal_(self.categorical.weight, std=init_std)
