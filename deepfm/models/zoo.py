@@ -87,10 +87,7 @@ class CTRModel(nn.Module):
         if self.deep is not None:
             deep_input = self.deep_embedding(cat, num) if self.deep_embedding is not None else latent
             terms.append(self.deep(deep_input))
-        logits = terms[0]
-        for term in terms[1:]:
-            logits = logits + term
-        return logits
+        return sum(terms[1:], terms[0])
 
 
 Builder = Callable[[str, dict[str, Any], list[int], int], CTRModel]
