@@ -153,30 +153,74 @@ class ShardLoader:
         Raises ``ShortReadError`` after the last batch if the shard was not read in full.
         """
         counted = _Counter(self._chunks(epoch))
-        arrays = (self._stack(chunk) for chunk in counted)
-        window = self.shuffle_buffer if self.shuffle else 0
-        rng = np.random.default_rng([self.seed, epoch, self.shard])
-        for i, (cat, num, label) in enumerate(_rebatch(arrays, self.batch_size, window, rng)):
+        fill = max(self.shuffle_buffer, self.batch_size)
+        window = _Window(self.columns, fill + max((g.num_rows for g in self.row_groups), default=0))
+        rng = np.random.default_rng([self.seed, epoch, self.shard]) if self.shuffle_buffer else None
+
+        def batches() -> Iterator[tuple[np.ndarray, ...]]:
+            for chunk in counted:
+                window.add(chunk)
+                if window.rows >= fill:
+                    yield from window.cut(self.batch_size, rng, final=False)
+            yield from window.cut(self.batch_size, rng, final=True)
+
+        for i, (cat, num, label) in enumerate(batches()):
             if steps is not None and i >= steps:
                 break
             if i >= skip:
-                yield Batch(torch.from_numpy(cat), torch.from_numpy(num), torch.from_numpy(label))
+                yield Batch(torch.from_numpy(cat.astype(np.int64)), torch.from_numpy(num), torch.from_numpy(label))
         counted.drain()
         if counted.rows != self.expected_rows:
             raise ShortReadError(
                 f"{self.kind} loader read {counted.rows} rows of shard {self.shard}/{self.shard_count} "
                 f"of {self.path} in epoch {epoch}; the Parquet footers hold {self.expected_rows}")
 
-    def _stack(self, chunk: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Column arrays -> ``cat`` int64[n, n_cat], ``num`` float32[n, n_num], ``label`` float32[n]."""
-        n = len(chunk[self.columns.label])
-        cat = np.empty((n, len(self.columns.categorical)), dtype=np.int64)
+
+class _Window:
+    """The shuffle window: rows of a few row groups in reused arrays, permuted and cut into batches.
+
+    ``cat`` int32[capacity, n_cat] (as stored; widened to int64 per batch, which halves the
+    window's memory traffic), ``num`` float32[capacity, n_num], ``label`` float32[capacity] are
+    filled column by column straight from the reader's arrays (the one stacking pass); batches
+    are gathered copies, so the arrays are refilled while batches are still in use.
+    """
+
+    def __init__(self, columns: Columns, capacity: int):
+        self.columns = columns
+        self.arrays = (np.empty((capacity, len(columns.categorical)), dtype=np.int32),
+                       np.empty((capacity, len(columns.numeric)), dtype=np.float32),
+                       np.empty(capacity, dtype=np.float32))
+        self.rows = 0
+
+    def add(self, chunk: Mapping[str, np.ndarray]) -> None:
+        lo, hi = self.rows, self.rows + len(chunk[self.columns.label])
+        if hi > len(self.arrays[2]):  # a chunk larger than its footer said: grow rather than fail here
+            self.arrays = tuple(np.concatenate([a[:lo], np.empty((hi - lo, *a.shape[1:]), a.dtype)])
+                                for a in self.arrays)
+        cat, num, label = self.arrays
         for j, name in enumerate(self.columns.categorical):
-            cat[:, j] = chunk[name]
-        num = np.empty((n, len(self.columns.numeric)), dtype=np.float32)
+            cat[lo:hi, j] = chunk[name]
         for j, name in enumerate(self.columns.numeric):
-            num[:, j] = chunk[name]
-        return cat, num, chunk[self.columns.label].astype(np.float32)  # a writable copy, as torch wants
+            num[lo:hi, j] = chunk[name]
+        label[lo:hi] = chunk[self.columns.label]
+        self.rows = hi
+
+    def cut(self, batch_size: int, rng: np.random.Generator | None, final: bool) -> Iterator[tuple[np.ndarray, ...]]:
+        """Yield full batches (and, if ``final``, the short last one); keep the leftover rows."""
+        n = self.rows
+        order = rng.permutation(n) if rng is not None else None
+
+        def rows(lo: int, hi: int) -> tuple[np.ndarray, ...]:
+            if order is None:
+                return tuple(a[lo:hi].copy() for a in self.arrays)
+            return tuple(np.take(a, order[lo:hi], axis=0) for a in self.arrays)  # 3x faster than a[idx]
+
+        full = n if final else n - n % batch_size
+        for start in range(0, full, batch_size):
+            yield rows(start, min(start + batch_size, full))
+        for array, rest in zip(self.arrays, rows(full, n)):
+            array[:len(rest)] = rest
+        self.rows = n - full
 
 
 class _Counter:
@@ -194,44 +238,6 @@ class _Counter:
     def drain(self) -> None:
         for _ in self:
             pass
-
-
-def _rebatch(arrays: Iterable[tuple[np.ndarray, ...]], batch_size: int, window: int,
-             rng: np.random.Generator) -> Iterator[tuple[np.ndarray, ...]]:
-    """Cut row-aligned arrays into batches of ``batch_size`` rows (the last may be short).
-
-    With ``window`` > 0, rows are gathered until at least ``window`` are buffered, permuted
-    with ``rng`` and cut; the leftover (< batch_size rows) joins the next window.
-    """
-    buffered: list[tuple[np.ndarray, ...]] = []
-    rows = 0
-    fill = max(window, batch_size)
-    for arrs in arrays:
-        buffered.append(arrs)
-        rows += len(arrs[0])
-        if rows >= fill:
-            leftover = yield from _emit(buffered, batch_size, window > 0, rng, final=False)
-            buffered, rows = [leftover], len(leftover[0])
-    if rows:
-        yield from _emit(buffered, batch_size, window > 0, rng, final=True)
-
-
-def _emit(buffered: list[tuple[np.ndarray, ...]], batch_size: int, permute: bool,
-          rng: np.random.Generator, final: bool):
-    """Yield the batches of the buffered rows; return the leftover rows (all used if ``final``)."""
-    joined = [np.concatenate(parts) if len(parts) > 1 else parts[0] for parts in zip(*buffered)]
-    n = len(joined[0])
-    order = rng.permutation(n) if permute else None
-
-    def rows(lo: int, hi: int) -> tuple[np.ndarray, ...]:
-        if order is None:
-            return tuple(a[lo:hi] for a in joined)
-        return tuple(np.take(a, order[lo:hi], axis=0) for a in joined)  # 3x faster than a[idx]
-
-    full = n if final else n - n % batch_size
-    for start in range(0, full, batch_size):
-        yield rows(start, min(start + batch_size, full))
-    return rows(full, n)
 
 
 class ArrowLoader(ShardLoader):

@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -267,8 +266,8 @@ def embedding_row_map(spec: FeatureSpec, old_spec: FeatureSpec) -> np.ndarray:
         rows = np.full(new.cardinality, -1, dtype=np.int64)
         rows[0] = 0
         if new.transform == old.transform == "vocab":
-            found = pd.Index(old.vocabulary).get_indexer(list(new.vocabulary))
-            rows[1:len(found) + 1] = np.where(found >= 0, found + 1, -1)
+            old_index = {value: i + 1 for i, value in enumerate(old.vocabulary)}
+            rows[1:len(new.vocabulary) + 1] = [old_index.get(value, -1) for value in new.vocabulary]
         elif new == old and (new.transform != "hash" or spec.hash_seed == old_spec.hash_seed):
             rows[:] = np.arange(new.cardinality)
         parts.append(np.where(rows >= 0, rows + old_offset, -1))
