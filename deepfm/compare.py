@@ -28,6 +28,7 @@ import hashlib
 import html
 import json
 import logging
+import os
 import re
 import shutil
 import subprocess
@@ -40,6 +41,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 
 from deepfm import report
 from deepfm.bundle import load_bundle
@@ -230,6 +232,7 @@ def compare(settings: Settings) -> dict[str, Any]:
     results = {
         "settings": json.loads(json.dumps(dataclasses.asdict(settings), default=str)),
         "data": data_size(settings.data),
+        "machine": machine(),
         "roc_fpr": np.linspace(0.0, 1.0, settings.roc_points).tolist(),
         "runs": runs,
         "studies": studies,
@@ -237,6 +240,12 @@ def compare(settings: Settings) -> dict[str, Any]:
     settings.output.mkdir(parents=True, exist_ok=True)
     (settings.output / "results.json").write_text(json.dumps(results, indent=1))
     return results
+
+
+def machine() -> dict[str, Any]:
+    """What the timings were measured on: a shared or busy host inflates them all."""
+    return {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "cuda": torch.cuda.is_available(),
+            "load_average_1m": round(os.getloadavg()[0], 2)}
 
 
 def data_size(data: Path) -> dict[str, Any]:
@@ -351,8 +360,8 @@ def render(results: dict[str, Any], output: Path) -> dict[str, Any]:
     fpr = np.asarray(results["roc_fpr"])
     images = [
         ("ROC curves of all models on the test day (averaged over seeds)", report.plot_roc(
-            {f"{m} (AUC {r['auc_mean']:.4f})": (fpr, np.mean([x["roc_tpr"] for x in by_model[m]], axis=0))
-             for m, r in ((r["model"], r) for r in rows)}, output / "roc.png")),
+            {f"{r['model']} (AUC {r['auc_mean']:.4f})": (fpr, np.mean([x["roc_tpr"] for x in by_model[r["model"]]], axis=0))
+             for r in rows}, output / "roc.png")),
         ("Calibration on the test day (equal-count score groups, averaged over seeds)", report.plot_calibration(
             {m: mean_calibration(rs) for m, rs in by_model.items()}, output / "calibration.png")),
         ("Train and validation curves per epoch (mean over seeds)", report.plot_history(
@@ -364,12 +373,10 @@ def render(results: dict[str, Any], output: Path) -> dict[str, Any]:
         images.append((title, report.plot_sweep(title, entry["x_label"], [str(v) for v in entry["values"]],
                                                 study_series(entry), output / f"study_{name}.png")))
     note = closing_note(rows, results)
-    data = results["data"]
     parts = [
-        f"<p>Data <code>{html.escape(data['path'])}</code>: {data['train_rows']:,} training rows, "
-        f"{data['test_rows']:,} test rows. Seeds {s['seeds']}, at most {s['epochs']} epoch(s) with the "
-        f"trainer's early stopping; test metrics are those of each run's best-validation bundle.</p>",
+        _setup(results),
         report.html_table([_display(r) for r in rows], TABLE_COLUMNS, highlight=lambda r: r["model"] == "deepfm"),
+        READING,
         *(f"<h2>{html.escape(title)}</h2>{report.html_image(path, output, title)}" for title, path in images),
         f"<h2>Closing note</h2><p class=note>{html.escape(note)}"
         + (f"<br>{html.escape(s['note'])}" if s.get("note") else "") + "</p>",
@@ -378,6 +385,25 @@ def render(results: dict[str, Any], output: Path) -> dict[str, Any]:
     ranking = [r["model"] for r in sorted(rows, key=lambda r: r["rank"])]
     return {"report": str(page), "results": str(output / "results.json"), "table": str(output / "table.csv"),
             "ranking": ranking, "auc": {r["model"]: round(r["auc_mean"], 5) for r in rows}, "note": note}
+
+
+READING = """<ul>
+<li>AUC and logloss: each run's best-validation bundle on the test day, mean ± sample std over seeds.</li>
+<li>AUC vs LR: relative change of the mean AUC; logloss vs LR: relative reduction of the mean logloss.</li>
+<li>calibration: mean predicted CTR / observed CTR on the test day (1 is calibrated).</li>
+<li>time/epoch vs LR (the paper's Figure 6): training seconds per epoch (reading + steps, validation
+excluded; FNN's FM pre-training included) relative to LR's, wall-clock on the machine named above.</li>
+</ul>"""
+
+
+def _setup(results: dict[str, Any]) -> str:
+    s, data, m = results["settings"], results["data"], results.get("machine", {})
+    return (f"<p>Data <code>{html.escape(data['path'])}</code>: {data['train_rows']:,} training rows, "
+            f"{data['test_rows']:,} test rows (the test day). Every model trained by the production trainer "
+            f"with the paper's settings (conf/models.yaml) and the same training settings; seeds {s['seeds']} "
+            f"(a seed fixes the data order for every model), at most {s['epochs']} epoch(s) with early stopping, "
+            f"{s['np']} rank(s) per training. Machine: {m.get('cpus', '?')} CPUs, CUDA {m.get('cuda', '?')}, "
+            f"1-minute load average {m.get('load_average_1m', '?')} when the comparison ended.</p>")
 
 
 def _efficiency(rows: list[dict[str, Any]], baseline: str, output: Path) -> tuple[str, Path]:
