@@ -275,7 +275,9 @@ def summarize(runs: list[dict[str, Any]], baseline: str = "lr") -> list[dict[str
                      "logloss_mean": logloss_mean, "logloss_std": logloss_std,
                      "calibration": float(np.mean([r["calibration"] for r in rs])),
                      "train_s_per_epoch": float(np.mean([r["train_seconds_per_epoch"] for r in rs])),
-                     "epochs_run": float(np.mean([r["epochs_run"] for r in rs])), "params": rs[0]["params"]})
+                     "epochs_run": float(np.mean([r["epochs_run"] for r in rs])), "params": rs[0]["params"],
+                     # seeds whose best epoch was their last: still improving when training ended
+                     "improving_at_end": sum(r["best_epoch"] == r["epochs_run"] for r in rs)})
     base = next((r for r in rows if r["model"] == baseline), None)
     order = sorted(rows, key=lambda r: -r["auc_mean"])
     for row in rows:
@@ -337,17 +339,20 @@ def closing_note(rows: list[dict[str, Any]], results: dict[str, Any], target: st
     mine = next((r for r in rows if r["model"] == target), None)
     if mine is None:
         return f"{target} was not in this comparison; {best['model']} ranks first by AUC."
+    improving = [r["model"] for r in rows if r["improving_at_end"]]
+    still = (f" Still improving at their last epoch (more epochs may reorder them): {', '.join(improving)}."
+             if improving else "")
     if mine is best:
         runner = next((r for r in rows if r["rank"] == 2), None)
         lead = f", {mine['auc_mean'] - runner['auc_mean']:.4f} AUC ahead of {runner['model']}" if runner else ""
-        return f"{target} ranks first by mean test AUC{lead}."
+        return f"{target} ranks first by mean test AUC{lead}.{still}"
     gap = best["auc_mean"] - mine["auc_mean"]
     noise = max(best["auc_std"], mine["auc_std"])
     s = results["settings"]
     return (f"{target} ranks {mine['rank']} of {len(rows)}: {gap:.4f} AUC below {best['model']} "
             f"({'within' if gap <= 2 * noise else 'beyond'} twice the larger seed std, {noise:.4f}). "
             f"Scale of this run: {results['data']['train_rows']:,} training rows, {len(s['seeds'])} seed(s), "
-            f"at most {s['epochs']} epoch(s).")
+            f"at most {s['epochs']} epoch(s).{still}")
 
 
 def render(results: dict[str, Any], output: Path) -> dict[str, Any]:

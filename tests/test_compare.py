@@ -98,9 +98,9 @@ def test_study_points_follow_the_paper():
     assert points["activation", "sigmoid", "ipnn"] == {"activation": "sigmoid"}
 
 
-def _run(model: str, seed: int, auc: float, logloss: float, seconds: float) -> dict:
+def _run(model: str, seed: int, auc: float, logloss: float, seconds: float, best_epoch: int = 1) -> dict:
     return {"model": model, "seed": seed, "auc": auc, "logloss": logloss, "calibration": 1.0,
-            "train_seconds_per_epoch": seconds, "epochs_run": 2, "params": 10}
+            "train_seconds_per_epoch": seconds, "epochs_run": 2, "best_epoch": best_epoch, "params": 10}
 
 
 def test_summarize_means_stds_gains_and_ranks():
@@ -113,6 +113,17 @@ def test_summarize_means_stds_gains_and_ranks():
     assert rows["deepfm"]["time_vs_baseline"] == pytest.approx(2.5)
     assert (rows["deepfm"]["rank"], rows["lr"]["rank"]) == (1, 2)
     assert compare.summarize([_run("fm", 1, 0.7, 0.5, 1.0)])[0]["auc_gain_pct"] is None  # no LR: no gains
+
+
+def test_closing_note_names_the_gap_and_the_models_still_improving():
+    results = {"settings": {"seeds": [1, 2], "epochs": 2}, "data": {"train_rows": 1000}}
+    runs = [_run("lr", 1, 0.70, 0.5, 1.0), _run("lr", 2, 0.72, 0.5, 1.0),
+            _run("deepfm", 1, 0.69, 0.5, 3.0, best_epoch=2), _run("deepfm", 2, 0.71, 0.5, 3.0)]
+    note = compare.closing_note(compare.summarize(runs), results)
+    assert note.startswith("deepfm ranks 2 of 2: 0.0100 AUC below lr (within twice")
+    assert "1,000 training rows" in note and note.endswith("more epochs may reorder them): deepfm.")
+    runs[2]["auc"] = 0.99
+    assert compare.closing_note(compare.summarize(runs), results).startswith("deepfm ranks first by mean test AUC")
 
 
 def test_a_small_study_is_plotted(data, tmp_path):
