@@ -147,7 +147,7 @@ def plot_calibration(points: dict[str, list[dict[str, float]]], path: Path,
     for label, pts in points.items():
         x, y = [p["mean_predicted"] for p in pts], [p["observed"] for p in pts]
         ax.plot(x, y, marker="o", ms=3, lw=1.2, color=palette[label], label=label)
-        top = max(top, *x, *y)
+        top = max([top, *x, *y])
     top = min(1.0, top * 1.05) or 1.0
     ax.plot([0, top], [0, top], ls=":", color="grey", lw=1)
     ax.set(xlim=(0, top), ylim=(0, top), xlabel="mean predicted CTR", ylabel="observed CTR", title=title)
@@ -297,7 +297,7 @@ def latest_per_day(runs: pd.DataFrame) -> pd.DataFrame:
     if runs.empty:
         return runs
     runs = runs.assign(date=runs["date"].astype(str)).sort_values(["date", "scored_at"])
-    return runs.groupby("date", as_index=False).last().sort_values("date").reset_index(drop=True)
+    return runs.drop_duplicates("date", keep="last").reset_index(drop=True)
 
 
 def daily_report(bundle: Any, data: Path, runs: pd.DataFrame, output: Path, date: str | None = None,

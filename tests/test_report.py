@@ -81,9 +81,10 @@ def test_html_table_escapes_formats_and_highlights(tmp_path):
 def test_latest_per_day_keeps_the_newest_rerun():
     t = pd.Timestamp("2024-01-02 10:00")
     runs = pd.DataFrame({"date": [dt.date(2024, 1, 2), dt.date(2024, 1, 1), dt.date(2024, 1, 2)],
-                         "scored_at": [t, t, t + pd.Timedelta(hours=1)], "auc": [0.1, 0.2, 0.3]})
-    days = report.latest_per_day(runs)
-    assert days["date"].tolist() == ["2024-01-01", "2024-01-02"] and days["auc"].tolist() == [0.2, 0.3]
+                         "scored_at": [t, t, t + pd.Timedelta(hours=1)], "auc": [0.1, 0.2, None]})
+    days = report.latest_per_day(runs)  # the newest run whole, even where it lacks a value
+    assert days["date"].tolist() == ["2024-01-01", "2024-01-02"] and days["auc"].tolist()[0] == 0.2
+    assert np.isnan(days["auc"].tolist()[1])
 
 
 @pytest.fixture(scope="module")
