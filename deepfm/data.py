@@ -102,10 +102,7 @@ def row_groups(path: str | Path) -> list[RowGroup]:
 
 
 def shard_row_groups(groups: Sequence[RowGroup], shard: int, shard_count: int) -> list[RowGroup]:
-    """Petastorm's assignment: row group ``i`` belongs to shard ``i % shard_count``."""
-    if len(groups) < shard_count:
-        raise ValueError(f"{len(groups)} row groups cannot feed {shard_count} shards: "
-                         "write the split with more (smaller) row groups or files")
+    """Petastorm's assignment: row group ``i`` belongs to shard ``i % shard_count`` (may be none)."""
     return list(groups[shard::shard_count])
 
 
@@ -275,6 +272,9 @@ class PetastormLoader(ShardLoader):
 
     def __init__(self, *args, pool_type: str = "dummy", workers: int = 1, **kwargs):
         super().__init__(*args, **kwargs)
+        if self.dataset_row_groups < self.shard_count:  # Petastorm refuses to start then, on every shard
+            raise ValueError(f"{self.dataset_row_groups} row groups in {self.path} cannot feed {self.shard_count} "
+                             "Petastorm shards: write the split with more row groups, or use --loader arrow")
         self.pool_type, self.workers = pool_type, workers
 
     def _chunks(self, epoch: int) -> Iterator[Mapping[str, np.ndarray]]:

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+import yaml
 from torch import nn
 
 from deepfm import distributed as dist
@@ -99,8 +100,6 @@ class TrainConfig:
 
 def apply_overrides(conf: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply ``key=value`` strings (dotted keys nest; values parse as YAML) to ``conf``."""
-    import yaml
-
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep:
@@ -126,7 +125,7 @@ class TrainState:
     best_step: int = -1
     bad_rounds: int = 0
     stopped_early: bool = False
-    world_size: int = 1
+    data_order: list[int] = field(default_factory=list)  # ranks, batch size, shuffle window, seed
     history: list[dict[str, Any]] = field(default_factory=list)
     validations: list[dict[str, Any]] = field(default_factory=list)
     mlflow_run_id: str | None = None
@@ -338,23 +337,26 @@ class Trainer:
         self.optimizers = make_optimizers(self.model, self.lr).wrap(
             lambda opt, named: dist.distributed_optimizer(opt, named, cfg.sparse_as_dense))
         self.state = self._restore_or_init(init)
-        if self.state.world_size != world and self.state.step_in_epoch:
-            log.warning("resumed on %d ranks, checkpoint is from %d: epoch %d restarts from its first batch",
-                        world, self.state.world_size, self.state.epoch + 1)
+        data_order = [world, cfg.batch_size, cfg.shuffle_buffer, cfg.seed]
+        if self.state.data_order != data_order and self.state.step_in_epoch:
+            log.warning("ranks, batch size, shuffle window or seed differ from the checkpoint's %s: "
+                        "epoch %d restarts from its first batch", self.state.data_order, self.state.epoch + 1)
             self.state.step_in_epoch, self.state.loss_sum, self.state.loss_rows = 0, 0.0, 0
-        self.state.world_size = world
+        self.state.data_order = data_order
 
-        common = dict(spec=spec, shard=self.rank, shard_count=world, seed=cfg.seed,
-                      pool_type=cfg.petastorm_pool, workers=cfg.petastorm_workers)
-        self.train_loader = make_loader(cfg.loader, cfg.data / "train", batch_size=cfg.batch_size,
-                                        shuffle=True, shuffle_buffer=cfg.shuffle_buffer, **common)
-        self.val_loader = make_loader(cfg.loader, cfg.data / "test", batch_size=cfg.eval_batch_size,
-                                      shuffle=False, **common)
+        self.train_loader = make_loader(cfg.loader, cfg.data / "train", spec, cfg.batch_size, shard=self.rank,
+                                        shard_count=world, shuffle_buffer=cfg.shuffle_buffer, seed=cfg.seed,
+                                        pool_type=cfg.petastorm_pool, workers=cfg.petastorm_workers)
+        # Validation reads with pyarrow whatever --loader says: it is one unshuffled pass, and unlike
+        # Petastorm it copes with a test day of fewer row groups than ranks (some ranks get none).
+        self.val_loader = make_loader("arrow", cfg.data / "test", spec, cfg.eval_batch_size, shard=self.rank,
+                                      shard_count=world, shuffle=False)
         # Equal steps on every rank: the smallest shard sets them; larger shards drop their tail
         # (a different tail every epoch, as the row-group order is reshuffled).
         self.steps = dist.allreduce_min(self.train_loader.num_batches, name="steps_per_epoch")
         if self.steps == 0:
-            raise ValueError(f"rank {self.rank} has no training rows in {cfg.data / 'train'}")
+            raise ValueError(f"a train shard is empty: {self.train_loader.dataset_row_groups} row groups in "
+                             f"{cfg.data / 'train'} for {world} ranks")
         log.info("%s on %d rank(s), %s: shard of %d rows, %d steps of %d per epoch, lr %.3g, loader %s",
                  cfg.model, world, self.device, self.train_loader.expected_rows, self.steps, cfg.batch_size,
                  self.lr, cfg.loader)

@@ -36,8 +36,17 @@ def test_footer_row_groups_cover_the_split(dataset):
     assert sum(g.num_rows for g in groups) == 3000
     shards = [shard_row_groups(groups, s, 4) for s in range(4)]
     assert sorted((g.file, g.index) for s in shards for g in s) == sorted((g.file, g.index) for g in groups)
-    with pytest.raises(ValueError, match="row groups cannot feed"):
-        shard_row_groups(groups[:2], 0, 3)
+    assert shard_row_groups(groups[:2], 2, 3) == []
+
+
+def test_more_shards_than_row_groups(dataset):
+    """Arrow gives the surplus shards nothing; Petastorm cannot start, so the loader says why."""
+    root, spec = dataset
+    groups = len(row_groups(root / "test"))
+    spare = make_loader("arrow", root / "test", spec, 64, shard=groups, shard_count=groups + 1, shuffle=False)
+    assert spare.expected_rows == 0 and list(spare.epoch(0)) == []
+    with pytest.raises(ValueError, match="cannot feed .* Petastorm shards"):
+        make_loader("petastorm", root / "test", spec, 64, shard=0, shard_count=groups + 1)
 
 
 @pytest.mark.parametrize("kind", ["arrow", "petastorm"])

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import numpy as np
@@ -159,9 +160,7 @@ def test_one_rank_reaches_the_auc_of_two(two_rank_run, data, tmp_path):
 @pytest.mark.slow
 def test_fnn_is_initialised_from_a_pretrained_fm(data, tmp_path):
     out = tmp_path / "fnn"
-    summary = train(TrainConfig.from_dict({
-        "data": data, "output": out, "model": "fnn", "epochs": 1, "batch_size": 512, "loader": "arrow",
-        "fnn_pretrain_epochs": 1, "cpu_threads": 1, "tracking": {}}))
+    summary = _in_process(data, out, model="fnn", epochs=1, batch_size=512, fnn_pretrain_epochs=1)
     assert load_bundle(out / "fnn_pretrain_fm" / "bundle").name == "fm"
     assert load_bundle(summary["bundle"]).name == "fnn" and summary["val_auc"] > 0.6
 
@@ -169,10 +168,55 @@ def test_fnn_is_initialised_from_a_pretrained_fm(data, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(set(model_names()) - {"deepfm", "fnn"}))
 def test_every_model_of_the_library_trains(name, data, tmp_path):
-    summary = train(TrainConfig.from_dict({
-        "data": data, "output": tmp_path, "model": name, "epochs": 1, "batch_size": 1024, "loader": "arrow",
-        "cpu_threads": 1, "model_config": {"hidden_units": [32, 32]}, "tracking": {}}))
+    summary = _in_process(data, tmp_path, model=name, epochs=1, batch_size=1024,
+                          model_config={"hidden_units": [32, 32]})
     assert load_bundle(summary["bundle"]).name == name and summary["val_auc"] > 0.55
+
+
+def _in_process(data: Path, output: Path, **values) -> dict:
+    """``train()`` in this process (no launcher: the single-process fallback), arrow feeder."""
+    return train(TrainConfig.from_dict({"data": data, "output": output, "loader": "arrow", "cpu_threads": 1,
+                                        "tracking": {}, **values}))
+
+
+@pytest.mark.slow
+def test_early_stopping_and_warm_start(data, tmp_path):
+    # min_delta 1.0: only the first validation can improve, so patience 2 stops at the third.
+    stopped = _in_process(data, tmp_path / "stop", model="fm", epochs=3, batch_size=512, validate_every=10,
+                          early_stopping_patience=2, early_stopping_min_delta=1.0)
+    metrics = json.loads(Path(stopped["metrics"]).read_text())
+    assert stopped["stopped_early"] and [v["global_step"] for v in metrics["validations"]] == [10, 20, 30]
+    assert stopped["best_epoch"] == 1 and stopped["epochs_run"] == 1
+    warm = _in_process(data, tmp_path / "warm", model="fm", epochs=1, batch_size=512,
+                       warm_start=Path(stopped["bundle"]), validate_every=1, early_stopping_patience=0)
+    first = json.loads(Path(warm["metrics"]).read_text())["validations"][0]
+    assert first["auc"] == pytest.approx(metrics["validations"][0]["auc"], abs=0.02)  # starts where it left
+    with pytest.raises(ValueError, match="holds a fm, not a deepfm"):
+        _in_process(data, tmp_path / "wrong", model="deepfm", warm_start=Path(stopped["bundle"]))
+
+
+@pytest.mark.slow
+def test_mlflow_receives_params_metrics_and_artifacts(data, tmp_path, monkeypatch):
+    calls: dict[str, list] = {}
+
+    class FakeMlflow(types.ModuleType):
+        def __getattr__(self, name):
+            if name.startswith("__"):
+                raise AttributeError(name)
+            return lambda *args, **kwargs: calls.setdefault(name, []).append((args, kwargs)) or types.SimpleNamespace(
+                info=types.SimpleNamespace(run_id="run-1"))
+
+    monkeypatch.setitem(sys.modules, "mlflow", FakeMlflow("mlflow"))
+    _in_process(data, tmp_path, model="lr", epochs=1, batch_size=1024,
+                tracking={"mlflow": {"enabled": True, "experiment": "test"}})
+    assert calls["set_tracking_uri"][0][0][0] == (tmp_path.resolve() / "mlruns").as_uri()
+    assert calls["set_experiment"][0][0][0] == "test"
+    assert calls["log_params"][0][0][0]["model"] == "lr"
+    assert any("val_auc" in args[0] for args, _ in calls["log_metrics"])
+    assert {Path(args[0]).name for args, _ in calls["log_artifacts"] + calls["log_artifact"]} == {"bundle", "metrics.json"}
+    assert "end_run" in calls
+    checkpoint = torch.load(tmp_path / "checkpoints" / "latest.pt", weights_only=True)
+    assert checkpoint["state"]["mlflow_run_id"] == "run-1"  # a resumed run reopens it
 
 
 def _vocab_spec(values: tuple[str, ...], numeric: int = 1) -> FeatureSpec:
