@@ -1,0 +1,223 @@
+"""Fitting a :class:`~deepfm.features.FeatureSpec` on Spark DataFrames, and encoding with one.
+
+This is the one encoding mechanism: preprocessing encodes the training and test days with it,
+scoring encodes new raw rows with the spec saved in the model bundle. Both take parsed raw rows
+(:func:`deepfm.rawlogs.parse`) and built-in Spark expressions only (no Python UDF).
+
+Transforms (chosen per field in ``conf/features.yaml``), index 0 always meaning missing / OOV:
+  - ``vocab``: values seen at least ``min_count`` times on the training rows, ranked by
+    (count desc, value asc); index = rank (1-based). Encoded by a left join on the value.
+  - ``hash``: ``1 + pmod(xxhash64(concat('<hash_seed>:', value)), hash_buckets - 1)``,
+    cardinality ``hash_buckets``.
+  - ``bucketize``: quantile boundaries ``b`` fitted on training rows (``percentile_approx``,
+    deduplicated); index ``1 + #{b_i <= x}``, cardinality ``len(b) + 2``.
+  - ``log``: ``log1p(max(x, 0))`` as float32; ``raw``: ``x`` as float32; missing -> 0.
+``vocab`` and ``hash`` key on the raw value as a string, so they also apply to integer fields.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from functools import reduce
+from operator import add
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from pyspark.sql import Column, DataFrame, Observation
+from pyspark.sql import functions as F
+
+from deepfm.features import FeatureSpec, FieldSpec
+from deepfm.rawlogs import CATEGORICAL_FIELDS, INTEGER_FIELDS, LABEL
+
+log = logging.getLogger(__name__)
+
+KIND_TRANSFORMS = {
+    "categorical": ("vocab", "hash"),
+    "integer": ("log", "raw", "bucketize", "vocab", "hash"),
+}
+# Vocabularies up to this size are broadcast to every task; larger ones use a shuffle join.
+BROADCAST_MAX_VOCABULARY = 5_000_000
+
+
+@dataclass(frozen=True)
+class FieldPlan:
+    """How to fit one field: its raw kind, transform and the transform's fitting parameters."""
+
+    name: str
+    kind: str
+    transform: str
+    min_count: int = 1
+    hash_buckets: int = 0
+    buckets: int = 0  # quantile buckets (bucketize)
+
+    def __post_init__(self) -> None:
+        if self.transform not in KIND_TRANSFORMS[self.kind]:
+            raise ValueError(
+                f"field {self.name}: transform {self.transform!r} not allowed for {self.kind} fields "
+                f"(choose one of {KIND_TRANSFORMS[self.kind]})"
+            )
+        if self.transform == "hash" and self.hash_buckets < 2:
+            raise ValueError(f"field {self.name}: hash_buckets must be >= 2")
+        if self.transform == "bucketize" and self.buckets < 2:
+            raise ValueError(f"field {self.name}: buckets must be >= 2")
+
+
+def plan_fields(conf: Mapping[str, Any]) -> list[FieldPlan]:
+    """Per-field plans from ``conf/features.yaml``: the kind's defaults, then field overrides."""
+    overrides = dict(conf.get("fields") or {})
+    unknown = overrides.keys() - set(INTEGER_FIELDS + CATEGORICAL_FIELDS)
+    if unknown:
+        raise ValueError(f"conf/features.yaml overrides unknown fields {sorted(unknown)}")
+    plans = []
+    for kind, names in (("integer", INTEGER_FIELDS), ("categorical", CATEGORICAL_FIELDS)):
+        for name in names:
+            settings = {**conf["defaults"][kind], **(overrides.get(name) or {})}
+            plans.append(FieldPlan(name=name, kind=kind, **settings))
+    return plans
+
+
+def _key(name: str) -> Column:
+    """A field's raw value as the string that vocabularies and hashing key on."""
+    return F.col(name).cast("string")
+
+
+def _quantile_probabilities(buckets: int) -> list[float]:
+    return [k / buckets for k in range(1, buckets)]
+
+
+def _vocabularies(train: DataFrame, plans: Sequence[FieldPlan]) -> dict[str, tuple[str, ...]]:
+    """Each field's values with count >= its min_count, ordered by (count desc, value asc)."""
+    pairs = train.select(
+        F.inline(F.array(*(F.struct(F.lit(p.name).alias("field"), _key(p.name).alias("value")) for p in plans)))
+    )
+    min_count = F.create_map(*(F.lit(x) for p in plans for x in (p.name, p.min_count)))
+    frequent = (
+        pairs.where(F.col("value").isNotNull())
+        .groupBy("field", "value")
+        .count()
+        .where(F.col("count") >= min_count[F.col("field")])
+    )
+    counts = frequent.toPandas().sort_values(["field", "count", "value"], ascending=[True, False, True])
+    by_field = {name: tuple(group["value"]) for name, group in counts.groupby("field", sort=False)}
+    return {p.name: by_field.get(p.name, ()) for p in plans}
+
+
+def _fit_statistics(
+    train: DataFrame, plans: Sequence[FieldPlan], relative_error: float
+) -> tuple[dict[str, tuple[str, ...]], dict[str, tuple[float, ...]]]:
+    """Vocabularies and quantile boundaries in one scan of ``train``.
+
+    The quantiles ride along the vocabulary count as observed metrics, so fitting both costs
+    one pass over the training rows, not two.
+    """
+    vocab_plans = [p for p in plans if p.transform == "vocab"]
+    # As JSON text: observed metrics come back through py4j, which does not convert arrays.
+    quantiles = [
+        F.to_json(
+            F.percentile_approx(
+                F.col(p.name).cast("double"), _quantile_probabilities(p.buckets), int(1 / relative_error)
+            )
+        ).alias(p.name)
+        for p in plans
+        if p.transform == "bucketize"
+    ]
+    vocabularies: dict[str, tuple[str, ...]] = {}
+    found: dict[str, Any] = {}
+    if vocab_plans and quantiles:
+        observed = Observation("quantiles")
+        vocabularies = _vocabularies(train.observe(observed, *quantiles), vocab_plans)
+        found = observed.get
+    elif vocab_plans:
+        vocabularies = _vocabularies(train, vocab_plans)
+    elif quantiles:
+        found = train.agg(*quantiles).first().asDict()
+    boundaries = {name: tuple(sorted(set(json.loads(values or "[]")))) for name, values in found.items()}
+    return vocabularies, boundaries
+
+
+def _field_spec(plan: FieldPlan, vocabulary: tuple[str, ...], boundaries: tuple[float, ...]) -> FieldSpec:
+    if plan.transform == "vocab":
+        # Index 0 is reserved; a field with no frequent value still gets a (never used) index 1.
+        return FieldSpec(plan.name, "vocab", cardinality=max(2, len(vocabulary) + 1), vocabulary=vocabulary)
+    if plan.transform == "hash":
+        return FieldSpec(plan.name, "hash", cardinality=plan.hash_buckets, hash_buckets=plan.hash_buckets)
+    if plan.transform == "bucketize":
+        return FieldSpec(plan.name, "bucketize", cardinality=len(boundaries) + 2, boundaries=boundaries)
+    return FieldSpec(plan.name, plan.transform)
+
+
+def fit(train: DataFrame, conf: Mapping[str, Any], metadata: Mapping[str, Any] | None = None) -> FeatureSpec:
+    """Fit a spec on parsed training rows with the transforms of ``conf`` (conf/features.yaml).
+
+    ``metadata`` (e.g. source days, row counts) is stored with the per-field fitting plans.
+    """
+    plans = plan_fields(conf)
+    vocabularies, boundaries = _fit_statistics(train, plans, float(conf.get("relative_error", 0.001)))
+    fields = tuple(_field_spec(p, vocabularies.get(p.name, ()), boundaries.get(p.name, ())) for p in plans)
+    spec = FeatureSpec(
+        fields=fields,
+        hash_seed=int(conf.get("hash_seed", 0)),
+        label=LABEL,
+        metadata={**(metadata or {}), "field_plans": [asdict(p) for p in plans]},
+    )
+    log.info(
+        "fitted feature spec %s: cardinalities %s", spec.version, {f.name: f.cardinality for f in spec.categorical_fields}
+    )
+    return spec
+
+
+def _vocabulary_frame(df: DataFrame, field: FieldSpec) -> DataFrame:
+    table = pd.DataFrame(
+        {
+            f"_{field.name}_value": pd.Series(field.vocabulary, dtype=object),
+            f"_{field.name}_index": np.arange(1, len(field.vocabulary) + 1, dtype=np.int32),
+        }
+    )
+    frame = df.sparkSession.createDataFrame(table, schema="`_{0}_value` string, `_{0}_index` int".format(field.name))
+    return F.broadcast(frame) if len(field.vocabulary) <= BROADCAST_MAX_VOCABULARY else frame
+
+
+def _join_vocabulary(df: DataFrame, field: FieldSpec) -> DataFrame:
+    vocabulary = _vocabulary_frame(df, field)
+    return df.join(vocabulary, _key(field.name) == vocabulary[f"_{field.name}_value"], "left")
+
+
+def _encoded(field: FieldSpec, hash_seed: int) -> Column:
+    x = F.col(field.name)
+    if field.transform == "vocab":
+        index = F.coalesce(F.col(f"_{field.name}_index"), F.lit(0))
+    elif field.transform == "hash":
+        hashed = F.xxhash64(F.concat(F.lit(f"{hash_seed}:"), _key(field.name)))
+        index = F.when(x.isNull(), 0).otherwise(F.pmod(hashed, F.lit(field.hash_buckets - 1)) + 1)
+    elif field.transform == "bucketize":
+        value = x.cast("double")
+        above = reduce(add, ((value >= F.lit(b)).cast("int") for b in field.boundaries), F.lit(0))
+        index = F.when(x.isNull(), 0).otherwise(above + 1)
+    elif field.transform == "log":
+        return F.coalesce(F.log1p(F.greatest(x.cast("double"), F.lit(0.0))), F.lit(0.0)).cast("float").alias(field.name)
+    else:  # raw
+        return F.coalesce(x.cast("float"), F.lit(0.0)).cast("float").alias(field.name)
+    return index.cast("int").alias(field.name)
+
+
+def encode(df: DataFrame, spec: FeatureSpec) -> DataFrame:
+    """Encode parsed rows with ``spec``.
+
+    Out: ``label`` (float32, when ``df`` has one), the spec's fields in spec order (int32 index
+    or float32 value, see :mod:`deepfm.features`), then ``df``'s other columns unchanged
+    (e.g. ``impression_id``, ``day``).
+    """
+    missing = [f.name for f in spec.fields if f.name not in df.columns]
+    if missing:
+        raise ValueError(f"cannot encode: input lacks fields {missing} of feature spec {spec.version}")
+    joined = reduce(_join_vocabulary, (f for f in spec.fields if f.transform == "vocab"), df)
+    encoded_names = {spec.label, *(f.name for f in spec.fields)}
+    label = [F.col(spec.label).cast("float").alias(spec.label)] if spec.label in df.columns else []
+    return joined.select(
+        *label,
+        *(_encoded(f, spec.hash_seed) for f in spec.fields),
+        *(F.col(c) for c in df.columns if c not in encoded_names),
+    )

@@ -1,0 +1,338 @@
+"""The daily preprocessing job: raw click logs in, encoded train/test Parquet and feature spec out.
+
+For an end date D the test days are the ``test_days`` days ending on D and the training days the
+``train_days`` days before them. Stages, each logged with its duration and recorded in the
+summary:
+  discover  find each day's files (a missing or empty day fails the job, or is skipped),
+  validate  per day, days in parallel: count lines and write malformed ones to quarantine,
+  fit       fit the feature spec on the training days' valid rows only,
+  encode    encode all days with the spec in one Parquet write, partitioned by split and day,
+  finalize  reconcile counts per day, save the spec and the summary, swap the output in.
+
+Output directory (written under ``<output>.tmp-<uuid>``, then renamed over ``<output>``: a failed
+run leaves the previous output untouched, a rerun replaces it whole):
+  train/day=YYYY-MM-DD/part-*.parquet   label float32, then the spec's fields (int32 / float32)
+  test/day=YYYY-MM-DD/part-*.parquet
+  quarantine/day=YYYY-MM-DD/part-*.parquet   raw_line, reason
+  feature_spec.json                     the fitted FeatureSpec (deepfm.features)
+  summary.json                          per-day counts, stage timings, spec version, days
+Every Parquet file holds one row group of at most ``row_group_rows`` rows (Petastorm shards by
+row group), and each day gets at least ``min_row_groups_per_day`` of them even when small.
+
+The output is written through the driver's filesystem (spec, summary, renames), so it must be a
+local path or a mount shared with the executors; the input may be any Hadoop path.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import math
+import shutil
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from functools import reduce
+from pathlib import Path
+from typing import Any
+
+from py4j.protocol import Py4JJavaError
+from pyspark.errors import PySparkException
+from pyspark.sql import DataFrame, Observation, SparkSession
+from pyspark.sql import functions as F
+
+from deepfm import encoding, rawlogs
+from deepfm.features import FeatureSpec
+
+log = logging.getLogger(__name__)
+
+SUMMARY_FILENAME = "summary.json"
+SPLITS = ("train", "test")
+
+
+@dataclass(frozen=True)
+class Options:
+    """One run of the job (the command line's options, defaults from conf/preprocess.yaml)."""
+
+    input: str
+    output: str
+    end_date: dt.date
+    features: Mapping[str, Any]  # conf/features.yaml
+    train_days: int = 7
+    test_days: int = 1
+    layout: str = "auto"
+    day0_date: dt.date | None = None
+    skip_missing_days: bool = False
+    row_group_rows: int = 131_072
+    min_row_groups_per_day: int = 4
+
+
+@dataclass
+class DayCounts:
+    split: str
+    rows_read: int = 0
+    rows_quarantined: int = 0
+    quarantined_by_reason: dict[str, int] = field(default_factory=dict)
+    rows_written: int = 0
+
+    @property
+    def rows_valid(self) -> int:
+        return self.rows_read - self.rows_quarantined
+
+
+class Stages:
+    """Times named stages: logs start and end, keeps the durations for the summary."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        log.info("stage %s: started", name)
+        start = time.perf_counter()
+        yield
+        self.seconds[name] = round(time.perf_counter() - start, 3)
+        log.info("stage %s: done in %.1fs", name, self.seconds[name])
+
+
+def day_window(end_date: dt.date, train_days: int, test_days: int) -> tuple[list[dt.date], list[dt.date]]:
+    """(training days, test days): the ``test_days`` days ending on ``end_date``, and the
+    ``train_days`` days before them."""
+    if train_days < 1 or test_days < 1:
+        raise ValueError("train_days and test_days must be >= 1")
+    first_test = end_date - dt.timedelta(days=test_days - 1)
+    train = [first_test - dt.timedelta(days=k) for k in range(train_days, 0, -1)]
+    test = [first_test + dt.timedelta(days=k) for k in range(test_days)]
+    return train, test
+
+
+def _skip_or_raise(error: rawlogs.InputDayError, skip: bool, skipped: dict[str, str]) -> None:
+    if not skip:
+        raise error
+    log.warning("skipping %s", error)
+    skipped[error.day.isoformat()] = error.problem
+
+
+def discover(
+    spark: SparkSession, opts: Options, days: list[dt.date], skipped: dict[str, str]
+) -> tuple[str, dict[dt.date, DataFrame]]:
+    """The input layout and each available day's raw lines (``rawlogs.read_raw_day``)."""
+    layout = rawlogs.detect_layout(spark, opts.input) if opts.layout == "auto" else opts.layout
+    raw = {}
+    for day in days:
+        try:
+            raw[day] = rawlogs.read_raw_day(spark, opts.input, day, layout, opts.day0_date)
+        except rawlogs.InputDayError as error:
+            _skip_or_raise(error, opts.skip_missing_days, skipped)
+    log.info("input %s (%s layout): %d of %d days found", opts.input, layout, len(raw), len(days))
+    return layout, raw
+
+
+def validate_day(raw: DataFrame, day: dt.date, quarantine_uri: str, split: str) -> DayCounts:
+    """Count a day's lines and write its malformed ones (raw_line, reason) to ``quarantine_uri``.
+
+    Lines read are counted before the filter and quarantined ones after it, both observed
+    during the one write. Raises ``InputDayError`` if the day cannot be read or has no line.
+    """
+    checked = rawlogs.with_reason(raw)
+    read, kept = Observation(f"read {day}"), Observation(f"quarantined {day}")
+    quarantined = (
+        checked.observe(read, F.count(F.lit(1)).alias("rows"))
+        .where(F.col("reason").isNotNull())
+        .observe(kept, *(F.count_if(F.col("reason") == r).alias(r) for r in rawlogs.REASONS))
+        .select("raw_line", "reason")
+    )
+    try:
+        quarantined.write.mode("overwrite").parquet(quarantine_uri)
+    except (Py4JJavaError, PySparkException) as exc:
+        raise rawlogs.InputDayError(day, f"unreadable: {str(exc).strip().splitlines()[0]}") from exc
+    by_reason = {r: int(n) for r, n in kept.get.items()}
+    counts = DayCounts(split, int(read.get["rows"]), sum(by_reason.values()), by_reason)
+    if counts.rows_read == 0:
+        raise rawlogs.InputDayError(day, "no lines")
+    log.info("validated %s: %d lines, %d quarantined %s", day, counts.rows_read, counts.rows_quarantined, by_reason)
+    return counts
+
+
+def validate(
+    raw: dict[dt.date, DataFrame],
+    test_days: list[dt.date],
+    quarantine_dir: Path,
+    skip: bool,
+    skipped: dict[str, str],
+) -> dict[dt.date, DayCounts]:
+    """Validate every day, as concurrent Spark jobs (a gzipped day is a single task)."""
+
+    def one(day: dt.date) -> DayCounts:
+        split = "test" if day in test_days else "train"
+        return validate_day(raw[day], day, _day_dir(quarantine_dir, day).as_uri(), split)
+
+    counts = {}
+    with ThreadPoolExecutor(max_workers=max(1, min(8, len(raw)))) as pool:
+        futures = {day: pool.submit(one, day) for day in raw}
+        for day, future in futures.items():
+            try:
+                counts[day] = future.result()
+            except rawlogs.InputDayError as error:
+                _skip_or_raise(error, skip, skipped)
+                shutil.rmtree(_day_dir(quarantine_dir, day), ignore_errors=True)
+    return counts
+
+
+def _day_dir(root: Path, day: dt.date) -> Path:
+    return root / f"day={day.isoformat()}"
+
+
+def _valid_rows(raw: dict[dt.date, DataFrame], days: list[dt.date]) -> DataFrame:
+    parsed = (rawlogs.parse(raw[day])[0] for day in days)
+    return reduce(DataFrame.unionByName, parsed)
+
+
+def fit_spec(
+    raw: dict[dt.date, DataFrame], counts: dict[dt.date, DayCounts], features: Mapping[str, Any], end_date: dt.date
+) -> FeatureSpec:
+    """Fit the feature spec on the valid rows of the training days (never the test days)."""
+    train_days = [d for d in sorted(counts) if counts[d].split == "train"]
+    if not train_days:
+        raise RuntimeError(f"no training day available for end date {end_date}")
+    metadata = {
+        "end_date": end_date.isoformat(),
+        "source_days": [d.isoformat() for d in train_days],
+        "test_days": [d.isoformat() for d in sorted(counts) if counts[d].split == "test"],
+        "train_rows": sum(counts[d].rows_valid for d in train_days),
+        "rows_per_day": {d.isoformat(): counts[d].rows_valid for d in train_days},
+        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    return encoding.fit(_valid_rows(raw, train_days), features, metadata)
+
+
+def rows_per_file(counts: dict[dt.date, DayCounts], row_group_rows: int, min_row_groups_per_day: int) -> int:
+    """File (= row group) size cap: ``row_group_rows``, lowered so the smallest day still gets
+    ``min_row_groups_per_day`` row groups."""
+    smallest = min((c.rows_valid for c in counts.values() if c.rows_valid), default=row_group_rows)
+    return max(1, min(row_group_rows, math.ceil(smallest / max(1, min_row_groups_per_day))))
+
+
+def encode_days(
+    raw: dict[dt.date, DataFrame],
+    counts: dict[dt.date, DayCounts],
+    spec: FeatureSpec,
+    out_dir: Path,
+    max_rows_per_file: int,
+) -> None:
+    """Encode every day with ``spec`` and write ``<out_dir>/<split>/day=<day>/``.
+
+    One Spark job for all days (the vocabularies are broadcast once), written partitioned by
+    split and day, then the ``split=`` folders renamed to plain ``train/`` and ``test/``.
+    Sets ``rows_written`` in ``counts`` from rows observed on their way to the writer.
+    """
+    days = sorted(counts)
+    test_days = [d for d in days if counts[d].split == "test"]
+    written = Observation("written")
+    encoded = encoding.encode(_valid_rows(raw, days), spec)
+    columns = [spec.label, *(f.name for f in spec.fields)]
+    staging = out_dir / "_encoded"
+    (
+        encoded.select(
+            *columns, "day", F.when(F.col("day").isin(test_days), "test").otherwise("train").alias("split")
+        )
+        .observe(written, *(F.count_if(F.col("day") == F.lit(d)).alias(d.isoformat()) for d in days))
+        .write.partitionBy("split", "day")
+        .option("maxRecordsPerFile", max_rows_per_file)
+        .mode("overwrite")
+        .parquet(staging.as_uri())
+    )
+    for day, n in written.get.items():
+        counts[dt.date.fromisoformat(day)].rows_written = int(n)
+    for split in SPLITS:
+        if (staging / f"split={split}").exists():
+            (staging / f"split={split}").rename(out_dir / split)
+    shutil.rmtree(staging)
+
+
+def reconcile(counts: dict[dt.date, DayCounts]) -> None:
+    """Require rows read = rows written + rows quarantined, for every day."""
+    for day, c in sorted(counts.items()):
+        log.info(
+            "%s %-5s read %d = written %d + quarantined %d %s",
+            day, c.split, c.rows_read, c.rows_written, c.rows_quarantined, c.quarantined_by_reason,
+        )  # fmt: skip
+    broken = [d.isoformat() for d, c in counts.items() if c.rows_read != c.rows_written + c.rows_quarantined]
+    if broken:
+        raise RuntimeError(f"row counts do not reconcile (read != written + quarantined) for days {broken}")
+
+
+def summarize(
+    opts: Options,
+    layout: str,
+    spec: FeatureSpec,
+    counts: dict[dt.date, DayCounts],
+    skipped: dict[str, str],
+    stage_seconds: dict[str, float],
+    max_rows_per_file: int,
+) -> dict[str, Any]:
+    days = {d.isoformat(): asdict(c) for d, c in sorted(counts.items())}
+    totals = {k: sum(c[k] for c in days.values()) for k in ("rows_read", "rows_written", "rows_quarantined")}
+    return {
+        "end_date": opts.end_date.isoformat(),
+        "train_days": [d for d, c in days.items() if c["split"] == "train"],
+        "test_days": [d for d, c in days.items() if c["split"] == "test"],
+        "skipped_days": skipped,
+        "input": opts.input,
+        "layout": layout,
+        "output": opts.output,
+        "spec_version": spec.version,
+        "days": days,
+        "totals": totals,
+        "stage_seconds": stage_seconds,
+        "rows_per_file": max_rows_per_file,
+        "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+@contextmanager
+def staged_output(output: Path) -> Iterator[Path]:
+    """A fresh ``<output>.tmp-<uuid>`` to write into, renamed over ``output`` on success and
+    removed on failure."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_name(f"{output.name}.tmp-{uuid.uuid4().hex[:12]}")
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = output.with_name(f"{output.name}.old-{uuid.uuid4().hex[:12]}")
+    if output.exists():
+        output.rename(old)  # two renames: the old output stays whole until the new one is in
+    tmp.rename(output)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def run(spark: SparkSession, opts: Options) -> dict[str, Any]:
+    """Run the job for ``opts.end_date``; return the summary (also saved as summary.json)."""
+    stages = Stages()
+    train_days, test_days = day_window(opts.end_date, opts.train_days, opts.test_days)
+    skipped: dict[str, str] = {}
+    output = Path(opts.output)
+    log.info("preprocess %s: train %s..%s, test %s..%s -> %s", opts.end_date, train_days[0], train_days[-1],
+             test_days[0], test_days[-1], output)  # fmt: skip
+    with staged_output(output) as tmp:
+        with stages("discover"):
+            layout, raw = discover(spark, opts, train_days + test_days, skipped)
+        with stages("validate"):
+            counts = validate(raw, test_days, tmp / "quarantine", opts.skip_missing_days, skipped)
+        with stages("fit"):
+            spec = fit_spec(raw, counts, opts.features, opts.end_date)
+        with stages("encode"):
+            max_rows = rows_per_file(counts, opts.row_group_rows, opts.min_row_groups_per_day)
+            encode_days(raw, counts, spec, tmp, max_rows)
+        with stages("finalize"):
+            reconcile(counts)
+            spec.save(tmp)
+        summary = summarize(opts, layout, spec, counts, skipped, stages.seconds, max_rows)
+        (tmp / SUMMARY_FILENAME).write_text(json.dumps(summary, indent=2))
+    log.info("preprocess %s done: %s, spec %s", opts.end_date, summary["totals"], spec.version)
+    return summary

@@ -1,0 +1,201 @@
+"""Raw click logs: finding a day's files, reading them, and parsing lines into typed columns.
+
+A line is Criteo's ``label \\t I1..I13 \\t C1..C26``: label 0/1, integer fields, 8-hex-digit
+categorical fields; any field but the label may be empty. Two layouts of daily files:
+  - ``date``: ``<root>/date=YYYY-MM-DD/<any files>`` (plain or ``.gz``),
+  - ``criteo``: Criteo Terabyte's ``<root>/day_<N>[.gz]``, ``day_0`` being ``day0_date``.
+
+``parse`` splits rows into typed valid rows and quarantined rows with a reason code. A line is
+valid when it matches one regular expression (:data:`VALID_LINE`), so validation is one regex
+evaluation per row; the reason is worked out only for the rare rows that fail it.
+
+Impression id: ``xxhash64(day, file name, raw line)``. It is stable across reruns and however
+Spark splits the files, and costs nothing when unused (the file name comes from the scan's
+``_metadata`` column). Byte-identical lines in the same file share an id; they are
+indistinguishable impressions and get identical encodings and predictions.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import re
+
+from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+LABEL = "label"
+INTEGER_FIELDS = tuple(f"I{i}" for i in range(1, 14))
+CATEGORICAL_FIELDS = tuple(f"C{i}" for i in range(1, 27))
+RAW_FIELDS = INTEGER_FIELDS + CATEGORICAL_FIELDS
+N_COLUMNS = 1 + len(RAW_FIELDS)
+LAYOUTS = ("date", "criteo")
+# Quarantine reason codes, in the order they are checked (a row gets the first that applies).
+REASONS = ("wrong_field_count", "bad_label", "bad_numeric", "bad_categorical")
+
+# At most 18 digits so every valid value fits a long; more is reported as bad_numeric. Groups are
+# non-capturing and quantifiers possessive (a field cannot match a tab, so nothing is lost by not
+# backtracking): this regex is evaluated on every line and that makes it much cheaper.
+INTEGER_VALUE = r"(?:-?[0-9]{1,18}+)?+"
+CATEGORICAL_VALUE = r"(?:[0-9a-f]{8})?+"
+_INTEGERS = f"(?:\t{INTEGER_VALUE}){{{len(INTEGER_FIELDS)}}}+"
+VALID_LINE = f"^[01]{_INTEGERS}(?:\t{CATEGORICAL_VALUE}){{{len(CATEGORICAL_FIELDS)}}}+$"
+# On a line with the right number of fields: label, then valid integer fields (a regex, not a
+# higher-order function over the split fields, so the expression stays code-generated).
+_VALID_INTEGERS = f"^[^\t]*+{_INTEGERS}\t"
+
+_CRITEO_FILE = re.compile(r"day_(\d+)(\.gz)?")
+
+
+class InputDayError(RuntimeError):
+    """A day's input is missing, empty or unreadable (the job may be configured to skip it)."""
+
+    def __init__(self, day: dt.date, problem: str) -> None:
+        super().__init__(f"input day {day.isoformat()}: {problem}")
+        self.day = day
+        self.problem = problem
+
+
+def _hadoop_path(spark: SparkSession, path: str):
+    """A Hadoop ``Path`` and its ``FileSystem``: works for local, HDFS and object-store roots."""
+    jpath = spark._jvm.org.apache.hadoop.fs.Path(path)
+    return jpath, jpath.getFileSystem(spark._jsc.hadoopConfiguration())
+
+
+def _list(spark: SparkSession, directory: str) -> list:
+    """Visible entries (not ``_``/``.``-prefixed, as Spark's readers skip) of a directory."""
+    jpath, fs = _hadoop_path(spark, directory)
+    if not fs.isDirectory(jpath):
+        return []
+    return [s for s in fs.listStatus(jpath) if not s.getPath().getName().startswith(("_", "."))]
+
+
+def detect_layout(spark: SparkSession, input_root: str) -> str:
+    """``date`` if the root holds ``date=*`` folders, ``criteo`` if it holds ``day_N`` files."""
+    names = [s.getPath().getName() for s in _list(spark, input_root)]
+    found = {
+        layout
+        for layout, present in (
+            ("date", any(n.startswith("date=") for n in names)),
+            ("criteo", any(_CRITEO_FILE.fullmatch(n) for n in names)),
+        )
+        if present
+    }
+    if len(found) != 1:
+        raise ValueError(
+            f"cannot detect the input layout of {input_root}: expected either date=YYYY-MM-DD/ "
+            f"folders or day_N[.gz] files, found {'both' if found else 'neither'}"
+        )
+    return found.pop()
+
+
+def day_paths(
+    spark: SparkSession,
+    input_root: str,
+    day: dt.date,
+    layout: str = "auto",
+    day0_date: dt.date | None = None,
+) -> list[str]:
+    """The files holding ``day``'s lines; raises :class:`InputDayError` if missing or empty."""
+    if layout == "auto":
+        layout = detect_layout(spark, input_root)
+    root = input_root.rstrip("/")
+    if layout == "date":
+        where = f"{root}/date={day.isoformat()}/"
+        files = [s for s in _list(spark, where) if s.isFile()]
+    elif layout == "criteo":
+        if day0_date is None or day < day0_date:
+            raise InputDayError(day, f"criteo layout needs day0_date on or before the day (got {day0_date})")
+        where = f"{root}/day_{(day - day0_date).days}[.gz]"
+        candidates = [f"{root}/day_{(day - day0_date).days}{ext}" for ext in ("", ".gz")]
+        files = [s for p in candidates for s in _list_file(spark, p)]
+        if len(files) > 1:
+            raise InputDayError(day, f"both plain and gzipped files exist: {candidates}")
+    else:
+        raise ValueError(f"unknown layout {layout!r}; expected auto or one of {LAYOUTS}")
+    if not files:
+        raise InputDayError(day, f"no input files at {where}")
+    if sum(s.getLen() for s in files) == 0:
+        raise InputDayError(day, f"input files at {where} are empty")
+    return [s.getPath().toString() for s in files]
+
+
+def _list_file(spark: SparkSession, path: str) -> list:
+    jpath, fs = _hadoop_path(spark, path)
+    return [fs.getFileStatus(jpath)] if fs.isFile(jpath) else []
+
+
+def read_raw_day(
+    spark: SparkSession,
+    input_root: str,
+    day: dt.date,
+    layout: str = "auto",
+    day0_date: dt.date | None = None,
+) -> DataFrame:
+    """One day's lines: ``raw_line`` (string), ``day`` (date), ``source_file`` (file name)."""
+    paths = day_paths(spark, input_root, day, layout, day0_date)
+    return spark.read.text(paths).select(
+        F.col("value").alias("raw_line"),
+        F.lit(day).alias("day"),
+        F.col("_metadata.file_name").alias("source_file"),
+    )
+
+
+def reason(raw_line: Column) -> Column:
+    """The quarantine reason code of a line, null when it is valid."""
+    fields = F.split(raw_line, "\t", -1)
+    return (
+        F.when(raw_line.rlike(VALID_LINE), F.lit(None).cast("string"))
+        .when(F.size(fields) != N_COLUMNS, "wrong_field_count")
+        .when(~fields[0].isin("0", "1"), "bad_label")
+        .when(~raw_line.rlike(_VALID_INTEGERS), "bad_numeric")
+        .otherwise("bad_categorical")  # everything else in VALID_LINE checked: a categorical value
+    )
+
+
+def with_reason(raw: DataFrame) -> DataFrame:
+    """``raw`` plus a ``reason`` column (null for valid lines)."""
+    return raw.withColumn("reason", reason(F.col("raw_line")))
+
+
+def typed_columns(fields: Column) -> list[Column]:
+    """``label`` int, ``I*`` long and ``C*`` string columns from a valid line's split fields.
+
+    ``fields`` should be a column holding ``split(raw_line)``, not the expression itself:
+    Spark would then split the line once per field.
+    """
+    value = lambda i: F.nullif(fields[i], F.lit(""))  # noqa: E731
+    return [
+        fields[0].cast("int").alias(LABEL),
+        *(value(1 + i).cast("long").alias(n) for i, n in enumerate(INTEGER_FIELDS)),
+        *(value(1 + len(INTEGER_FIELDS) + i).alias(n) for i, n in enumerate(CATEGORICAL_FIELDS)),
+    ]
+
+
+def impression_id(day: Column, source_file: Column, raw_line: Column) -> Column:
+    return F.xxhash64(day, source_file, raw_line)
+
+
+def parse(raw: DataFrame) -> tuple[DataFrame, DataFrame]:
+    """Split raw lines (``read_raw_day`` output) into typed valid rows and quarantined rows.
+
+    Valid: ``impression_id`` (long), ``day``, ``label`` (int), ``I1..I13`` (long), ``C1..C26``
+    (string). Quarantine: ``raw_line``, ``day``, ``reason`` (one of :data:`REASONS`).
+    """
+    checked = with_reason(raw)
+    return valid_rows(checked), quarantined_rows(checked)
+
+
+def valid_rows(checked: DataFrame) -> DataFrame:
+    line = F.col("raw_line")
+    return (
+        checked.where(F.col("reason").isNull())
+        .select(
+            impression_id(F.col("day"), F.col("source_file"), line).alias("impression_id"),
+            "day",
+            F.split(line, "\t", -1).alias("_fields"),
+        )
+        .select("impression_id", "day", *typed_columns(F.col("_fields")))
+    )
+
+
+def quarantined_rows(checked: DataFrame) -> DataFrame:
+    return checked.where(F.col("reason").isNotNull()).select("raw_line", "day", "reason")
