@@ -1,0 +1,266 @@
+"""The daily scoring job against real Spark and real Delta, on generated click logs.
+
+One small world: three days of synthetic logs (2% malformed), a feature spec using every
+transform of the real encoder, and a DeepFM bundle saved in the real bundle format. Days 0
+and 1 are scored concurrently into one table; the other tests read those runs, rerun a day,
+or try to break the job.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from pyspark.sql import functions as F
+
+from deepfm.bundle import BundleError, load_bundle, save_bundle
+from deepfm.config import REPO_ROOT
+from deepfm.encoding import encode
+from deepfm.features import FeatureSpec, FeatureSpecError, FieldSpec
+from deepfm.models import build_model_for_spec
+from deepfm.rawlogs import CATEGORICAL_FIELDS, INTEGER_FIELDS, parse, read_raw_day
+from deepfm.scoring import (
+    METRICS_SCHEMA,
+    SCORES_SCHEMA,
+    ScoreOptions,
+    ScoringError,
+    TableRef,
+    ensure_table,
+    run,
+)
+from deepfm.spark import get_spark, spark_submit_args
+from deepfm.metrics import auc
+from deepfm.synthetic import write_logs
+
+pytestmark = pytest.mark.slow
+
+DAY0 = dt.date(2026, 11, 20)
+DAYS = [DAY0 + dt.timedelta(days=k) for k in range(3)]
+ROWS_PER_DAY = 2000
+
+
+@pytest.fixture(scope="session")
+def spark():
+    return get_spark("test_scoring", {"spark.sql.shuffle.partitions": "2"})
+
+
+def small_spec(raw_day: Path) -> FeatureSpec:
+    """Every transform the encoder has: vocab (C1's frequent values), hash, bucketize, log, raw."""
+    rows = [line.split("\t") for line in (raw_day / "part-00000.tsv").read_text().splitlines()[:500]]
+    c1 = Counter(r[14] for r in rows if len(r) == 40 and r[14])
+    numeric = {"I2": FieldSpec("I2", "raw"), "I6": FieldSpec("I6", "bucketize", 8, boundaries=(1.0, 2.0, 4.0, 8.0, 16.0, 64.0))}
+    return FeatureSpec(fields=(
+        *(numeric.get(name, FieldSpec(name, "log")) for name in INTEGER_FIELDS),
+        FieldSpec("C1", "vocab", 4, vocabulary=tuple(v for v, _ in c1.most_common(3))),
+        *(FieldSpec(name, "hash", 500, hash_buckets=500) for name in CATEGORICAL_FIELDS[1:]),
+    ), hash_seed=3)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """Raw logs, their generator manifest, and a DeepFM bundle with spread-out predictions."""
+    root = tmp_path_factory.mktemp("scoring")
+    manifest = write_logs(root / "raw", days=len(DAYS), rows_per_day=ROWS_PER_DAY, start_date=DAY0,
+                          seed=7, malformed_fraction=0.02)  # fmt: skip
+    spec = small_spec(root / "raw" / f"date={DAY0.isoformat()}")
+    torch.manual_seed(0)
+    model = build_model_for_spec("deepfm", spec, {"embedding_dim": 4, "hidden_units": [16, 16],
+                                                  "embedding_init_std": 0.1})  # fmt: skip
+    save_bundle(root / "bundle", model, "deepfm", model.config, spec)
+    return {"root": root, "manifest": manifest, "bundle": root / "bundle"}
+
+
+def options(world, day: dt.date, table: str, **kwargs) -> ScoreOptions:
+    root = world["root"]
+    return ScoreOptions(date=day, model=str(kwargs.pop("model", world["bundle"])), table=str(root / table),
+                        input_root=str(root / "raw"), batch_size=512, **kwargs)  # fmt: skip
+
+
+def day_rows(spark, table: Path, day: dt.date):
+    return spark.read.format("delta").load(str(table)).where(F.col("date") == F.lit(day))
+
+
+def history(spark, table: Path):
+    return spark.sql(f"DESCRIBE HISTORY delta.`{table}`").orderBy("version").collect()
+
+
+@pytest.fixture(scope="module")
+def scored(spark, world):
+    """Days 0 and 1 scored at the same time, by two threads, into the pre-created table ``scores``."""
+    ensure_table(spark, TableRef.of(str(world["root"] / "scores")), SCORES_SCHEMA, ["date"])
+    results: dict[dt.date, object] = {}
+
+    def score(day: dt.date) -> None:
+        try:
+            results[day] = run(spark, options(world, day, "scores"))
+        except Exception as exc:  # noqa: BLE001 - reported by the assertion below
+            results[day] = exc
+
+    threads = [threading.Thread(target=score, args=(day,)) for day in DAYS[:2]]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(isinstance(r, dict) for r in results.values()), results
+    return results
+
+
+@pytest.fixture(scope="module")
+def first_run(scored):
+    return scored[DAY0]
+
+
+def test_two_dates_scored_concurrently_both_commit(spark, world, scored):
+    table = world["root"] / "scores"
+    for day in DAYS[:2]:
+        assert day_rows(spark, table, day).count() == scored[day]["scored"] > 0
+    writes = [h for h in history(spark, table) if h["operation"] == "WRITE"]
+    assert sorted(h["version"] for h in writes) == sorted(scored[day]["version"] for day in DAYS[:2])
+
+
+def test_scores_equal_the_bundle_applied_in_torch(spark, world, first_run):
+    table = world["root"] / "scores"
+    scored = day_rows(spark, table, DAY0).select("impression_id", "ctr").toPandas()
+    bundle = load_bundle(world["bundle"])
+    spec = bundle.spec
+    valid, _ = parse(read_raw_day(spark, str(world["root"] / "raw"), DAY0))
+    encoded = encode(valid, spec).toPandas()
+    with torch.no_grad():
+        logits = bundle.model.eval()(
+            torch.from_numpy(encoded[[f.name for f in spec.categorical_fields]].to_numpy(np.int64)),
+            torch.from_numpy(encoded[[f.name for f in spec.numeric_fields]].to_numpy(np.float32)),
+        )
+    encoded["expected"] = torch.sigmoid(logits).numpy()
+    # Byte-identical lines share an impression id (and their prediction): compare distinct ids.
+    joined = scored.drop_duplicates("impression_id").merge(
+        encoded[["impression_id", "expected"]].drop_duplicates("impression_id"), on="impression_id", how="outer"
+    )
+    assert len(joined) == scored["impression_id"].nunique() == encoded["impression_id"].nunique()
+    np.testing.assert_allclose(joined["ctr"], joined["expected"], rtol=0, atol=1e-5)
+    assert joined["ctr"].std() > 0.01, "the test model should spread its predictions"
+
+
+def test_table_schema_partitioning_and_run_stamps(spark, world, first_run):
+    table = world["root"] / "scores"
+    df = spark.read.format("delta").load(str(table))
+    assert [(f.name, f.dataType) for f in df.schema] == [(f.name, f.dataType) for f in SCORES_SCHEMA]
+    assert spark.sql(f"DESCRIBE DETAIL delta.`{table}`").first()["partitionColumns"] == ["date"]
+    stamps = day_rows(spark, table, DAY0).select("model_name", "model_version", "spec_version").distinct().collect()
+    bundle = load_bundle(world["bundle"])
+    assert [tuple(r) for r in stamps] == [("deepfm", bundle.version, bundle.spec.version)]
+    assert first_run["model_version"] == bundle.version
+
+
+def test_counts_reconcile_and_rejects_carry_reasons(spark, world, first_run):
+    day = world["manifest"]["days"][DAY0.isoformat()]
+    assert first_run["rows_in"] == day["rows"] == ROWS_PER_DAY
+    assert first_run["rejected"] == sum(day["malformed"].values()) > 0
+    assert first_run["scored"] + first_run["rejected"] == first_run["rows_in"]
+    assert first_run["reconciled"]
+    rejects = spark.read.parquet(first_run["rejects"]).groupBy("reason").count().collect()
+    assert {r["reason"]: r["count"] for r in rejects} == {k: v for k, v in day["malformed"].items() if v}
+    assert first_run["rejects"].endswith(f"scores_rejects/{DAY0.isoformat()}")
+
+
+def test_day_metrics_match_numpy_and_land_in_the_metrics_table(spark, world, first_run):
+    rows = day_rows(spark, world["root"] / "scores", DAY0).select("ctr", "label").toPandas()
+    p, y = rows["ctr"].to_numpy(np.float64), rows["label"].to_numpy(np.float64)
+    assert first_run["mean_ctr"] == pytest.approx(p.mean(), abs=1e-6)
+    assert first_run["labeled"] == len(rows)
+    assert first_run["auc"] == pytest.approx(auc(p, y), abs=1e-3)  # binned vs exact
+    q = np.clip(p, 1e-7, 1 - 1e-7)
+    assert first_run["logloss"] == pytest.approx(-(y * np.log(q) + (1 - y) * np.log(1 - q)).mean(), rel=1e-6)
+    assert first_run["calibration"] == pytest.approx(p.sum() / y.sum(), rel=1e-6)
+
+    metrics = spark.read.format("delta").load(first_run["metrics_table"])
+    assert [f.name for f in metrics.schema] == METRICS_SCHEMA.fieldNames()
+    record = metrics.where(F.col("run_id") == first_run["run_id"]).first()
+    assert record["table_version"] == first_run["version"] and record["auc"] == first_run["auc"]
+    assert metrics.select("date").distinct().count() == 2  # days 0 and 1
+
+
+def score_cli(*args: str) -> subprocess.CompletedProcess:
+    """``spark-submit jobs/score.py ARGS``, as the pipeline and users run it."""
+    python = sys.executable
+    env = {**os.environ, "PYSPARK_PYTHON": python, "PYSPARK_DRIVER_PYTHON": python}
+    command = [str(Path(python).parent / "spark-submit"), *spark_submit_args(), str(REPO_ROOT / "jobs" / "score.py")]
+    return subprocess.run([*command, *args], capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_cli_rerun_replaces_the_day_and_leaves_other_days(spark, world, first_run):
+    root, table = world["root"], world["root"] / "scores"
+    other_before = sorted(day_rows(spark, table, DAYS[1]).select("impression_id", "scored_at").collect())
+    result = score_cli("--date", DAY0.isoformat(), "--model", str(world["bundle"]), "--input", str(root / "raw"),
+                       "--table", str(table), "--summary", str(root / "rerun.json"))  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    again = json.loads(result.stdout.strip().splitlines()[-1])
+    assert again == json.loads((root / "rerun.json").read_text())
+    assert {"rows_in", "scored", "rejected", "mean_ctr", "auc", "logloss", "table", "version"} <= again.keys()
+
+    assert again["version"] > first_run["version"] and again["scored"] == first_run["scored"]
+    assert again["mean_ctr"] == pytest.approx(first_run["mean_ctr"], abs=1e-9)
+    assert day_rows(spark, table, DAY0).count() == first_run["scored"]
+    assert day_rows(spark, table, DAY0).select("scored_at").distinct().count() == 1  # nothing left over
+    assert sorted(day_rows(spark, table, DAYS[1]).select("impression_id", "scored_at").collect()) == other_before
+    # Time travel still reaches the first run; the history names each run.
+    before = spark.read.format("delta").option("versionAsOf", first_run["version"]).load(str(table))
+    assert before.where(F.col("date") == F.lit(DAY0)).count() == first_run["scored"]
+    runs = {h["version"]: json.loads(h["userMetadata"])["run_id"] for h in history(spark, table) if h["userMetadata"]}
+    assert runs[first_run["version"]] == first_run["run_id"] and runs[again["version"]] == again["run_id"]
+
+
+def _table_state(path: Path) -> list[str]:
+    return sorted(str(p.relative_to(path)) for p in path.rglob("*")) if path.exists() else []
+
+
+def damage_bundle(bundle: Path, damage: str) -> None:
+    meta_path = bundle / "bundle.json"
+    meta = json.loads(meta_path.read_text())
+    if damage == "missing_spec":
+        del meta["feature_spec"]
+    elif damage == "corrupt_spec":
+        meta["feature_spec"]["fields"][0]["transform"] = "raw"  # no longer matches its stored version
+    elif damage == "corrupt_weights":
+        (bundle / "weights.pt").write_bytes((bundle / "weights.pt").read_bytes()[:100])
+    meta_path.write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize("damage", ["missing_spec", "corrupt_spec", "corrupt_weights", "no_bundle"])
+def test_bad_bundle_is_refused_and_nothing_written(spark, world, first_run, damage, tmp_path):
+    bundle = tmp_path / "bundle"
+    if damage != "no_bundle":
+        shutil.copytree(world["bundle"], bundle)
+        damage_bundle(bundle, damage)
+    root = world["root"]
+    before = {p: _table_state(root / p) for p in ("scores", "scores_metrics", "scores_rejects")}
+    with pytest.raises((BundleError, FeatureSpecError)):
+        run(spark, options(world, DAYS[2], "scores", model=bundle))
+    assert {p: _table_state(root / p) for p in before} == before
+
+
+def test_incompatible_table_is_refused_unless_evolution_allowed(spark, world):
+    table = world["root"] / "narrow"
+    empty = spark.createDataFrame([], "impression_id long, date date, ctr double")
+    empty.write.format("delta").partitionBy("date").save(str(table))
+    version = len(history(spark, table))
+    with pytest.raises(ScoringError, match="ctr is double"):
+        run(spark, options(world, DAY0, "narrow", allow_schema_evolution=True))
+    assert len(history(spark, table)) == version and not (world["root"] / "narrow_rejects").exists()
+
+    evolving = world["root"] / "evolving"
+    without_ctr = [f for f in SCORES_SCHEMA.fields if f.name != "ctr"]
+    empty = spark.createDataFrame([], ", ".join(f"{f.name} {f.dataType.simpleString()}" for f in without_ctr))
+    empty.write.format("delta").partitionBy("date").save(str(evolving))
+    with pytest.raises(ScoringError, match="lacks column ctr"):
+        run(spark, options(world, DAY0, "evolving"))
+    summary = run(spark, options(world, DAY0, "evolving", allow_schema_evolution=True))
+    assert summary["reconciled"] and "ctr" in spark.read.format("delta").load(str(evolving)).columns
