@@ -130,6 +130,7 @@ class TrainState:
     validations: list[dict[str, Any]] = field(default_factory=list)
     mlflow_run_id: str | None = None
     resumed_at_steps: list[int] = field(default_factory=list)
+    wall_seconds: float = 0.0       # of all processes of the run, up to the last checkpoint
 
 
 class _Progress:
@@ -368,6 +369,7 @@ class Trainer:
         self._local_loss = torch.zeros((), dtype=torch.float64, device=self.device)
         self._local_rows = 0
         self._progress = _Progress(self.steps * cfg.epochs, cfg.batch_size)
+        self._clock = time.perf_counter()
 
     def _restore_or_init(self, init: Any) -> TrainState:
         path = self.cfg.output / CHECKPOINT
@@ -491,9 +493,15 @@ class Trainer:
                               self.spec, extra=extra)
         log.info("bundle %s saved (validation AUC %.4f)", version, validation["auc"])
 
+    def _tick(self) -> None:
+        now = time.perf_counter()
+        self.state.wall_seconds += now - self._clock
+        self._clock = now
+
     def _checkpoint(self) -> None:
         """All ranks fold their loss in; rank 0 writes the checkpoint and the metrics so far."""
         self._sync_loss()
+        self._tick()
         if self.primary:
             save_checkpoint(self.cfg.output / CHECKPOINT, self.model, self.optimizers, self.state,
                             self.cfg.model, self.model.config)
@@ -504,11 +512,13 @@ class Trainer:
         payload = {"model": self.cfg.model, "loader": self.cfg.loader, "world_size": dist.size(),
                    "batch_size_per_rank": self.cfg.batch_size, "learning_rate": self.lr,
                    "steps_per_epoch": self.steps, "epochs": s.history, "validations": s.validations,
-                   "resumed_at_steps": s.resumed_at_steps, "weight_digests": digests, "summary": summary}
+                   "resumed_at_steps": s.resumed_at_steps, "wall_time_s": round(s.wall_seconds, 1),
+                   "weight_digests": digests, "summary": summary}
         _write_json(self.cfg.output / "metrics.json", payload)
 
     def _finish(self) -> dict[str, Any]:
         s = self.state
+        self._tick()
         digests = dist.allgather_object(weights_digest(self.model))
         if len(set(digests)) != 1:
             log.error("ranks ended with different weights: %s", digests)
@@ -519,7 +529,8 @@ class Trainer:
                    "epochs_run": len(s.history), "global_step": s.global_step, "stopped_early": s.stopped_early,
                    "samples_per_s": last.get("samples_per_s"), "world_size": dist.size(),
                    "loader": self.cfg.loader, "bundle": str(self.cfg.output / "bundle"),
-                   "metrics": str(self.cfg.output / "metrics.json"), "output": str(self.cfg.output)}
+                   "metrics": str(self.cfg.output / "metrics.json"), "output": str(self.cfg.output),
+                   "wall_time_s": round(s.wall_seconds, 1)}
         if self.primary:
             self._write_metrics(summary, digests)
             for artifact in (self.cfg.output / "bundle", self.cfg.output / "metrics.json"):
