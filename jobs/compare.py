@@ -37,7 +37,7 @@ def build_parser(conf: dict) -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, help="preprocessed data directory (train/, test/, feature_spec.json); "
                                               "required unless --report-only")
     p.add_argument("--output", type=Path, required=True, help="output directory (runs/, results.json, report.html)")
-    p.add_argument("--models", type=_names, default=conf["models"],
+    p.add_argument("--models", type=_names, default=",".join(conf["models"]),
                    help="comma-separated models of the registry [%(default)s]")
     p.add_argument("--seeds", type=int, default=conf["seeds"], help="runs per model, seeds base-seed.. [%(default)s]")
     p.add_argument("--base-seed", type=int, default=conf["base_seed"],
@@ -54,7 +54,7 @@ def build_parser(conf: dict) -> argparse.ArgumentParser:
                         "batch_size=4096 or loader=arrow; repeatable")
     p.add_argument("--study", action=argparse.BooleanOptionalAction, default=False,
                    help="also run the paper's hyper-parameter sweeps (Figures 7-11) [%(default)s]")
-    p.add_argument("--study-models", type=_names, default=study["models"], help="models of the sweeps [%(default)s]")
+    p.add_argument("--study-models", type=_names, default=",".join(study["models"]), help="models of the sweeps [%(default)s]")
     p.add_argument("--study-epochs", type=int, default=study["epochs"], help="epochs per sweep run [%(default)s]")
     p.add_argument("--study-grid", action="append", default=[], metavar="STUDY=VALUES",
                    help="replace one sweep's values, e.g. dropout=[1.0,0.5] or layers=[1,3]; "
