@@ -1,8 +1,8 @@
-"""The daily pipeline: preprocess → train → score for one run date, as real subprocesses.
+"""The daily pipeline: preprocess → train → score → report for one run date, as real subprocesses.
 
 For run date D (the newest day of logs): preprocess with D-1 as the test day and the
 ``train_days`` before it for training, train (warm-started from the newest earlier bundle),
-then score day D into the Delta table. Each step is the command a user would type
+then score day D into the Delta table, and write the day's model report. Each step is the command a user would type
 (``spark-submit``, ``horovodrun``), run with its own log. A step that finished writes a
 marker holding a fingerprint of its command and inputs; a rerun skips it while the
 fingerprint matches (``force`` reruns everything). A failed step stops the run with its log
@@ -16,6 +16,7 @@ Work directory layout::
     delta/ctr_scores/               scored impressions (Delta, partitioned by date)
     delta/ctr_scores_metrics/       one row per scoring run (Delta)
     rejects/<D>/                    rows scoring could not parse
+    reports/<D>/report.html         the model's ROC and calibration, daily metrics over time
     logs/<D>/<step>.log             each step's full output
     markers/<D>/<step>.json         success markers (fingerprint + the step's JSON summary)
 """
@@ -41,7 +42,7 @@ from deepfm.spark import spark_submit_args
 
 log = logging.getLogger(__name__)
 
-STEPS = ("preprocess", "train", "score")
+STEPS = ("preprocess", "train", "score", "report")
 LOG_TAIL_LINES = 40
 
 
@@ -122,6 +123,10 @@ class RunPaths:
         return self.root / "rejects"
 
     @property
+    def report(self) -> Path:
+        return self.root / "reports" / self.day
+
+    @property
     def logs(self) -> Path:
         return self.root / "logs" / self.day
 
@@ -153,7 +158,7 @@ def previous_bundle(paths: RunPaths) -> Path | None:
 
 
 def build_steps(settings: PipelineSettings, paths: RunPaths) -> list[Step]:
-    """The three steps of run date ``paths.date``, as the commands a user would type."""
+    """The steps of run date ``paths.date``, as the commands a user would type."""
     venv_bin = Path(settings.python).parent
     test_day = paths.date - dt.timedelta(days=1)
     spark_submit = [str(venv_bin / "spark-submit"), *spark_submit_args()]
@@ -185,7 +190,14 @@ def build_steps(settings: PipelineSettings, paths: RunPaths) -> list[Step]:
         input_dirs=(settings.raw_dir / f"date={paths.day}",),
         upstream=("train",),
     )
-    return [preprocess, train, score]
+    report = Step(
+        "report",
+        [*spark_submit, str(REPO_ROOT / "jobs" / "report.py"),
+         "--bundle", str(paths.bundle), "--data", str(paths.processed),
+         "--metrics-table", str(paths.metrics_table), "--output", str(paths.report), "--date", paths.day],
+        upstream=("score",),
+    )
+    return [preprocess, train, score, report]
 
 
 def _listing(directory: Path) -> list[tuple[str, int]]:

@@ -1,4 +1,4 @@
-"""Airflow DAG of the daily CTR pipeline: preprocess >> train >> score, once a day.
+"""Airflow DAG of the daily CTR pipeline: preprocess >> train >> score >> report, once a day.
 
 Airflow runs in its own virtualenv (``.airflow-venv``, see requirements-airflow.txt); each task
 shells out to the pipeline's CLI in the project's virtualenv, the same command a user types,
@@ -24,7 +24,7 @@ REPO = Path(os.environ.get("DEEPFM_REPO", Path(__file__).resolve().parent.parent
 PYTHON = REPO / ".venv" / "bin" / "python"
 WORKDIR = os.environ.get("DEEPFM_WORKDIR", "")
 START = datetime.fromisoformat(os.environ.get("DEEPFM_START", "2026-11-01"))
-STEPS = ("preprocess", "train", "score")
+STEPS = ("preprocess", "train", "score", "report")
 
 
 def step_command(step: str) -> str:

@@ -1,4 +1,4 @@
-"""The daily CTR pipeline: preprocess → train → score for a run date, a backfill, or the demo.
+"""The daily CTR pipeline: preprocess → train → score → report for a run date, a backfill, or the demo.
 
   python pipelines/daily.py run --date 2026-11-22              # one run date
   python pipelines/daily.py run --from 2026-11-01 --to 2026-11-07   # backfill, in date order
@@ -88,7 +88,7 @@ def delta_rows_for_day(paths: RunPaths) -> dict[str, int]:
 
 
 def print_summary(paths: RunPaths, results: dict[str, dict]) -> None:
-    pre, train, score = (results.get(s, {}) for s in STEPS)
+    pre, train, score, report = (results.get(s, {}) for s in STEPS)
     pre = pre.get("totals", {})
     delta = delta_rows_for_day(paths)
     lines = [
@@ -97,6 +97,7 @@ def print_summary(paths: RunPaths, results: dict[str, dict]) -> None:
         f"train:      {json.dumps({k: train.get(k) for k in ('model', 'val_auc', 'val_logloss', 'val_calibration', 'samples_per_sec') if k in train})}",
         f"score:      {json.dumps({k: score.get(k) for k in ('rows_in', 'scored', 'rejected', 'mean_ctr', 'auc') if k in score})}",
         f"delta:      {delta['rows']} rows for {paths.day} ({delta['distinct_impressions']} distinct impressions) in {paths.scores_table}",
+        f"report:     {report.get('report', paths.report / 'report.html')}",
         f"artifacts:  data {paths.processed} | model {paths.bundle} | logs {paths.logs}",
     ]
     print("\n".join(lines))

@@ -63,7 +63,7 @@ def workdir(tmp_path_factory, pipeline_env) -> Path:
 
 def markers(root: Path, day: dt.date) -> dict[str, dict]:
     return {step: json.loads((root / "markers" / day.isoformat() / f"{step}.json").read_text())["summary"]
-            for step in ("preprocess", "train", "score")}
+            for step in ("preprocess", "train", "score", "report")}
 
 
 def raw_lines(root: Path, day: dt.date) -> int:
@@ -98,13 +98,17 @@ def test_every_stage_reconciles(workdir, spark):
     assert day.select("impression_id").distinct().count() == score["scored"]
     assert day.where((F.col("ctr") < 0) | (F.col("ctr") > 1)).count() == 0
 
+    report = Path(summary["report"]["report"])
+    assert report.exists() and RUN_DATE.isoformat() in report.read_text()
+    assert summary["report"]["day_auc"] == pytest.approx(score["auc"])
+
 
 def test_rerun_skips_every_step_and_leaves_the_table_unchanged(workdir, spark, pipeline_env):
     before_rows, before_versions = delta_day(spark, workdir, RUN_DATE).count(), delta_versions(spark, workdir)
     result = pipeline_cli(workdir, pipeline_env, "run", "--date", RUN_DATE.isoformat())
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads(result.stdout.strip().splitlines()[-1])
-    assert all(summary[step].get("skipped") for step in ("preprocess", "train", "score")), summary
+    assert all(summary[step].get("skipped") for step in ("preprocess", "train", "score", "report")), summary
     assert delta_versions(spark, workdir) == before_versions
 
     forced = pipeline_cli(workdir, pipeline_env, "run", "--date", RUN_DATE.isoformat(), "--step", "score", "--force")
@@ -137,7 +141,7 @@ def test_airflow_dag_loads_and_runs_the_next_day(workdir, pipeline_env, tmp_path
     assert loaded.returncode == 0, loaded.stderr[-3000:]
     dag = json.loads(loaded.stdout.strip().splitlines()[-1])
     assert dag["errors"] == {}
-    assert dag["tasks"] == {"preprocess": ["train"], "train": ["score"], "score": []}
+    assert dag["tasks"] == {"preprocess": ["train"], "train": ["score"], "score": ["report"], "report": []}
     assert dag["catchup"] is True and dag["schedule"] == "@daily" and dag["retries"] >= 1
 
     subprocess.run([str(AIRFLOW_BIN), "db", "migrate"], check=True, capture_output=True, env=airflow_env, timeout=300)
