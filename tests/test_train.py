@@ -1,7 +1,9 @@
-"""The trainer: real Horovod (``horovodrun -np 2``, Gloo), real Petastorm, small data.
+"""The trainer: real Horovod (``horovodrun -np 2``, Gloo), real Petastorm, small generated logs.
 
-Integration tests share one uninterrupted 2-rank run (module fixture); the resume test
-repeats its exact command, kills it mid-epoch and reruns it, and must end bit-identical.
+The data comes from the real jobs (``jobs/generate_logs.py``, then ``jobs/preprocess.py`` on
+Spark): three training days and one test day. Integration tests share one uninterrupted 2-rank
+run (module fixture); the resume test repeats its exact command, kills it mid-epoch, reruns
+it, and must end bit-identical.
 """
 from __future__ import annotations
 
@@ -13,28 +15,28 @@ import subprocess
 import sys
 import time
 import types
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import torch
 
 from deepfm.bundle import load_bundle
+from deepfm.data import Batch, Columns, parquet_files
 from deepfm.features import FeatureSpec, FieldSpec
 from deepfm.models import build_model_for_spec, make_optimizers, model_names
 from deepfm.models.layers import FieldEmbedding
-from deepfm.data import Batch
 from deepfm.train import (TrainConfig, apply_overrides, embedding_row_map, resolve_device, train, train_step,
                           warm_start)
 
-sys.path.insert(0, str(Path(__file__).parent / "scripts"))
-from tiny_ctr_data import ROW_ID_SCALE, write_dataset  # noqa: E402
-
 REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
-ENV = {**os.environ, "PATH": f"{VENV_BIN}:{os.environ['PATH']}", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-# Small and quick, but several steps per checkpoint and a model that learns: 2 x ~90 steps.
-TRAIN_ARGS = ["--model", "deepfm", "--epochs", "2", "--batch-size", "128", "--checkpoint-every", "15",
+ENV = {**os.environ, "PATH": f"{VENV_BIN}:{os.environ['PATH']}", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
+       "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}
+# Small and quick, but several checkpoints per epoch and a model that learns: one epoch of ~45 steps.
+TRAIN_ARGS = ["--model", "deepfm", "--epochs", "1", "--batch-size", "128", "--checkpoint-every", "15",
               "--log-every", "30", "--early-stopping-patience", "0", "--config-override", "shuffle_buffer=2000"]
 
 
@@ -67,8 +69,13 @@ def _summary(stdout: str) -> dict:
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("ctr")
-    write_dataset(root, train_rows=24000, test_rows=6000, files_per_day=4, row_group_rows=1000)
-    return root
+    for job, args in (("generate_logs", ["--output", root / "raw", "--days", "4", "--rows-per-day", "4000"]),
+                      ("preprocess", ["--input", root / "raw", "--output", root / "processed",
+                                      "--end-date", "2024-01-04", "--train-days", "3"])):
+        result = subprocess.run([sys.executable, str(REPO / "jobs" / f"{job}.py"), *map(str, args)],
+                                capture_output=True, text=True, env=ENV, cwd=REPO, timeout=300)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return root / "processed"
 
 
 @pytest.fixture(scope="module")
@@ -83,9 +90,9 @@ def test_two_ranks_train_identical_weights_and_learn(two_rank_run, data):
     out, summary = two_rank_run
     metrics = json.loads((out / "metrics.json").read_text())
     assert summary["world_size"] == 2 and summary["loader"] == "petastorm"
-    assert summary["val_auc"] > 0.7, summary  # the planted signal is learnable
+    assert summary["val_auc"] > 0.65, summary  # well above chance: the planted signal is learnt
     assert len(set(metrics["weight_digests"])) == 1 and len(metrics["weight_digests"]) == 2
-    assert [e["epoch"] for e in metrics["epochs"]] == [1, 2]
+    assert [e["epoch"] for e in metrics["epochs"]] == [1]
     for epoch in metrics["epochs"]:
         assert epoch["train_loss"] > 0 and 0 < epoch["val_logloss"] < 1 and epoch["wall_s"] > 0
         assert len(epoch["samples_per_s_per_rank"]) == 2 and all(r > 0 for r in epoch["samples_per_s_per_rank"])
@@ -98,15 +105,20 @@ def test_two_ranks_train_identical_weights_and_learn(two_rank_run, data):
 
 @pytest.mark.slow
 def test_ranks_read_disjoint_shards_whose_union_is_the_split(data, tmp_path):
+    """Every row of the split is read by exactly one rank (as a multiset: rows may repeat)."""
     script = Path(__file__).parent / "scripts" / "dump_shard_rows.py"
-    subprocess.run([str(VENV_BIN / "horovodrun"), "-np", "2", "-H", "localhost:2", "--gloo", sys.executable,
-                    str(script), str(data), str(tmp_path)], check=True, env=ENV, cwd=REPO, timeout=120,
-                   capture_output=True)
-    shards = [np.load(tmp_path / f"rank{r}.npy") for r in range(2)]
-    ids = [np.round(s / ROW_ID_SCALE).astype(np.int64) for s in shards]
-    assert len(ids[0]) and len(ids[1])
-    assert not set(ids[0]) & set(ids[1])
-    assert sorted(np.concatenate(ids)) == list(range(24000))
+    result = subprocess.run([str(VENV_BIN / "horovodrun"), "-np", "2", "-H", "localhost:2", "--gloo",
+                             sys.executable, str(script), str(data), str(tmp_path)],
+                            capture_output=True, text=True, env=ENV, cwd=REPO, timeout=120)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    shards = [Counter(map(bytes, np.load(tmp_path / f"rank{r}.npy"))) for r in range(2)]
+    columns = Columns.from_spec(FeatureSpec.load(data))
+    table = pq.ParquetFile  # the split read straight from its files, in the dump's column order
+    split = np.concatenate([
+        np.column_stack([table(f).read(columns=[c]).column(0).to_numpy().astype(np.float64)
+                         for c in (*columns.categorical, *columns.numeric, columns.label)])
+        for f in parquet_files(data / "train")])
+    assert all(shards) and shards[0] + shards[1] == Counter(map(bytes, split))
 
 
 @pytest.mark.slow
@@ -123,7 +135,7 @@ def test_killed_run_resumes_to_the_same_weights(two_rank_run, data, tmp_path):
         while time.time() < deadline and proc.poll() is None:
             if checkpoint.exists():
                 state = torch.load(checkpoint, weights_only=True)["state"]
-                if state["step_in_epoch"] >= 30 and state["epoch"] == 0:
+                if state["step_in_epoch"] >= 15 and state["epoch"] == 0:
                     break
             time.sleep(0.1)
         assert proc.poll() is None, "the run ended before it could be killed"
@@ -137,7 +149,7 @@ def test_killed_run_resumes_to_the_same_weights(two_rank_run, data, tmp_path):
     result = _run(command)
     metrics = json.loads((out / "metrics.json").read_text())
     resumed_at = metrics["resumed_at_steps"][0]
-    assert resumed_at >= 30 and resumed_at % 15 == 0
+    assert resumed_at >= 15 and resumed_at % 15 == 0
     assert f"resuming from {checkpoint}" in result.stderr
     expected = json.loads((reference / "metrics.json").read_text())
     assert metrics["weight_digests"] == expected["weight_digests"]
@@ -168,9 +180,9 @@ def test_fnn_is_initialised_from_a_pretrained_fm(data, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(set(model_names()) - {"deepfm", "fnn"}))
 def test_every_model_of_the_library_trains(name, data, tmp_path):
-    summary = _in_process(data, tmp_path, model=name, epochs=1, batch_size=1024,
+    summary = _in_process(data, tmp_path, model=name, epochs=1, batch_size=256, learning_rate=0.003,
                           model_config={"hidden_units": [32, 32]})
-    assert load_bundle(summary["bundle"]).name == name and summary["val_auc"] > 0.55
+    assert load_bundle(summary["bundle"]).name == name and summary["val_auc"] > 0.6
 
 
 def _in_process(data: Path, output: Path, **values) -> dict:
@@ -182,7 +194,7 @@ def _in_process(data: Path, output: Path, **values) -> dict:
 @pytest.mark.slow
 def test_early_stopping_and_warm_start(data, tmp_path):
     # min_delta 1.0: only the first validation can improve, so patience 2 stops at the third.
-    stopped = _in_process(data, tmp_path / "stop", model="fm", epochs=3, batch_size=512, validate_every=10,
+    stopped = _in_process(data, tmp_path / "stop", model="fm", epochs=3, batch_size=256, validate_every=10,
                           early_stopping_patience=2, early_stopping_min_delta=1.0)
     metrics = json.loads(Path(stopped["metrics"]).read_text())
     assert stopped["stopped_early"] and [v["global_step"] for v in metrics["validations"]] == [10, 20, 30]

@@ -1,7 +1,7 @@
 """Run under ``horovodrun -np N``: each rank reads one epoch of its train shard, as the trainer does.
 
-Writes the ``row_id`` column each rank received to ``<out>/rank<r>.npy``.
-Usage: ``dump_shard_rows.py DATA OUT``.
+Writes the rows each rank received, as float64 ``[cat..., num..., label]`` (exact for the
+int32 and float32 columns), to ``<out>/rank<r>.npy``. Usage: ``dump_shard_rows.py DATA OUT``.
 """
 import sys
 from pathlib import Path
@@ -20,9 +20,9 @@ def main(data: str, out: str) -> None:
     loader = make_loader(conf["loader"], Path(data) / "train", spec, conf["batch_size"], shard=dist.rank(),
                          shard_count=dist.size(), shuffle_buffer=conf["shuffle_buffer"], seed=conf["seed"],
                          pool_type=conf["petastorm_pool"], workers=conf["petastorm_workers"])
-    column = [f.name for f in spec.numeric_fields].index("row_id")
-    rows = np.concatenate([batch.num[:, column].numpy() for batch in loader.epoch(0)])
-    np.save(Path(out) / f"rank{dist.rank()}.npy", rows)
+    rows = [np.column_stack([b.cat.numpy(), b.num.numpy(), b.label.numpy()]).astype(np.float64)
+            for b in loader.epoch(0)]
+    np.save(Path(out) / f"rank{dist.rank()}.npy", np.concatenate(rows))
 
 
 if __name__ == "__main__":
