@@ -34,9 +34,9 @@ import numpy as np
 import pandas as pd
 import torch
 from delta.tables import DeltaTable
-from py4j.java_gateway import is_instance_of
 from py4j.protocol import Py4JJavaError
-from pyspark.sql import DataFrame, DataFrameWriter, SparkSession
+from pyspark.errors import AnalysisException
+from pyspark.sql import DataFrame, DataFrameWriter, Observation, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
@@ -295,7 +295,9 @@ def check_table(
 def ensure_table(spark: SparkSession, ref: TableRef, schema: T.StructType, partition_by: list[str]) -> None:
     """Create the table unless it exists, safe against a concurrent run creating it too.
 
-    Checked first because a CREATE of an existing path table must restate its exact schema.
+    The run that loses a creation race fails its CREATE (a Delta commit conflict, or "location
+    not empty" while the winner is mid-commit), waits, and then finds the table. Existence is
+    checked first because a CREATE of an existing path table must restate its exact schema.
     """
     for attempt in range(1, _CREATE_ATTEMPTS + 1):
         if ref.exists(spark):
@@ -305,20 +307,12 @@ def ensure_table(spark: SparkSession, ref: TableRef, schema: T.StructType, parti
         try:
             builder.execute()
             return
-        except Py4JJavaError as exc:
-            if attempt == _CREATE_ATTEMPTS or not is_commit_conflict(spark, exc):
+        except (Py4JJavaError, AnalysisException) as exc:
+            if attempt == _CREATE_ATTEMPTS:
                 raise
-            log.info("table %s: created concurrently by another run; checking again", ref)
-
-
-def is_commit_conflict(spark: SparkSession, exc: Py4JJavaError) -> bool:
-    """A Delta optimistic-concurrency conflict (e.g. two runs creating one table at once).
-
-    Checked on the Java exception: calls through ``DeltaTable`` reach Python as plain
-    ``Py4JJavaError``s, not as ``delta.exceptions`` classes.
-    """
-    base = "io.delta.exceptions.DeltaConcurrentModificationException"
-    return is_instance_of(spark.sparkContext._gateway, exc.java_exception, base)
+            log.info("table %s: creation failed, maybe created concurrently by another run; checking again (%s)",
+                     ref, str(exc).splitlines()[0][:200])
+            time.sleep(attempt)
 
 
 def committed_version(spark: SparkSession, ref: TableRef, run_id: str) -> int:
@@ -346,10 +340,11 @@ def write_day(scores: DataFrame, ref: TableRef, run: RunInfo, merge_schema: bool
     return committed_version(scores.sparkSession, ref, run.run_id)
 
 
-def write_rejects(quarantine: DataFrame, directory: str) -> int:
-    """Overwrite the day's rejected rows (Parquet) and return how many were written."""
-    quarantine.write.mode("overwrite").parquet(directory)
-    return quarantine.sparkSession.read.parquet(directory).count()
+def counted(df: DataFrame, name: str) -> tuple[DataFrame, Observation]:
+    """``df`` counting its rows into an ``Observation`` during the first action that reads it."""
+    observation = Observation(name)
+    return df.observe(observation, F.count(F.lit(1)).alias("rows")), observation
+
 
 
 def append_metrics(spark: SparkSession, ref: TableRef, record: dict[str, Any]) -> None:
@@ -442,19 +437,21 @@ def run(spark: SparkSession, opts: ScoreOptions) -> dict[str, Any]:
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(opts.batch_size))
     threads = opts.torch_threads or int(spark.conf.get("spark.task.cpus", "1"))
 
-    raw = read_raw_day(spark, opts.input_root, opts.date, opts.layout, opts.day0_date)
+    # Lines in and rejects are counted while the rejects are written, not by scans of their own.
+    raw, lines = counted(read_raw_day(spark, opts.input_root, opts.date, opts.layout, opts.day0_date),
+                         f"rows_in_{run_info.run_id}")
     valid, quarantine = parse(raw)
+    rejects, rejected_rows = counted(quarantine, f"rejected_{run_info.run_id}")
     scores = with_run_columns(predict(encode_day(valid, bundle.spec), bundle_path, bundle, threads), run_info)
 
     with stage(f"write rejects {rejects_dir}"):
-        rejected = write_rejects(quarantine, rejects_dir)
+        rejects.write.mode("overwrite").parquet(rejects_dir)
+        rows_in, rejected = lines.get["rows"], rejected_rows.get["rows"]
     with stage(f"score and write {table} date={opts.date}"):
         ensure_table(spark, table, SCORES_SCHEMA, [PARTITION_COLUMN])
         version = write_day(scores, table, run_info, opts.allow_schema_evolution)
     with stage("day metrics"):
         metrics = day_metrics(table.read(spark, version).where(F.col(PARTITION_COLUMN) == F.lit(opts.date)))
-    with stage("count raw rows"):
-        rows_in = raw.count()
     with stage(f"append metrics {metrics_table}"):
         ensure_table(spark, metrics_table, METRICS_SCHEMA, [])
         append_metrics(spark, metrics_table, {

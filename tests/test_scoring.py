@@ -110,7 +110,7 @@ def scored(spark, world):
         t.start()
     for t in threads:
         t.join()
-    assert all(isinstance(r, dict) for r in results.values()), results
+    assert all(isinstance(r, dict) for r in results.values()), {d: str(r) for d, r in results.items()}
     return results
 
 
@@ -125,6 +125,26 @@ def test_two_dates_scored_concurrently_both_commit(spark, world, scored):
         assert day_rows(spark, table, day).count() == scored[day]["scored"] > 0
     writes = [h for h in history(spark, table) if h["operation"] == "WRITE"]
     assert sorted(h["version"] for h in writes) == sorted(scored[day]["version"] for day in DAYS[:2])
+
+
+def test_runs_racing_to_create_a_table_both_succeed(spark, tmp_path):
+    for trial in range(3):
+        ref = TableRef.of(str(tmp_path / f"t{trial}"))
+        errors: list[Exception] = []
+
+        def create() -> None:
+            try:
+                ensure_table(spark, ref, METRICS_SCHEMA, [])
+            except Exception as exc:  # noqa: BLE001 - reported by the assertion below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=create) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors, [str(e) for e in errors]
+        assert [h["operation"] for h in history(spark, tmp_path / f"t{trial}")] == ["CREATE TABLE"]
 
 
 def test_scores_equal_the_bundle_applied_in_torch(spark, world, first_run):
