@@ -7,9 +7,10 @@ Petastorm 0.13.1 facts this module encodes:
     return row groups in completion order), and on a 2-core machine the fastest: ``process``
     serialises every row group between processes;
   - ``BatchedDataLoader`` fails on string columns, so only numeric ``columns`` are read
-    (the ``day`` partition column is a string); its shuffling queue costs a permutation of
-    the whole queue per row group (25x slower than no queue, measured), so the trainer
-    iterates the reader's columnar row groups instead (``petastorm_row_groups``);
+    (the ``day`` partition column is a string); its shuffling queue re-permutes the whole
+    queue per row group (0.01-0.03x the speed of a bare pyarrow loop in
+    benchmarks/bench_train.py), so the trainer iterates the reader's columnar row groups
+    instead (``petastorm_row_groups``) and shuffles them in ``deepfm.data``;
   - ``seed=0`` means *unseeded* (random row-group order); ``schema_fields`` are regexes;
   - it wants URLs (``file:///...``), not paths.
 """
