@@ -32,6 +32,7 @@ import torch  # noqa: E402
 
 from deepfm.data import make_loader  # noqa: E402
 from deepfm.metrics import BinaryMetrics  # noqa: E402
+from deepfm.models import model_names  # noqa: E402
 
 Curve = tuple[np.ndarray, np.ndarray]
 DPI = 110
@@ -110,9 +111,15 @@ def bundle_test_metrics(model: torch.nn.Module, spec: Any, split: Path, loader: 
 
 
 def colors(labels: Sequence[str]) -> dict[str, Any]:
-    """One stable colour per label (same model, same colour in every plot of a report)."""
-    palette = plt.get_cmap("tab10").colors
-    return {label: palette[i % len(palette)] for i, label in enumerate(labels)}
+    """One colour per label; a label starting with a registry model's name gets that model's
+    colour (tab10 has one per model), so a model looks the same in every plot."""
+    palette, names = plt.get_cmap("tab10").colors, model_names()
+
+    def index(position: int, label: str) -> int:
+        head = label.split(" ", 1)[0]
+        return names.index(head) if head in names else position
+
+    return {label: palette[index(i, label) % len(palette)] for i, label in enumerate(labels)}
 
 
 def _save(fig: plt.Figure, path: Path) -> Path:

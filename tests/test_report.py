@@ -78,6 +78,11 @@ def test_html_table_escapes_formats_and_highlights(tmp_path):
     assert 'src="img/bars.png"' in page.read_text() and png.read_bytes()[:4] == b"\x89PNG"
 
 
+def test_a_model_keeps_its_colour_across_plots():
+    one, other = report.colors(["lr", "deepfm (AUC 0.7)"]), report.colors(["deepfm", "fm", "day"])
+    assert one["deepfm (AUC 0.7)"] == other["deepfm"] and one["lr"] != other["fm"]
+
+
 def test_latest_per_day_keeps_the_newest_rerun():
     t = pd.Timestamp("2024-01-02 10:00")
     runs = pd.DataFrame({"date": [dt.date(2024, 1, 2), dt.date(2024, 1, 1), dt.date(2024, 1, 2)],
