@@ -182,8 +182,11 @@ def bench_train(data: Path, out: Path) -> dict:
 
 def bench_gpu(data: Path, spec: FeatureSpec, device: torch.device, batch_size: int, steps: int) -> dict:
     """DeepFM steps at ``batch_size`` with bf16 AMP: on resident batches, then fed from Parquet."""
-    from deepfm.models import build_model_for_spec, make_optimizers
-    from deepfm.train import train_step
+    try:
+        from deepfm.models import build_model_for_spec, make_optimizers
+        from deepfm.train import train_step
+    except ImportError as exc:  # the model zoo reads conf/models.yaml
+        raise SystemExit(f"the GPU section needs torch, pyarrow, numpy and pyyaml: {exc}") from exc
 
     model = build_model_for_spec("deepfm", spec).to(device)
     optimizers = make_optimizers(model)

@@ -113,11 +113,9 @@ def test_ranks_read_disjoint_shards_whose_union_is_the_split(data, tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     shards = [Counter(map(bytes, np.load(tmp_path / f"rank{r}.npy"))) for r in range(2)]
     columns = Columns.from_spec(FeatureSpec.load(data))
-    table = pq.ParquetFile  # the split read straight from its files, in the dump's column order
-    split = np.concatenate([
-        np.column_stack([table(f).read(columns=[c]).column(0).to_numpy().astype(np.float64)
-                         for c in (*columns.categorical, *columns.numeric, columns.label)])
-        for f in parquet_files(data / "train")])
+    order = [*columns.categorical, *columns.numeric, columns.label]  # the dump's column order
+    split = np.concatenate([np.column_stack([t.column(c).to_numpy() for c in order]).astype(np.float64)
+                            for t in (pq.read_table(f, columns=order) for f in parquet_files(data / "train"))])
     assert all(shards) and shards[0] + shards[1] == Counter(map(bytes, split))
 
 
