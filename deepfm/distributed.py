@@ -105,11 +105,6 @@ def allreduce_min(value: int, name: str | None = None) -> int:
     return int(_hvd.allreduce(torch.tensor([value], dtype=torch.int64), op=_hvd.Min, name=name).item())
 
 
-def barrier() -> None:
-    if _hvd:
-        _hvd.barrier()
-
-
 def shutdown() -> None:
     if _hvd:
         _hvd.shutdown()
