@@ -95,6 +95,7 @@ def save_bundle(
 
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
+    staging.chmod(0o755)  # mkdtemp makes it 0700: scoring may run as another user
     try:
         torch.save(state, staging / WEIGHTS_FILENAME)
         (staging / META_FILENAME).write_text(meta_text)
