@@ -130,14 +130,12 @@ def test_daily_report_shows_the_model_and_every_day(bundle_and_data, tmp_path):
 
 
 @pytest.mark.slow
-def test_report_job_reads_the_delta_metrics_table(bundle_and_data, tmp_path):
+def test_report_job_reads_the_delta_metrics_table(bundle_and_data, tmp_path, spark):
     """jobs/report.py end to end: Spark reads the metrics table jobs/score.py appends to."""
-    from deepfm.scoring import TableRef, append_metrics, ensure_table, METRICS_SCHEMA
-    from deepfm.spark import get_spark
+    from deepfm.scoring import METRICS_SCHEMA, TableRef, append_metrics, ensure_table
 
     bundle_dir, data = bundle_and_data
     table = tmp_path / "metrics"
-    spark = get_spark("test-report")
     ref = TableRef.of(str(table))
     ensure_table(spark, ref, METRICS_SCHEMA, [])
     for record in _runs([0.7, 0.75]).to_dict("records"):
