@@ -1,9 +1,9 @@
 """The daily scoring job against real Spark and real Delta, on generated click logs.
 
 One small world: three days of synthetic logs (2% malformed), a feature spec using every
-transform of the real encoder, and a DeepFM bundle saved in the real bundle format. Days 0
-and 1 are scored concurrently into one table; the other tests read those runs, rerun a day,
-or try to break the job.
+transform of the real encoder, and a DeepFM bundle saved in the real bundle format. The three
+days are scored concurrently into one table (two threads here, one ``spark-submit``); the
+other tests read those runs, rerun a day, or try to break the job.
 """
 from __future__ import annotations
 
@@ -93,10 +93,23 @@ def history(spark, table: Path):
     return spark.sql(f"DESCRIBE HISTORY delta.`{table}`").orderBy("version").collect()
 
 
+def score_cli(*args: str) -> subprocess.Popen:
+    """Start ``spark-submit jobs/score.py ARGS``, as the pipeline and users run it."""
+    python = sys.executable
+    env = {**os.environ, "PYSPARK_PYTHON": python, "PYSPARK_DRIVER_PYTHON": python}
+    command = [str(Path(python).parent / "spark-submit"), *spark_submit_args(),
+               "--conf", "spark.sql.shuffle.partitions=2", str(REPO_ROOT / "jobs" / "score.py")]  # fmt: skip
+    return subprocess.Popen([*command, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
 @pytest.fixture(scope="module")
 def scored(spark, world):
-    """Days 0 and 1 scored at the same time, by two threads, into the pre-created table ``scores``."""
-    ensure_table(spark, TableRef.of(str(world["root"] / "scores")), SCORES_SCHEMA, ["date"])
+    """Three runs at the same time into the pre-created table ``scores``: days 0 and 1 by two
+    threads of this session, day 2 by a ``spark-submit`` of the CLI (a second JVM)."""
+    root = world["root"]
+    ensure_table(spark, TableRef.of(str(root / "scores")), SCORES_SCHEMA, ["date"])
+    cli = score_cli("--date", DAYS[2].isoformat(), "--model", str(world["bundle"]), "--input", str(root / "raw"),
+                    "--table", str(root / "scores"), "--summary", str(root / "cli_summary.json"))  # fmt: skip
     results: dict[dt.date, object] = {}
 
     def score(day: dt.date) -> None:
@@ -110,8 +123,10 @@ def scored(spark, world):
         t.start()
     for t in threads:
         t.join()
+    stdout, stderr = cli.communicate(timeout=400)
     assert all(isinstance(r, dict) for r in results.values()), {d: str(r) for d, r in results.items()}
-    return results
+    assert cli.returncode == 0, stdout[-3000:] + stderr[-3000:]
+    return {**results, DAYS[2]: json.loads(stdout.strip().splitlines()[-1])}
 
 
 @pytest.fixture(scope="module")
@@ -119,12 +134,19 @@ def first_run(scored):
     return scored[DAY0]
 
 
-def test_two_dates_scored_concurrently_both_commit(spark, world, scored):
+def test_three_concurrent_runs_for_different_dates_all_commit(spark, world, scored):
     table = world["root"] / "scores"
-    for day in DAYS[:2]:
+    for day in DAYS:
         assert day_rows(spark, table, day).count() == scored[day]["scored"] > 0
     writes = [h for h in history(spark, table) if h["operation"] == "WRITE"]
-    assert sorted(h["version"] for h in writes) == sorted(scored[day]["version"] for day in DAYS[:2])
+    assert sorted(h["version"] for h in writes) == sorted(scored[day]["version"] for day in DAYS)
+
+
+def test_cli_prints_and_saves_a_json_summary(world, scored):
+    summary = scored[DAYS[2]]
+    assert summary == json.loads((world["root"] / "cli_summary.json").read_text())
+    assert summary["date"] == DAYS[2].isoformat() and summary["reconciled"]
+    assert {"rows_in", "scored", "rejected", "mean_ctr", "auc", "logloss", "table", "version"} <= summary.keys()
 
 
 def test_runs_racing_to_create_a_table_both_succeed(spark, tmp_path):
@@ -205,32 +227,20 @@ def test_day_metrics_match_numpy_and_land_in_the_metrics_table(spark, world, fir
     assert [f.name for f in metrics.schema] == METRICS_SCHEMA.fieldNames()
     record = metrics.where(F.col("run_id") == first_run["run_id"]).first()
     assert record["table_version"] == first_run["version"] and record["auc"] == first_run["auc"]
-    assert metrics.select("date").distinct().count() == 2  # days 0 and 1
+    assert metrics.select("date").distinct().count() == len(DAYS)
 
 
-def score_cli(*args: str) -> subprocess.CompletedProcess:
-    """``spark-submit jobs/score.py ARGS``, as the pipeline and users run it."""
-    python = sys.executable
-    env = {**os.environ, "PYSPARK_PYTHON": python, "PYSPARK_DRIVER_PYTHON": python}
-    command = [str(Path(python).parent / "spark-submit"), *spark_submit_args(), str(REPO_ROOT / "jobs" / "score.py")]
-    return subprocess.run([*command, *args], capture_output=True, text=True, env=env, timeout=300)
-
-
-def test_cli_rerun_replaces_the_day_and_leaves_other_days(spark, world, first_run):
-    root, table = world["root"], world["root"] / "scores"
-    other_before = sorted(day_rows(spark, table, DAYS[1]).select("impression_id", "scored_at").collect())
-    result = score_cli("--date", DAY0.isoformat(), "--model", str(world["bundle"]), "--input", str(root / "raw"),
-                       "--table", str(table), "--summary", str(root / "rerun.json"))  # fmt: skip
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    again = json.loads(result.stdout.strip().splitlines()[-1])
-    assert again == json.loads((root / "rerun.json").read_text())
-    assert {"rows_in", "scored", "rejected", "mean_ctr", "auc", "logloss", "table", "version"} <= again.keys()
+def test_rerun_replaces_the_day_and_leaves_other_days(spark, world, first_run):
+    table = world["root"] / "scores"
+    others = F.col("date") != F.lit(DAY0)
+    others_before = sorted(spark.read.format("delta").load(str(table)).where(others).collect())
+    again = run(spark, options(world, DAY0, "scores"))
 
     assert again["version"] > first_run["version"] and again["scored"] == first_run["scored"]
     assert again["mean_ctr"] == pytest.approx(first_run["mean_ctr"], abs=1e-9)
     assert day_rows(spark, table, DAY0).count() == first_run["scored"]
     assert day_rows(spark, table, DAY0).select("scored_at").distinct().count() == 1  # nothing left over
-    assert sorted(day_rows(spark, table, DAYS[1]).select("impression_id", "scored_at").collect()) == other_before
+    assert sorted(spark.read.format("delta").load(str(table)).where(others).collect()) == others_before
     # Time travel still reaches the first run; the history names each run.
     before = spark.read.format("delta").option("versionAsOf", first_run["version"]).load(str(table))
     assert before.where(F.col("date") == F.lit(DAY0)).count() == first_run["scored"]
