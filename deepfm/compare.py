@@ -347,10 +347,13 @@ def closing_note(rows: list[dict[str, Any]], results: dict[str, Any], target: st
         lead = f", {mine['auc_mean'] - runner['auc_mean']:.4f} AUC ahead of {runner['model']}" if runner else ""
         return f"{target} ranks first by mean test AUC{lead}.{still}"
     gap = best["auc_mean"] - mine["auc_mean"]
-    noise = max(best["auc_std"], mine["auc_std"])
     s = results["settings"]
-    return (f"{target} ranks {mine['rank']} of {len(rows)}: {gap:.4f} AUC below {best['model']} "
-            f"({'within' if gap <= 2 * noise else 'beyond'} twice the larger seed std, {noise:.4f}). "
+    if min(best["runs"], mine["runs"]) < 2:
+        spread = "one seed: no seed-to-seed spread to compare the gap with; rerun with --seeds 2 or more"
+    else:
+        noise = max(best["auc_std"], mine["auc_std"])
+        spread = f"{'within' if gap <= 2 * noise else 'beyond'} twice the larger seed std, {noise:.4f}"
+    return (f"{target} ranks {mine['rank']} of {len(rows)}: {gap:.4f} AUC below {best['model']} ({spread}). "
             f"Scale of this run: {results['data']['train_rows']:,} training rows, {len(s['seeds'])} seed(s), "
             f"at most {s['epochs']} epoch(s).{still}")
 

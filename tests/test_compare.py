@@ -122,6 +122,7 @@ def test_closing_note_names_the_gap_and_the_models_still_improving():
     note = compare.closing_note(compare.summarize(runs), results)
     assert note.startswith("deepfm ranks 2 of 2: 0.0100 AUC below lr (within twice")
     assert "1,000 training rows" in note and note.endswith("more epochs may reorder them): deepfm.")
+    assert "one seed: no seed-to-seed spread" in compare.closing_note(compare.summarize(runs[::2]), results)
     runs[2]["auc"] = 0.99
     assert compare.closing_note(compare.summarize(runs), results).startswith("deepfm ranks first by mean test AUC")
 
