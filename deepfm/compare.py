@@ -366,10 +366,12 @@ def render(results: dict[str, Any], output: Path) -> dict[str, Any]:
     pd.DataFrame(rows).to_csv(output / "table.csv", index=False)
     by_model = {r["model"]: [x for x in results["runs"] if x["model"] == r["model"]] for r in rows}
     fpr = np.asarray(results["roc_fpr"])
+    curves = {f"{r['model']} (AUC {r['auc_mean']:.4f})": (fpr, np.mean([x["roc_tpr"] for x in by_model[r["model"]]], axis=0))
+              for r in rows}
+    reference = next((label for label in curves if label.split(" ")[0] == s["baseline"]), None)
     images = [
-        ("ROC curves of all models on the test day (averaged over seeds)", report.plot_roc(
-            {f"{r['model']} (AUC {r['auc_mean']:.4f})": (fpr, np.mean([x["roc_tpr"] for x in by_model[r["model"]]], axis=0))
-             for r in rows}, output / "roc.png")),
+        ("ROC curves of all models on the test day (averaged over seeds)",
+         report.plot_roc(curves, output / "roc.png", reference=reference)),
         ("Calibration on the test day (equal-count score groups, averaged over seeds)", report.plot_calibration(
             {m: mean_calibration(rs) for m, rs in by_model.items()}, output / "calibration.png")),
         ("Train and validation curves per epoch (mean over seeds)", report.plot_history(

@@ -130,18 +130,31 @@ def _save(fig: plt.Figure, path: Path) -> Path:
     return path
 
 
-def plot_roc(curves: dict[str, Curve], path: Path, title: str = "ROC on the test day") -> Path:
-    """One ROC line per label (put the AUC in the label); a zoom on the low-FPR region beside it."""
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.8))
+def plot_roc(curves: dict[str, Curve], path: Path, title: str = "ROC on the test day",
+             reference: str | None = None, zoom: float = 0.2) -> Path:
+    """One ROC line per label (put the AUC in the label). Beside it: with ``reference`` (one of
+    the labels; all curves on one FPR grid), each TPR minus the reference's, where curves that
+    overlap on the ROC part; without, a zoom on FPR <= ``zoom``."""
+    fig, (full, side) = plt.subplots(1, 2, figsize=(11, 4.8))
     palette = colors(list(curves))
-    for ax, limit in zip(axes, (1.0, 0.2)):
-        for label, (fpr, tpr) in curves.items():
-            ax.plot(fpr, tpr, lw=1.3, color=palette[label], label=label)
-        ax.plot([0, 1], [0, 1], ls=":", color="grey", lw=1)
-        ax.set(xlim=(0, limit), ylim=(0, 1 if limit == 1.0 else None), xlabel="false positive rate",
-               ylabel="true positive rate", title=title if limit == 1.0 else f"zoom: FPR <= {limit}")
+    for label, (fpr, tpr) in curves.items():
+        full.plot(fpr, tpr, lw=1.3, color=palette[label], label=label)
+        lift = tpr - curves[reference][1] if reference else tpr
+        side.plot(fpr, lift, lw=1.3, color=palette[label])
+    full.plot([0, 1], [0, 1], ls=":", color="grey", lw=1)
+    full.set(xlim=(0, 1), ylim=(0, 1), xlabel="false positive rate", ylabel="true positive rate", title=title)
+    full.legend(fontsize=7, loc="lower right")
+    if reference:
+        side.axhline(0, ls=":", color="grey")
+        side.set(xlim=(0, 1), xlabel="false positive rate", ylabel=f"TPR - TPR of {reference.split(' ')[0]}",
+                 title=f"true positive rate gained over {reference.split(' ')[0]}")
+    else:
+        top = max(float(np.interp(zoom, fpr, tpr)) for fpr, tpr in curves.values())
+        side.plot([0, zoom], [0, zoom], ls=":", color="grey", lw=1)
+        side.set(xlim=(0, zoom), ylim=(0, min(1.0, 1.1 * top)), xlabel="false positive rate",
+                 ylabel="true positive rate", title=f"zoom: FPR <= {zoom}")
+    for ax in (full, side):
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7, loc="lower right")
     return _save(fig, path)
 
 
