@@ -217,13 +217,15 @@ def encode_day(valid: DataFrame, spec: FeatureSpec) -> DataFrame:
     """Parsed rows -> the model's inputs, with the bundle's spec and preprocessing's encoder.
 
     An unsplittable input (one ``.gz`` per day) arrives as one partition; spreading it over the
-    cores pays off because the forward pass, not the parse, dominates.
+    cores pays off because the forward pass, not the parse, dominates. (The partitions are
+    counted before encoding: planning the encoder's broadcast joins would run them.)
     """
-    encoded = encode(valid, spec).select(
+    cores = valid.sparkSession.sparkContext.defaultParallelism
+    if valid.rdd.getNumPartitions() < cores:
+        valid = valid.repartition(cores)
+    return encode(valid, spec).select(
         "impression_id", spec.label, *(f.name for f in spec.categorical_fields), *(f.name for f in spec.numeric_fields)
     )
-    cores = encoded.sparkSession.sparkContext.defaultParallelism
-    return encoded.repartition(cores) if encoded.rdd.getNumPartitions() < cores else encoded
 
 
 def predict(encoded: DataFrame, bundle_path: str, bundle: Bundle, threads: int) -> DataFrame:
