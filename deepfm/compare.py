@@ -332,7 +332,8 @@ def _display(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def closing_note(rows: list[dict[str, Any]], results: dict[str, Any], target: str = "deepfm") -> str:
-    """Where ``target`` ranks; if not first, the AUC gap against seed noise and the run's scale."""
+    """Where ``target`` ranks; the gap to the next (or the first) model against seed noise,
+    seed by seed, and the scale of the run."""
     if not rows:
         return "No model was run."
     best = min(rows, key=lambda r: r["rank"])
@@ -344,7 +345,8 @@ def closing_note(rows: list[dict[str, Any]], results: dict[str, Any], target: st
              if improving else "")
     if mine is best:
         runner = next((r for r in rows if r["rank"] == 2), None)
-        lead = f", {mine['auc_mean'] - runner['auc_mean']:.4f} AUC ahead of {runner['model']}" if runner else ""
+        lead = (f", {mine['auc_mean'] - runner['auc_mean']:.4f} AUC ahead of {runner['model']}; "
+                f"{_paired(results['runs'], target, runner['model'])}") if runner else ""
         return f"{target} ranks first by mean test AUC{lead}.{still}"
     gap = best["auc_mean"] - mine["auc_mean"]
     s = results["settings"]
@@ -353,9 +355,18 @@ def closing_note(rows: list[dict[str, Any]], results: dict[str, Any], target: st
     else:
         noise = max(best["auc_std"], mine["auc_std"])
         spread = f"{'within' if gap <= 2 * noise else 'beyond'} twice the larger seed std, {noise:.4f}"
-    return (f"{target} ranks {mine['rank']} of {len(rows)}: {gap:.4f} AUC below {best['model']} ({spread}). "
-            f"Scale of this run: {results['data']['train_rows']:,} training rows, {len(s['seeds'])} seed(s), "
+    return (f"{target} ranks {mine['rank']} of {len(rows)}: {gap:.4f} AUC below {best['model']} ({spread}; "
+            f"{_paired(results['runs'], best['model'], target)}). Scale of this run: "
+            f"{results['data']['train_rows']:,} training rows, {len(s['seeds'])} seed(s), "
             f"at most {s['epochs']} epoch(s).{still}")
+
+
+def _paired(runs: list[dict[str, Any]], a: str, b: str) -> str:
+    """How often ``a`` beat ``b`` seed by seed (a seed gives both the same data order)."""
+    auc = {(r["model"], r["seed"]): r["auc"] for r in runs}
+    seeds = sorted(seed for model, seed in auc if model == a and (b, seed) in auc)
+    wins = sum(auc[a, seed] > auc[b, seed] for seed in seeds)
+    return f"{a} higher on {wins} of {len(seeds)} seed(s)"
 
 
 def render(results: dict[str, Any], output: Path) -> dict[str, Any]:

@@ -116,15 +116,17 @@ def test_summarize_means_stds_gains_and_ranks():
 
 
 def test_closing_note_names_the_gap_and_the_models_still_improving():
-    results = {"settings": {"seeds": [1, 2], "epochs": 2}, "data": {"train_rows": 1000}}
     runs = [_run("lr", 1, 0.70, 0.5, 1.0), _run("lr", 2, 0.72, 0.5, 1.0),
             _run("deepfm", 1, 0.69, 0.5, 3.0, best_epoch=2), _run("deepfm", 2, 0.71, 0.5, 3.0)]
+    results = {"settings": {"seeds": [1, 2], "epochs": 2}, "data": {"train_rows": 1000}, "runs": runs}
     note = compare.closing_note(compare.summarize(runs), results)
     assert note.startswith("deepfm ranks 2 of 2: 0.0100 AUC below lr (within twice")
+    assert "lr higher on 2 of 2 seed(s)" in note
     assert "1,000 training rows" in note and note.endswith("more epochs may reorder them): deepfm.")
     assert "one seed: no seed-to-seed spread" in compare.closing_note(compare.summarize(runs[::2]), results)
     runs[2]["auc"] = 0.99
-    assert compare.closing_note(compare.summarize(runs), results).startswith("deepfm ranks first by mean test AUC")
+    note = compare.closing_note(compare.summarize(runs), results)
+    assert note.startswith("deepfm ranks first by mean test AUC") and "deepfm higher on 1 of 2 seed(s)" in note
 
 
 def test_a_small_study_is_plotted(data, tmp_path):
