@@ -149,7 +149,8 @@ def train_config(settings: Settings, model: str, seed: int, epochs: int, model_c
 def _horovod_train(cfg: TrainConfig, np_: int, hosts: str | None) -> dict[str, Any]:
     """``horovodrun jobs/train.py`` with every TrainConfig value passed as an override."""
     values = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("data", "output")}
-    command = ["horovodrun", "-np", str(np_), "-H", hosts or f"localhost:{np_}", "--gloo", sys.executable,
+    horovodrun = Path(sys.executable).parent / "horovodrun"  # the venv's, whatever PATH says
+    command = [str(horovodrun), "-np", str(np_), "-H", hosts or f"localhost:{np_}", "--gloo", sys.executable,
                str(REPO_ROOT / "jobs" / "train.py"), "--data", str(cfg.data), "--output", str(cfg.output),
                *(f"--config-override={k}={json.dumps(v, default=str)}" for k, v in values.items())]
     done = subprocess.run(command, capture_output=True, text=True, cwd=REPO_ROOT)
@@ -191,7 +192,9 @@ def measure(cfg: TrainConfig, summary: dict[str, Any], wall_seconds: float, sett
     test = metrics.compute()
     history = json.loads((cfg.output / "metrics.json").read_text())["epochs"]
     pretraining = cfg.output / "fnn_pretrain_fm" / "metrics.json"
-    train_seconds = _train_seconds(cfg.output / "metrics.json") + (_train_seconds(pretraining) if pretraining.exists() else 0.0)
+    train_seconds = _train_seconds(cfg.output / "metrics.json")
+    if pretraining.exists():
+        train_seconds += _train_seconds(pretraining)
     fpr, tpr = report.roc_curve(metrics)
     grid = np.linspace(0.0, 1.0, settings.roc_points)
     return {
@@ -214,7 +217,8 @@ def study_points(study: StudySettings) -> list[tuple[str, Any, str, dict[str, An
     for name, values in study.grids.items():
         for model in study.models:
             base = resolve_model_config(model)
-            points += [(name, value, model, STUDIES[name].overrides(value, base, study.shape_neurons)) for value in values]
+            points += [(name, value, model, STUDIES[name].overrides(value, base, study.shape_neurons))
+                       for value in values]
     return points
 
 
@@ -377,8 +381,8 @@ def render(results: dict[str, Any], output: Path) -> dict[str, Any]:
     pd.DataFrame(rows).to_csv(output / "table.csv", index=False)
     by_model = {r["model"]: [x for x in results["runs"] if x["model"] == r["model"]] for r in rows}
     fpr = np.asarray(results["roc_fpr"])
-    curves = {f"{r['model']} (AUC {r['auc_mean']:.4f})": (fpr, np.mean([x["roc_tpr"] for x in by_model[r["model"]]], axis=0))
-              for r in rows}
+    curves = {f"{r['model']} (AUC {r['auc_mean']:.4f})":
+              (fpr, np.mean([x["roc_tpr"] for x in by_model[r["model"]]], axis=0)) for r in rows}
     reference = next((label for label in curves if label.split(" ")[0] == s["baseline"]), None)
     images = [
         ("ROC curves of all models on the test day (averaged over seeds)",

@@ -131,6 +131,7 @@ def test_airflow_dag_loads_and_runs_the_next_day(workdir, pipeline_env, tmp_path
                    "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "pipelines"), "DEEPFM_WORKDIR": str(workdir),
                    "DEEPFM_START": RUN_DATE.isoformat()}
     python = AIRFLOW_BIN.parent / "python"
+    subprocess.run([str(AIRFLOW_BIN), "db", "migrate"], check=True, capture_output=True, env=airflow_env, timeout=300)
     check = ("from airflow.models import DagBag; import os, json;"
              "b = DagBag(os.environ['AIRFLOW__CORE__DAGS_FOLDER'], include_examples=False);"
              "d = b.get_dag('deepfm_daily_ctr');"
@@ -144,7 +145,6 @@ def test_airflow_dag_loads_and_runs_the_next_day(workdir, pipeline_env, tmp_path
     assert dag["tasks"] == {"preprocess": ["train"], "train": ["score"], "score": ["report"], "report": []}
     assert dag["catchup"] is True and dag["schedule"] == "@daily" and dag["retries"] >= 1
 
-    subprocess.run([str(AIRFLOW_BIN), "db", "migrate"], check=True, capture_output=True, env=airflow_env, timeout=300)
     next_day = RUN_DATE + dt.timedelta(days=1)
     run = subprocess.run([str(AIRFLOW_BIN), "dags", "test", "deepfm_daily_ctr", next_day.isoformat()],
                          capture_output=True, text=True, env=airflow_env, timeout=900)
