@@ -83,9 +83,13 @@ def broadcast_optimizer_state(optimizer: torch.optim.Optimizer, model: torch.nn.
         _hvd.broadcast_optimizer_state(optimizer, root_rank=root_rank, model=model)
 
 
-def broadcast_object(obj: Any, root_rank: int = 0) -> Any:
-    """``root_rank``'s picklable ``obj`` on every rank."""
-    return _hvd.broadcast_object(obj, root_rank=root_rank) if _hvd else obj
+def broadcast_object(obj: Any, root_rank: int = 0, name: str = "broadcast_object") -> Any:
+    """``root_rank``'s picklable ``obj`` on every rank.
+
+    The name is explicit: Horovod defaults it to ``type(obj).__name__``, which differs when
+    non-root ranks pass a placeholder (``None``), and mismatched names deadlock the collective.
+    """
+    return _hvd.broadcast_object(obj, root_rank=root_rank, name=name) if _hvd else obj
 
 
 def allgather_object(obj: Any) -> list[Any]:
