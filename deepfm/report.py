@@ -253,7 +253,8 @@ Column = tuple[str, str, Callable[[Any], str]]  # key, header, formatter
 CSS = """body{font-family:sans-serif;margin:2em;max-width:1200px;color:#222}
 table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}
 th{background:#f0f0f0}td:first-child,th:first-child{text-align:left}tr.hi td{background:#fff3c4}
-img{max-width:100%;border:1px solid #eee;margin:0.5em 0}.note{background:#f7f7f7;padding:0.8em;border-left:4px solid #888}"""
+img{max-width:100%;border:1px solid #eee;margin:0.5em 0}
+.note{background:#f7f7f7;padding:0.8em;border-left:4px solid #888}"""
 
 
 def fmt(digits: int) -> Callable[[Any], str]:
@@ -265,7 +266,9 @@ def fmt(digits: int) -> Callable[[Any], str]:
     return format_value
 
 
-def html_table(rows: Sequence[dict[str, Any]], columns: Sequence[Column], highlight: Callable[[dict], bool] = lambda r: False) -> str:
+def html_table(rows: Sequence[dict[str, Any]], columns: Sequence[Column],
+               highlight: Callable[[dict], bool] = lambda r: False) -> str:
+    """Rows as an HTML table, cells escaped and formatted per column; ``highlight`` rows stand out."""
     head = "".join(f"<th>{html.escape(header)}</th>" for _, header, _ in columns)
     body = "".join(
         f"<tr{' class=hi' if highlight(row) else ''}>"

@@ -54,7 +54,8 @@ def build_parser(conf: dict) -> argparse.ArgumentParser:
                         "batch_size=4096 or loader=arrow; repeatable")
     p.add_argument("--study", action=argparse.BooleanOptionalAction, default=False,
                    help="also run the paper's hyper-parameter sweeps (Figures 7-11) [%(default)s]")
-    p.add_argument("--study-models", type=_names, default=",".join(study["models"]), help="models of the sweeps [%(default)s]")
+    p.add_argument("--study-models", type=_names, default=",".join(study["models"]),
+                   help="models of the sweeps [%(default)s]")
     p.add_argument("--study-epochs", type=int, default=study["epochs"], help="epochs per sweep run [%(default)s]")
     p.add_argument("--study-grid", action="append", default=[], metavar="STUDY=VALUES",
                    help="replace one sweep's values, e.g. dropout=[1.0,0.5] or layers=[1,3]; "

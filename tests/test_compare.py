@@ -38,7 +38,8 @@ def comparison(data, tmp_path_factory):
 def test_two_models_two_seeds_end_to_end(comparison):
     out = comparison
     results = json.loads((out / "results.json").read_text())
-    assert sorted((r["model"], r["seed"]) for r in results["runs"]) == [("deepfm", 42), ("deepfm", 43), ("lr", 42), ("lr", 43)]
+    runs = sorted((r["model"], r["seed"]) for r in results["runs"])
+    assert runs == [("deepfm", 42), ("deepfm", 43), ("lr", 42), ("lr", 43)]
     assert results["data"]["train_rows"] == 2400 and results["data"]["test_rows"] == 1200
     for r in results["runs"]:
         assert r["n"] == 1200 and len(r["history"]) == r["epochs_run"] == 1 and r["params"] > 0

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -18,9 +17,9 @@ from deepfm.metrics import BinaryMetrics, auc
 from deepfm.models import build_model_for_spec
 
 sys.path.insert(0, str(Path(__file__).parent / "scripts"))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "jobs"))
+import report as report_job  # noqa: E402  (jobs/report.py)
 from tiny_ctr_data import write_dataset  # noqa: E402
-
-REPO = Path(__file__).resolve().parent.parent
 
 
 def _scores(n: int = 4000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -53,7 +52,8 @@ def test_roc_curve_area_is_the_auc():
 
 def test_roc_on_grid_takes_the_top_of_vertical_steps():
     fpr, tpr = np.array([0.0, 0.0, 0.5, 0.5, 1.0]), np.array([0.0, 0.4, 0.6, 0.9, 1.0])
-    assert report.roc_on_grid(fpr, tpr, np.array([0.0, 0.25, 0.5, 0.75])).tolist() == pytest.approx([0.4, 0.5, 0.9, 0.95])
+    on_grid = report.roc_on_grid(fpr, tpr, np.array([0.0, 0.25, 0.5, 0.75]))
+    assert on_grid.tolist() == pytest.approx([0.4, 0.5, 0.9, 0.95])
 
 
 def test_calibration_points_are_equal_count_groups_near_the_diagonal():
@@ -130,8 +130,9 @@ def test_daily_report_shows_the_model_and_every_day(bundle_and_data, tmp_path):
 
 
 @pytest.mark.slow
-def test_report_job_reads_the_delta_metrics_table(bundle_and_data, tmp_path, spark):
-    """jobs/report.py end to end: Spark reads the metrics table jobs/score.py appends to."""
+def test_report_job_reads_the_delta_metrics_table(bundle_and_data, tmp_path, spark, capsys):
+    """jobs/report.py end to end: Spark reads the metrics table jobs/score.py appends to
+    (in this process, so the job reuses the test session instead of starting a second JVM)."""
     from deepfm.scoring import METRICS_SCHEMA, TableRef, append_metrics, ensure_table
 
     bundle_dir, data = bundle_and_data
@@ -141,10 +142,8 @@ def test_report_job_reads_the_delta_metrics_table(bundle_and_data, tmp_path, spa
     for record in _runs([0.7, 0.75]).to_dict("records"):
         append_metrics(spark, ref, {**record, "scored_at": record["scored_at"].to_pydatetime(), "run_id": "r",
                                     "spec_version": "s", "table_version": 1, "rows_in": 903, "labeled": 900})
-    done = subprocess.run([sys.executable, str(REPO / "jobs" / "report.py"), "--bundle", str(bundle_dir),
-                           "--data", str(data), "--metrics-table", str(table), "--output", str(tmp_path / "out")],
-                          capture_output=True, text=True, cwd=REPO)
-    assert done.returncode == 0, done.stderr[-3000:]
-    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report_job.main(["--bundle", str(bundle_dir), "--data", str(data), "--metrics-table", str(table),
+                            "--output", str(tmp_path / "out")]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["date"] == "2024-01-02" and summary["day_auc"] == 0.75 and summary["days"] == 2
     assert Path(summary["report"]).exists() and (tmp_path / "out" / "daily_metrics.png").exists()
