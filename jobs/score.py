@@ -1,7 +1,11 @@
 """Score one day of raw click logs into a Delta table of predicted CTRs (partitioned by date).
 
-    spark-submit $(python -c 'from deepfm.spark import spark_submit_args as a; print(*a())') \\
+    spark-submit --jars <Delta jars: deepfm.spark.spark_submit_args()> \\
+        --driver-java-options -XX:-DontCompileHugeMethods \\
         jobs/score.py --date 2026-11-22 --model models/2026-11-22/bundle --table delta/ctr_scores
+
+(``python jobs/score.py ...`` works too.) The Java option lets the JIT compile the encoder's wide
+generated code (see conf/score.yaml); without it the job is slower, not different.
 
 A rerun for the same date replaces that date's rows; other dates are untouched. The last line
 of output is a JSON summary. Exit status: 0 done, 1 done but rows in != scored + rejected,
@@ -78,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         allow_schema_evolution=args.allow_schema_evolution, batch_size=args.batch_size,
         torch_threads=args.torch_threads,
     )  # fmt: skip
-    spark = get_spark("score")
+    spark = get_spark("score", load_conf("score")["spark"])
     try:
         summary = run(spark, options)
         status = 0 if summary["reconciled"] else 1

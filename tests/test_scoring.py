@@ -37,7 +37,7 @@ from deepfm.scoring import (
     ensure_table,
     run,
 )
-from deepfm.spark import get_spark, spark_submit_args
+from deepfm.spark import spark_submit_args
 from deepfm.metrics import auc
 from deepfm.synthetic import write_logs
 
@@ -46,11 +46,6 @@ pytestmark = pytest.mark.slow
 DAY0 = dt.date(2026, 11, 20)
 DAYS = [DAY0 + dt.timedelta(days=k) for k in range(3)]
 ROWS_PER_DAY = 2000
-
-
-@pytest.fixture(scope="session")
-def spark():
-    return get_spark("test_scoring", {"spark.sql.shuffle.partitions": "2"})
 
 
 def small_spec(raw_day: Path) -> FeatureSpec:
@@ -97,8 +92,8 @@ def score_cli(*args: str) -> subprocess.Popen:
     """Start ``spark-submit jobs/score.py ARGS``, as the pipeline and users run it."""
     python = sys.executable
     env = {**os.environ, "PYSPARK_PYTHON": python, "PYSPARK_DRIVER_PYTHON": python}
-    command = [str(Path(python).parent / "spark-submit"), *spark_submit_args(),
-               "--conf", "spark.sql.shuffle.partitions=2", str(REPO_ROOT / "jobs" / "score.py")]  # fmt: skip
+    command = [str(Path(python).parent / "spark-submit"), *spark_submit_args(), "--conf", "spark.sql.shuffle.partitions=2",
+               "--driver-java-options", "-XX:-DontCompileHugeMethods", str(REPO_ROOT / "jobs" / "score.py")]  # fmt: skip
     return subprocess.Popen([*command, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
