@@ -94,7 +94,7 @@ def print_summary(paths: RunPaths, results: dict[str, dict]) -> None:
     lines = [
         f"== DeepFM daily pipeline, run date {paths.day} ==",
         f"preprocess: {json.dumps({k: pre.get(k) for k in ('rows_read', 'rows_written', 'rows_quarantined') if k in pre})}",
-        f"train:      {json.dumps({k: train.get(k) for k in ('model', 'val_auc', 'val_logloss', 'val_calibration', 'samples_per_sec') if k in train})}",
+        f"train:      {json.dumps({k: train.get(k) for k in ('model', 'val_auc', 'val_logloss', 'val_calibration', 'samples_per_s') if k in train})}",
         f"score:      {json.dumps({k: score.get(k) for k in ('rows_in', 'scored', 'rejected', 'mean_ctr', 'auc') if k in score})}",
         f"delta:      {delta['rows']} rows for {paths.day} ({delta['distinct_impressions']} distinct impressions) in {paths.scores_table}",
         f"report:     {report.get('report', paths.report / 'report.html')}",
