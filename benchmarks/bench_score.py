@@ -101,8 +101,8 @@ def main() -> None:
         bare = rows_per_second(lambda: bare_forward(bundle.model, cat, num, args.batch_size))
 
     result = {
-        "rows": rows, "batch_size": args.batch_size, "model": args.model, "cores": spark.sparkContext.defaultParallelism,
-        "torch_threads_bare": torch.get_num_threads(),
+        "rows": rows, "batch_size": args.batch_size, "model": args.model,
+        "cores": spark.sparkContext.defaultParallelism, "torch_threads_bare": torch.get_num_threads(),
         **{f"{name}_rows_per_s": round(value) for name, value in
            (("job_cold", job_cold), ("job", job), ("stage", stage), ("bare", bare))},
         "job_over_bare": round(job / bare, 3), "job_cold_over_bare": round(job_cold / bare, 3),

@@ -86,7 +86,7 @@ _CREATE_ATTEMPTS = 3
 
 
 class ScoringError(ValueError):
-    """The run was refused before anything was written (bad bundle or incompatible table)."""
+    """The run was refused before anything was written: the table cannot take its rows."""
 
 
 @dataclass(frozen=True)
@@ -98,7 +98,7 @@ class ScoreOptions:
     table: str
     input_root: str
     metrics_table: str | None = None  # default: <table>_metrics
-    rejects: str | None = None  # default: <table>_rejects
+    rejects: str | None = None  # default: <table>_rejects (a path table only)
     layout: str = "auto"
     day0_date: dt.date | None = None
     allow_schema_evolution: bool = False
@@ -357,7 +357,6 @@ def append_metrics(spark: SparkSession, ref: TableRef, record: dict[str, Any]) -
 
 # ------------------------------------------------------------------------------ metrics
 
-
 # Extra entries after the ``BinaryMetrics`` state: every row's count and CTR sum, labelled or not.
 _ROWS, _CTR_SUM = -1, -2
 
@@ -372,7 +371,10 @@ def _metrics_state(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         ctr_sum += float(batch["ctr"].to_numpy(np.float64).sum())
     state = metrics.to_tensor().numpy()
     nonzero = np.flatnonzero(state)
-    yield pd.DataFrame({"index": np.append(nonzero, [_ROWS, _CTR_SUM]), "value": np.append(state[nonzero], [rows, ctr_sum])})
+    yield pd.DataFrame({
+        "index": np.append(nonzero, [_ROWS, _CTR_SUM]),
+        "value": np.append(state[nonzero], [rows, ctr_sum]),
+    })  # fmt: skip
 
 
 def _finite(value: float) -> float | None:
@@ -418,6 +420,8 @@ def run(spark: SparkSession, opts: ScoreOptions) -> dict[str, Any]:
     start = time.perf_counter()
     table = TableRef.of(opts.table)
     metrics_table = TableRef.of(opts.metrics_table) if opts.metrics_table else table.sibling("_metrics")
+    if not (opts.rejects or table.is_path):
+        raise ScoringError(f"table {table} is a metastore table: give the rejects directory (--rejects)")
     rejects_dir = f"{(opts.rejects or table.location + '_rejects').rstrip('/')}/{opts.date.isoformat()}"
     bundle_path = str(Path(opts.model).resolve())
 

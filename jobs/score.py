@@ -53,7 +53,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="Delta table the day's metrics are appended to (default: <table>_metrics)")
     p.add_argument("--rejects", default=conf["rejects"],
                    help="directory for rejected rows, written as Parquet to <rejects>/<date>/ "
-                        "(default: <table>_rejects)")
+                        "(default: <table>_rejects; required when --table is a metastore name)")
     p.add_argument("--summary", help="also write the JSON summary to this file")
     p.add_argument("--allow-schema-evolution", action="store_true", default=conf["allow_schema_evolution"],
                    help="add columns an existing table lacks instead of refusing it (types never change)")

@@ -52,7 +52,8 @@ def small_spec(raw_day: Path) -> FeatureSpec:
     """Every transform the encoder has: vocab (C1's frequent values), hash, bucketize, log, raw."""
     rows = [line.split("\t") for line in (raw_day / "part-00000.tsv").read_text().splitlines()[:500]]
     c1 = Counter(r[14] for r in rows if len(r) == 40 and r[14])
-    numeric = {"I2": FieldSpec("I2", "raw"), "I6": FieldSpec("I6", "bucketize", 8, boundaries=(1.0, 2.0, 4.0, 8.0, 16.0, 64.0))}
+    numeric = {"I2": FieldSpec("I2", "raw"),
+               "I6": FieldSpec("I6", "bucketize", 8, boundaries=(1.0, 2.0, 4.0, 8.0, 16.0, 64.0))}  # fmt: skip
     return FeatureSpec(fields=(
         *(numeric.get(name, FieldSpec(name, "log")) for name in INTEGER_FIELDS),
         FieldSpec("C1", "vocab", 4, vocabulary=tuple(v for v, _ in c1.most_common(3))),
@@ -92,8 +93,9 @@ def score_cli(*args: str) -> subprocess.Popen:
     """Start ``spark-submit jobs/score.py ARGS``, as the pipeline and users run it."""
     python = sys.executable
     env = {**os.environ, "PYSPARK_PYTHON": python, "PYSPARK_DRIVER_PYTHON": python}
-    command = [str(Path(python).parent / "spark-submit"), *spark_submit_args(), "--conf", "spark.sql.shuffle.partitions=2",
-               "--driver-java-options", "-XX:-DontCompileHugeMethods", str(REPO_ROOT / "jobs" / "score.py")]  # fmt: skip
+    command = [str(Path(python).parent / "spark-submit"), *spark_submit_args(),
+               "--conf", "spark.sql.shuffle.partitions=2", "--driver-java-options", "-XX:-DontCompileHugeMethods",
+               str(REPO_ROOT / "jobs" / "score.py")]  # fmt: skip
     return subprocess.Popen([*command, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
@@ -105,6 +107,8 @@ def scored(spark, world):
     ensure_table(spark, TableRef.of(str(root / "scores")), SCORES_SCHEMA, ["date"])
     cli = score_cli("--date", DAYS[2].isoformat(), "--model", str(world["bundle"]), "--input", str(root / "raw"),
                     "--table", str(root / "scores"), "--summary", str(root / "cli_summary.json"))  # fmt: skip
+    refused = score_cli("--date", DAYS[2].isoformat(), "--model", str(root / "no_bundle"), "--input", str(root / "raw"),
+                        "--table", str(root / "refused"))  # fmt: skip
     results: dict[dt.date, object] = {}
 
     def score(day: dt.date) -> None:
@@ -121,7 +125,7 @@ def scored(spark, world):
     stdout, stderr = cli.communicate(timeout=400)
     assert all(isinstance(r, dict) for r in results.values()), {d: str(r) for d, r in results.items()}
     assert cli.returncode == 0, stdout[-3000:] + stderr[-3000:]
-    return {**results, DAYS[2]: json.loads(stdout.strip().splitlines()[-1])}
+    return {**results, DAYS[2]: json.loads(stdout.strip().splitlines()[-1]), "refused": refused}
 
 
 @pytest.fixture(scope="module")
@@ -142,6 +146,18 @@ def test_cli_prints_and_saves_a_json_summary(world, scored):
     assert summary == json.loads((world["root"] / "cli_summary.json").read_text())
     assert summary["date"] == DAYS[2].isoformat() and summary["reconciled"]
     assert {"rows_in", "scored", "rejected", "mean_ctr", "auc", "logloss", "table", "version"} <= summary.keys()
+
+
+def test_cli_refusal_exits_2_with_the_reason_and_writes_nothing(world, scored):
+    stdout, stderr = scored["refused"].communicate(timeout=400)
+    assert scored["refused"].returncode == 2, stdout[-3000:] + stderr[-3000:]
+    assert "no model bundle" in json.loads(stdout.strip().splitlines()[-1])["error"]
+    assert not any(world["root"].glob("refused*"))
+
+
+def test_metastore_table_needs_a_rejects_directory(spark, world):
+    with pytest.raises(ScoringError, match="--rejects"):
+        run(spark, ScoreOptions(date=DAY0, model=str(world["bundle"]), table="ctr_scores", input_root="raw"))
 
 
 def test_runs_racing_to_create_a_table_both_succeed(spark, tmp_path):
