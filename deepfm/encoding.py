@@ -197,9 +197,9 @@ def _encoded(field: FieldSpec, hash_seed: int) -> Column:
         above = reduce(add, ((value >= F.lit(b)).cast("int") for b in field.boundaries), F.lit(0))
         index = F.when(x.isNull(), 0).otherwise(above + 1)
     elif field.transform == "log":
-        return F.coalesce(F.log1p(F.greatest(x.cast("double"), F.lit(0.0))), F.lit(0.0)).cast("float").alias(field.name)
+        return F.coalesce(F.log1p(F.greatest(x, F.lit(0))), F.lit(0.0)).cast("float").alias(field.name)
     else:  # raw
-        return F.coalesce(x.cast("float"), F.lit(0.0)).cast("float").alias(field.name)
+        return F.coalesce(x, F.lit(0)).cast("float").alias(field.name)
     return index.cast("int").alias(field.name)
 
 

@@ -50,12 +50,8 @@ from deepfm.features import FeatureSpec
 log = logging.getLogger(__name__)
 
 SUMMARY_FILENAME = "summary.json"
-# Session defaults for this job (deepfm.spark.get_spark's extra_conf: a cluster's or spark-submit's
-# settings win). Parsing and encoding 40 columns generates methods longer than HotSpot's 8000-byte
-# JIT limit; Spark's documented remedy is to fall back from whole-stage codegen for those, which
-# is ~2x faster here than running the generated code interpreted.
-SPARK_CONF = {"spark.sql.codegen.hugeMethodLimit": "8000"}
 SPLITS = ("train", "test")
+QUARANTINE = "quarantine"
 
 
 @dataclass(frozen=True)
@@ -142,11 +138,10 @@ def validate_day(raw: DataFrame, day: dt.date, quarantine_uri: str, split: str) 
     Lines read are counted before the filter and quarantined ones after it, both observed
     during the one write. Raises ``InputDayError`` if the day cannot be read or has no line.
     """
-    checked = rawlogs.with_reason(raw)
     read, kept = Observation(f"read {day}"), Observation(f"quarantined {day}")
+    checked = rawlogs.with_reason(raw.observe(read, F.count(F.lit(1)).alias("rows")))
     quarantined = (
-        checked.observe(read, F.count(F.lit(1)).alias("rows"))
-        .where(F.col("reason").isNotNull())
+        rawlogs.quarantined(checked)
         .observe(kept, *(F.count_if(F.col("reason") == r).alias(r) for r in rawlogs.REASONS))
         .select("raw_line", "reason")
     )
@@ -173,7 +168,7 @@ def validate(
 
     def one(day: dt.date) -> DayCounts:
         split = "test" if day in test_days else "train"
-        return validate_day(raw[day], day, str(_day_dir(quarantine_dir, day)), split)
+        return validate_day(raw[day], day, _local_uri(_day_dir(quarantine_dir, day)), split)
 
     counts = {}
     with ThreadPoolExecutor(max_workers=max(1, min(8, len(raw)))) as pool:
@@ -187,17 +182,36 @@ def validate(
     return counts
 
 
+def _local_uri(path: Path) -> str:
+    """``file://`` URI of a driver-local path, unescaped (``Path.as_uri`` escapes the ``=`` of
+    partition folders, and Hadoop does not unescape it)."""
+    return f"file://{path.resolve()}"
+
+
 def _day_dir(root: Path, day: dt.date) -> Path:
     return root / f"day={day.isoformat()}"
 
 
-def _valid_rows(raw: dict[dt.date, DataFrame], days: list[dt.date]) -> DataFrame:
-    parsed = (rawlogs.parse(raw[day])[0] for day in days)
-    return reduce(DataFrame.unionByName, parsed)
+def valid_rows(
+    raw: dict[dt.date, DataFrame], counts: dict[dt.date, DayCounts], days: list[dt.date], quarantine_dir: Path
+) -> DataFrame:
+    """Typed valid rows of ``days``: their lines minus the quarantined ones.
+
+    The validate stage evaluated the validity regex on every line already; removing its few
+    quarantined lines with a (broadcast) anti-join costs a hash per line, not a regex.
+    """
+    spark = next(iter(raw.values())).sparkSession
+    invalid = spark.read.schema("raw_line STRING").parquet(_local_uri(quarantine_dir)).select("raw_line")
+    lines = (raw[d] if counts[d].rows_quarantined == 0 else raw[d].join(invalid, "raw_line", "left_anti") for d in days)
+    return rawlogs.parse_valid(reduce(DataFrame.unionByName, lines))
 
 
 def fit_spec(
-    raw: dict[dt.date, DataFrame], counts: dict[dt.date, DayCounts], features: Mapping[str, Any], end_date: dt.date
+    raw: dict[dt.date, DataFrame],
+    counts: dict[dt.date, DayCounts],
+    quarantine_dir: Path,
+    features: Mapping[str, Any],
+    end_date: dt.date,
 ) -> FeatureSpec:
     """Fit the feature spec on the valid rows of the training days (never the test days)."""
     train_days = [d for d in sorted(counts) if counts[d].split == "train"]
@@ -211,7 +225,7 @@ def fit_spec(
         "rows_per_day": {d.isoformat(): counts[d].rows_valid for d in train_days},
         "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
-    return encoding.fit(_valid_rows(raw, train_days), features, metadata)
+    return encoding.fit(valid_rows(raw, counts, train_days, quarantine_dir), features, metadata)
 
 
 def rows_per_file(counts: dict[dt.date, DayCounts], row_group_rows: int, min_row_groups_per_day: int) -> int:
@@ -237,7 +251,7 @@ def encode_days(
     days = sorted(counts)
     test_days = [d for d in days if counts[d].split == "test"]
     written = Observation("written")
-    encoded = encoding.encode(_valid_rows(raw, days), spec)
+    encoded = encoding.encode(valid_rows(raw, counts, days, out_dir / QUARANTINE), spec)
     columns = [spec.label, *(f.name for f in spec.fields)]
     staging = out_dir / "_encoded"
     (
@@ -248,7 +262,7 @@ def encode_days(
         .write.partitionBy("split", "day")
         .option("maxRecordsPerFile", max_rows_per_file)
         .mode("overwrite")
-        .parquet(staging.as_uri())
+        .parquet(_local_uri(staging))
     )
     for day, n in written.get.items():
         counts[dt.date.fromisoformat(day)].rows_written = int(n)
@@ -328,9 +342,9 @@ def run(spark: SparkSession, opts: Options) -> dict[str, Any]:
         with stages("discover"):
             layout, raw = discover(spark, opts, train_days + test_days, skipped)
         with stages("validate"):
-            counts = validate(raw, test_days, tmp / "quarantine", opts.skip_missing_days, skipped)
+            counts = validate(raw, test_days, tmp / QUARANTINE, opts.skip_missing_days, skipped)
         with stages("fit"):
-            spec = fit_spec(raw, counts, opts.features, opts.end_date)
+            spec = fit_spec(raw, counts, tmp / QUARANTINE, opts.features, opts.end_date)
         with stages("encode"):
             max_rows = rows_per_file(counts, opts.row_group_rows, opts.min_row_groups_per_day)
             encode_days(raw, counts, spec, tmp, max_rows)

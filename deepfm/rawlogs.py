@@ -10,8 +10,7 @@ valid when it matches one regular expression (:data:`VALID_LINE`), so validation
 evaluation per row; the reason is worked out only for the rare rows that fail it.
 
 Impression id: ``xxhash64(day, file name, raw line)``. It is stable across reruns and however
-Spark splits the files, and costs nothing when unused (the file name comes from the scan's
-``_metadata`` column). Byte-identical lines in the same file share an id; they are
+Spark splits the files, and costs nothing when unused. Byte-identical lines in the same file share an id; they are
 indistinguishable impressions and get identical encodings and predictions.
 """
 from __future__ import annotations
@@ -130,12 +129,16 @@ def read_raw_day(
     layout: str = "auto",
     day0_date: dt.date | None = None,
 ) -> DataFrame:
-    """One day's lines: ``raw_line`` (string), ``day`` (date), ``source_file`` (file name)."""
+    """One day's lines: ``raw_line`` (string), ``day`` (date), ``source_file`` (file name).
+
+    ``source_file`` comes from ``input_file_name()``, not the ``_metadata`` column: Spark
+    reads all file metadata for every row once ``_metadata`` is referenced, used or not.
+    """
     paths = day_paths(spark, input_root, day, layout, day0_date)
     return spark.read.text(paths).select(
         F.col("value").alias("raw_line"),
         F.lit(day).alias("day"),
-        F.col("_metadata.file_name").alias("source_file"),
+        F.substring_index(F.input_file_name(), "/", -1).alias("source_file"),
     )
 
 
@@ -156,46 +159,35 @@ def with_reason(raw: DataFrame) -> DataFrame:
     return raw.withColumn("reason", reason(F.col("raw_line")))
 
 
-def typed_columns(fields: Column) -> list[Column]:
-    """``label`` int, ``I*`` long and ``C*`` string columns from a valid line's split fields.
+# Valid lines are parsed by Spark's CSV parser: one expression instead of 40 keeps the code
+# generated per row small enough for the JIT to compile. Empty fields become null.
+RAW_SCHEMA = ", ".join(
+    [f"{LABEL} INT", *(f"{n} BIGINT" for n in INTEGER_FIELDS), *(f"{n} STRING" for n in CATEGORICAL_FIELDS)]
+)
+_CSV_OPTIONS = {"sep": "\t", "mode": "FAILFAST"}  # only ever given lines matching VALID_LINE
 
-    ``fields`` should be a column holding ``split(raw_line)``, not the expression itself:
-    Spark would then split the line once per field.
+
+def parse_valid(lines: DataFrame) -> DataFrame:
+    """Typed rows of lines known to be valid (``read_raw_day`` rows, invalid ones removed).
+
+    Out: ``impression_id`` (long), ``day``, ``label`` (int), ``I1..I13`` (long), ``C1..C26``
+    (string); empty fields are null.
     """
-    value = lambda i: F.nullif(fields[i], F.lit(""))  # noqa: E731
-    return [
-        fields[0].cast("int").alias(LABEL),
-        *(value(1 + i).cast("long").alias(n) for i, n in enumerate(INTEGER_FIELDS)),
-        *(value(1 + len(INTEGER_FIELDS) + i).alias(n) for i, n in enumerate(CATEGORICAL_FIELDS)),
-    ]
+    line = F.col("raw_line")
+    return lines.select(
+        F.xxhash64("day", "source_file", line).alias("impression_id"),
+        "day",
+        F.from_csv(line, RAW_SCHEMA, _CSV_OPTIONS).alias("_parsed"),
+    ).select("impression_id", "day", *(F.col(f"_parsed.{n}") for n in (LABEL, *RAW_FIELDS)))
 
 
-def impression_id(day: Column, source_file: Column, raw_line: Column) -> Column:
-    return F.xxhash64(day, source_file, raw_line)
+def quarantined(checked: DataFrame) -> DataFrame:
+    """The invalid lines of ``with_reason`` output: ``raw_line``, ``day``, ``reason``."""
+    return checked.where(F.col("reason").isNotNull()).select("raw_line", "day", "reason")
 
 
 def parse(raw: DataFrame) -> tuple[DataFrame, DataFrame]:
-    """Split raw lines (``read_raw_day`` output) into typed valid rows and quarantined rows.
-
-    Valid: ``impression_id`` (long), ``day``, ``label`` (int), ``I1..I13`` (long), ``C1..C26``
-    (string). Quarantine: ``raw_line``, ``day``, ``reason`` (one of :data:`REASONS`).
-    """
+    """Split raw lines (``read_raw_day`` output) into typed valid rows (see ``parse_valid``)
+    and quarantined rows (``raw_line``, ``day``, ``reason``: one of :data:`REASONS`)."""
     checked = with_reason(raw)
-    return valid_rows(checked), quarantined_rows(checked)
-
-
-def valid_rows(checked: DataFrame) -> DataFrame:
-    line = F.col("raw_line")
-    return (
-        checked.where(F.col("reason").isNull())
-        .select(
-            impression_id(F.col("day"), F.col("source_file"), line).alias("impression_id"),
-            "day",
-            F.split(line, "\t", -1).alias("_fields"),
-        )
-        .select("impression_id", "day", *typed_columns(F.col("_fields")))
-    )
-
-
-def quarantined_rows(checked: DataFrame) -> DataFrame:
-    return checked.where(F.col("reason").isNotNull()).select("raw_line", "day", "reason")
+    return parse_valid(checked.where(F.col("reason").isNull())), quarantined(checked)

@@ -1,0 +1,137 @@
+"""Benchmark the preprocessing job against a bare Spark pass over the same raw logs.
+
+    python benchmarks/bench_preprocess.py [--rows-per-day 125000] [--days 8] [--gzip] [--repeats 2]
+
+The bare pass is what any job over these logs must at least do: read the text, split the
+fields, cast the numerics, write Parquet. Each repeat times the bare pass, then the job in
+vocabulary mode and in hashing mode, on the same generated logs in the same Spark session;
+the ratios are per repeat (job / bare of that repeat), so load from other processes on the
+machine mostly cancels out. Targets: vocabulary mode <= 2x the bare pass, hashing <= 1.4x.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+try:
+    import deepfm  # noqa: F401
+except ImportError:  # run from a checkout without the editable install
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
+
+from deepfm import preprocess, rawlogs
+from deepfm.config import load_conf
+from deepfm.spark import get_spark
+from deepfm.synthetic import MANIFEST, write_logs
+
+START = dt.date(2024, 1, 1)
+MODES = ("vocab", "hash")
+
+
+def logs(root: Path, days: int, rows_per_day: int, gz: bool) -> Path:
+    """Generated logs under ``root`` (reused when already there with the same parameters)."""
+    raw = root / f"raw-{days}x{rows_per_day}{'-gz' if gz else ''}"
+    if not (raw / MANIFEST).exists():
+        write_logs(raw, days, rows_per_day, START, seed=0, layout="date", gz=gz)
+    return raw
+
+
+def bare_pass(spark: SparkSession, paths: list[str], out: Path) -> None:
+    fields = F.split("value", "\t", -1)
+    columns = [
+        fields[0].cast("int").alias(rawlogs.LABEL),
+        *(fields[1 + i].cast("int").alias(n) for i, n in enumerate(rawlogs.INTEGER_FIELDS)),
+        *(fields[14 + i].alias(n) for i, n in enumerate(rawlogs.CATEGORICAL_FIELDS)),
+    ]
+    spark.read.text(paths).select(*columns).write.mode("overwrite").parquet(out.as_uri())
+
+
+def job(spark: SparkSession, raw: Path, out: Path, days: int, mode: str) -> dict:
+    features = load_conf("features")
+    features["defaults"]["categorical"]["transform"] = mode
+    opts = preprocess.Options(
+        input=str(raw), output=str(out), end_date=START + dt.timedelta(days=days - 1),
+        features=features, train_days=days - 1, test_days=1,
+    )  # fmt: skip
+    return preprocess.run(spark, opts)
+
+
+class Clock:
+    """Wall time, and CPU time of the Spark JVM (local mode, Linux): on a machine shared with
+    other work, the CPU time a pass costs varies much less than its wall time."""
+
+    def __init__(self, spark: SparkSession) -> None:
+        self._stat = Path(f"/proc/{spark._jvm.java.lang.ProcessHandle.current().pid()}/stat")
+        self._tick = os.sysconf("SC_CLK_TCK")
+
+    def cpu(self) -> float:
+        fields = self._stat.read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / self._tick  # utime + stime
+
+    def time(self, fn, *args) -> tuple[float, float, object]:
+        wall, cpu = time.perf_counter(), self.cpu()
+        result = fn(*args)
+        return time.perf_counter() - wall, self.cpu() - cpu, result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--days", type=int, default=8, help="days of logs: all but the last train, the last test")
+    parser.add_argument("--rows-per-day", type=int, default=125_000)
+    parser.add_argument("--gzip", action="store_true", help="gzipped input files")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "deepfm-bench")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+
+    raw = logs(args.workdir, args.days, args.rows_per_day, args.gzip)
+    spark = get_spark("bench-preprocess", load_conf("preprocess")["spark"])
+    days = [START + dt.timedelta(days=k) for k in range(args.days)]
+    paths = [p for day in days for p in rawlogs.day_paths(spark, str(raw), day, "date")]
+    rows = args.days * args.rows_per_day
+    bare_pass(spark, paths, args.workdir / "bare")  # warm-up: JIT, file cache
+
+    clock = Clock(spark)
+    wall: dict[str, list[float]] = {"bare": [], **{m: [] for m in MODES}}
+    cpu: dict[str, list[float]] = {k: [] for k in wall}
+    stages: dict[str, dict] = {}
+    for repeat in range(args.repeats):
+        for name in wall:
+            if name == "bare":
+                took, used, _ = clock.time(bare_pass, spark, paths, args.workdir / "bare")
+            else:
+                took, used, summary = clock.time(job, spark, raw, args.workdir / f"job-{name}", args.days, name)
+                stages[name] = summary["stage_seconds"]
+            wall[name].append(took)
+            cpu[name].append(used)
+        print(f"repeat {repeat}: " + ", ".join(f"{k} {v[-1]:.1f}s wall {cpu[k][-1]:.1f}s cpu" for k, v in wall.items()), flush=True)
+
+    print(f"\n{rows:,} rows ({args.days} days x {args.rows_per_day:,}{', gzip' if args.gzip else ''}), "
+          f"{spark.sparkContext.master}, {os.cpu_count()} cores, {args.repeats} repeats; ratios: median over "
+          "repeats of pass / bare pass of the same repeat")  # fmt: skip
+    print(f"{'pass':<7}{'best wall s':>12}{'rows/s':>10}{'wall ratio':>11}{'cpu ratio':>10}   stages (last repeat, s)")
+    report = {"rows": rows, "gzip": args.gzip, "master": spark.sparkContext.master, "cores": os.cpu_count()}
+    for name in wall:
+        best = min(wall[name])
+        ratios = [statistics.median(t / b for t, b in zip(x[name], x["bare"])) for x in (wall, cpu)]
+        print(f"{name:<7}{best:>12.1f}{rows / best:>10,.0f}{ratios[0]:>10.2f}x{ratios[1]:>9.2f}x   {stages.get(name, '')}")
+        report[name] = {
+            "best_wall_seconds": round(best, 2), "rows_per_second": round(rows / best),
+            "wall_ratio": round(ratios[0], 3), "cpu_ratio": round(ratios[1], 3),
+        }  # fmt: skip
+    print(json.dumps(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
