@@ -8,10 +8,12 @@ per second of:
             rejects + encode + predict on the executors + Delta write + metrics (a daily run,
             including the JVM's and the Python workers' warm-up)
   job       the same run again (a rerun of the day: replaceWhere), warm
-  stage     the executors' predict step alone (``mapInPandas`` over the encoded rows, cached in
+  stage     the executors' predict step alone (``mapInArrow`` over the encoded rows, cached in
             Spark, results to the ``noop`` sink): the cost of inference inside Spark
   bare      the same model's forward pass in this process over the same encoded rows, already
-            in numpy, in batches of the same size: the CPU's limit for this model
+            in numpy, in batches of the same size, with torch's default threads and with one
+            thread; the faster of the two is the baseline (on a busy machine one thread often
+            wins: intra-op threads stall when another process holds a core)
 
 Ratios job/bare, job_cold/bare and stage/bare; the target is job/bare >= 0.5 on a 2-core machine.
 
@@ -37,7 +39,7 @@ from deepfm.config import load_conf
 from deepfm.encoding import fit
 from deepfm.models import build_model_for_spec
 from deepfm.rawlogs import parse, read_raw_day
-from deepfm.scoring import ScoreOptions, encode_day, predict, run
+from deepfm.scoring import ScoreOptions, encode_day, predict, run, torch_threads
 from deepfm.spark import get_spark
 from deepfm.synthetic import write_logs
 
@@ -91,18 +93,23 @@ def main() -> None:
 
         encoded = encode_day(valid, spec).cache()
         rows = encoded.count()
-        scores = predict(encoded, bundle_path, bundle, int(spark.conf.get("spark.task.cpus", "1")))
+        scores = predict(encoded, bundle_path, bundle, torch_threads(spark))
         stage = rows_per_second(lambda: to_noop(scores, rows))
 
         local = encoded.toPandas()
         cat = local[[f.name for f in spec.categorical_fields]].to_numpy(np.int64)
         num = local[[f.name for f in spec.numeric_fields]].to_numpy(np.float32)
-        bare_forward(bundle.model, cat[: args.batch_size], num[: args.batch_size], args.batch_size)  # warm-up
-        bare = rows_per_second(lambda: bare_forward(bundle.model, cat, num, args.batch_size))
+        bare_by_threads = {}
+        for threads in sorted({torch.get_num_threads(), 1}, reverse=True):
+            torch.set_num_threads(threads)
+            bare_forward(bundle.model, cat[: args.batch_size], num[: args.batch_size], args.batch_size)  # warm-up
+            bare_by_threads[threads] = rows_per_second(lambda: bare_forward(bundle.model, cat, num, args.batch_size))
+        bare = max(bare_by_threads.values())
 
     result = {
         "rows": rows, "batch_size": args.batch_size, "model": args.model,
-        "cores": spark.sparkContext.defaultParallelism, "torch_threads_bare": torch.get_num_threads(),
+        "cores": spark.sparkContext.defaultParallelism,
+        "bare_rows_per_s_by_threads": {t: round(v) for t, v in bare_by_threads.items()},
         **{f"{name}_rows_per_s": round(value) for name, value in
            (("job_cold", job_cold), ("job", job), ("stage", stage), ("bare", bare))},
         "job_over_bare": round(job / bare, 3), "job_cold_over_bare": round(job_cold / bare, 3),

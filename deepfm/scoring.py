@@ -1,6 +1,6 @@
 """Daily batch scoring: one day of raw click logs -> predicted CTRs in a Delta table.
 
-    load bundle ─► read_raw_day ─► parse ─┬─► encode(bundle spec) ─► predict (mapInPandas) ─► Delta
+    load bundle ─► read_raw_day ─► parse ─┬─► encode(bundle spec) ─► predict (mapInArrow) ─► Delta
                                           │       replaceWhere "date = D" on a table partitioned by date
                                           └─► rejects Parquet  <rejects>/<D>/
     then: the day's metrics (rows, mean CTR, AUC / logloss / calibration) appended to a small
@@ -12,7 +12,7 @@ happens before the first write. A rerun for a date atomically swaps that date's 
 concurrency lets both commit. Each commit carries the run in its ``userMetadata``, so
 ``DESCRIBE HISTORY`` shows every run and time travel reaches each one.
 
-The model runs on the executors: ``mapInPandas`` hands Arrow batches to a function that loads
+The model runs on the executors: ``mapInArrow`` hands Arrow batches to a function that loads
 the bundle once per Python worker process (workers are reused across tasks) and predicts a
 whole batch per forward pass.
 """
@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import torch
 from delta.tables import DeltaTable
 from py4j.protocol import Py4JJavaError
@@ -103,7 +104,7 @@ class ScoreOptions:
     day0_date: dt.date | None = None
     allow_schema_evolution: bool = False
     batch_size: int = 8192
-    torch_threads: int = 0  # 0: spark.task.cpus, so concurrent tasks do not oversubscribe cores
+    torch_threads: int = 0  # 0: spark.task.cpus (see torch_threads)
 
 
 @dataclass(frozen=True)
@@ -189,23 +190,31 @@ def _worker_model(path: str, version: str, threads: int) -> torch.nn.Module:
 
 def predict_fn(
     path: str, version: str, spec: FeatureSpec, threads: int
-) -> Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]]:
-    """The ``mapInPandas`` function: encoded Arrow batches -> ``PREDICTION_SCHEMA`` batches.
+) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
+    """The ``mapInArrow`` function: encoded Arrow batches -> ``PREDICTION_SCHEMA`` batches.
 
-    It closes over names only (not the model), so shipping it to executors is cheap.
+    Columns go from Arrow straight to numpy and torch (no pandas in between), and the function
+    closes over names only (not the model), so shipping it to executors is cheap.
     """
     cat_names = [f.name for f in spec.categorical_fields]
     num_names = [f.name for f in spec.numeric_fields]
     label = spec.label
 
-    def predict(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+    def columns(batch: pa.RecordBatch, names: list[str], dtype: type) -> torch.Tensor:
+        stacked = np.empty((batch.num_rows, len(names)), dtype=dtype)
+        for j, name in enumerate(names):
+            stacked[:, j] = batch.column(name).to_numpy()
+        return torch.from_numpy(stacked)
+
+    def predict(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         model = _worker_model(path, version, threads)
         with torch.inference_mode():
             for batch in batches:
-                cat = torch.from_numpy(batch[cat_names].to_numpy(np.int64))
-                num = torch.from_numpy(batch[num_names].to_numpy(np.float32))
-                ctr = torch.sigmoid(model(cat, num)).numpy()
-                yield pd.DataFrame({"impression_id": batch["impression_id"], "label": batch[label], "ctr": ctr})
+                ctr = torch.sigmoid(model(columns(batch, cat_names, np.int64), columns(batch, num_names, np.float32)))
+                yield pa.RecordBatch.from_arrays(
+                    [batch.column("impression_id"), batch.column(label), pa.array(ctr.numpy())],
+                    names=PREDICTION_SCHEMA.fieldNames(),
+                )
 
     return predict
 
@@ -228,9 +237,15 @@ def encode_day(valid: DataFrame, spec: FeatureSpec) -> DataFrame:
     )
 
 
+def torch_threads(spark: SparkSession, requested: int = 0) -> int:
+    """Torch threads per Python worker: ``requested``, else the cores a task holds, so the
+    concurrent tasks of an executor do not oversubscribe its cores."""
+    return requested or int(spark.sparkContext.getConf().get("spark.task.cpus", "1"))
+
+
 def predict(encoded: DataFrame, bundle_path: str, bundle: Bundle, threads: int) -> DataFrame:
     """Encoded rows -> ``impression_id, label, ctr``, the model evaluated on the executors."""
-    return encoded.mapInPandas(predict_fn(bundle_path, bundle.version, bundle.spec, threads), PREDICTION_SCHEMA)
+    return encoded.mapInArrow(predict_fn(bundle_path, bundle.version, bundle.spec, threads), PREDICTION_SCHEMA)
 
 
 def with_run_columns(predictions: DataFrame, run: RunInfo) -> DataFrame:
@@ -441,7 +456,7 @@ def run(spark: SparkSession, opts: ScoreOptions) -> dict[str, Any]:
     log.info("run %s: %s model %s (%s), spec %s", run_info.run_id, opts.date, bundle.name,
              bundle.version, bundle.spec.version)
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(opts.batch_size))
-    threads = opts.torch_threads or int(spark.conf.get("spark.task.cpus", "1"))
+    threads = torch_threads(spark, opts.torch_threads)
 
     # Lines in and rejects are counted while the rejects are written, not by scans of their own.
     raw, lines = counted(read_raw_day(spark, opts.input_root, opts.date, opts.layout, opts.day0_date),
