@@ -61,10 +61,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="rows per Arrow batch, i.e. per forward pass on the executors (default %(default)s)")
     p.add_argument("--torch-threads", type=int, default=conf["torch_threads"],
                    help="torch threads per Python worker (default %(default)s: spark.task.cpus)")
-    args = p.parse_args(argv)
-    if isinstance(args.day0_date, str):  # a default from the YAML file
-        args.day0_date = dt.date.fromisoformat(args.day0_date)
-    return args
+    return p.parse_args(argv)  # argparse applies `type` to string defaults too
 
 
 def main(argv: list[str] | None = None) -> int:
