@@ -3,8 +3,10 @@
     load bundle ─► read_raw_day ─► parse ─┬─► encode(bundle spec) ─► predict (mapInArrow) ─► Delta
                                           │       replaceWhere "date = D" on a table partitioned by date
                                           └─► rejects Parquet  <rejects>/<D>/
-    then: the day's metrics (rows, mean CTR, AUC / logloss / calibration) appended to a small
-    Delta metrics table, and one summary that reconciles rows in = scored + rejected.
+    then: the day's metrics (rows, mean CTR, AUC / logloss / calibration), summed by the predict
+    tasks from the predictions they return (no second pass), appended to a small Delta metrics
+    table, and one summary that reconciles rows in = scored (the commit's own row count) +
+    rejected, and the commit's row count with the rows the metrics were summed over.
 
 Every refusal (missing or corrupt bundle or spec, incompatible table, missing input day)
 happens before the first write. A rerun for a date atomically swaps that date's partition
@@ -31,11 +33,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import torch
 from delta.tables import DeltaTable
 from py4j.protocol import Py4JJavaError
+from pyspark.accumulators import Accumulator, AccumulatorParam
 from pyspark.errors import AnalysisException
 from pyspark.sql import DataFrame, DataFrameWriter, Observation, SparkSession
 from pyspark.sql import functions as F
@@ -188,13 +190,40 @@ def _worker_model(path: str, version: str, threads: int) -> torch.nn.Module:
     return _MODELS[key]
 
 
+class _StateSum(AccumulatorParam):
+    """Sums ``_metrics_vector`` arrays; ``None`` is the zero (nothing to ship with each task)."""
+
+    def zero(self, value: np.ndarray | None) -> None:
+        return None
+
+    def addInPlace(self, a: np.ndarray | None, b: np.ndarray | None) -> np.ndarray | None:
+        if a is None or b is None:
+            return b if a is None else a
+        a += b
+        return a
+
+
+# Extra entries after the ``BinaryMetrics`` state: every row's count and CTR sum, labelled or not.
+_ROWS, _CTR_SUM = -2, -1
+
+
+def _metrics_vector(metrics: BinaryMetrics, rows: int, ctr_sum: float) -> np.ndarray:
+    return np.append(metrics.to_tensor().numpy(), [rows, ctr_sum])
+
+
 def predict_fn(
-    path: str, version: str, spec: FeatureSpec, threads: int
+    path: str, version: str, spec: FeatureSpec, threads: int, state: Accumulator | None = None
 ) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
     """The ``mapInArrow`` function: encoded Arrow batches -> ``PREDICTION_SCHEMA`` batches.
 
     Columns go from Arrow straight to numpy and torch (no pandas in between), and the function
-    closes over names only (not the model), so shipping it to executors is cheap.
+    closes over names only (not the model), so shipping it to executors is cheap. With ``state``
+    (a ``_StateSum`` accumulator), each task also adds its rows' metrics (``_metrics_vector``:
+    training's ``BinaryMetrics`` on labelled rows, and every row's count and CTR sum) from the
+    predictions it returns, so the day's metrics need no second pass over the scores. Spark
+    merges a task's accumulator update once per partition of the write's result stage (a failed
+    or speculative duplicate attempt's is not added), and ``run`` checks the summed row count
+    against the commit's.
     """
     cat_names = [f.name for f in spec.categorical_fields]
     num_names = [f.name for f in spec.numeric_fields]
@@ -208,13 +237,24 @@ def predict_fn(
 
     def predict(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         model = _worker_model(path, version, threads)
+        metrics, rows, ctr_sum = BinaryMetrics(), 0, 0.0
         with torch.inference_mode():
             for batch in batches:
                 ctr = torch.sigmoid(model(columns(batch, cat_names, np.int64), columns(batch, num_names, np.float32)))
+                ctr_np = ctr.numpy()
+                labels = batch.column(label)
+                if state is not None and batch.num_rows:
+                    labelled = ~labels.is_null().to_numpy(zero_copy_only=False)
+                    y = labels.to_numpy(zero_copy_only=False)
+                    metrics.update(ctr_np[labelled], y[labelled])
+                    rows += batch.num_rows
+                    ctr_sum += float(ctr_np.sum(dtype=np.float64))
                 yield pa.RecordBatch.from_arrays(
-                    [batch.column("impression_id"), batch.column(label), pa.array(ctr.numpy())],
+                    [batch.column("impression_id"), labels, pa.array(ctr_np)],
                     names=PREDICTION_SCHEMA.fieldNames(),
                 )
+        if state is not None and rows:
+            state.add(_metrics_vector(metrics, rows, ctr_sum))
 
     return predict
 
@@ -243,9 +283,13 @@ def torch_threads(spark: SparkSession, requested: int = 0) -> int:
     return requested or int(spark.sparkContext.getConf().get("spark.task.cpus", "1"))
 
 
-def predict(encoded: DataFrame, bundle_path: str, bundle: Bundle, threads: int) -> DataFrame:
-    """Encoded rows -> ``impression_id, label, ctr``, the model evaluated on the executors."""
-    return encoded.mapInArrow(predict_fn(bundle_path, bundle.version, bundle.spec, threads), PREDICTION_SCHEMA)
+def predict(
+    encoded: DataFrame, bundle_path: str, bundle: Bundle, threads: int, state: Accumulator | None = None
+) -> DataFrame:
+    """Encoded rows -> ``impression_id, label, ctr``, the model evaluated on the executors
+    (with ``state``, also adding the predictions' metrics to it: see ``predict_fn``)."""
+    fn = predict_fn(bundle_path, bundle.version, bundle.spec, threads, state)
+    return encoded.mapInArrow(fn, PREDICTION_SCHEMA)
 
 
 def with_run_columns(predictions: DataFrame, run: RunInfo) -> DataFrame:
@@ -332,20 +376,26 @@ def ensure_table(spark: SparkSession, ref: TableRef, schema: T.StructType, parti
             time.sleep(attempt)
 
 
-def committed_version(spark: SparkSession, ref: TableRef, run_id: str) -> int:
-    """The table version this run committed, found by its ``userMetadata`` in the history.
+def committed(spark: SparkSession, ref: TableRef, run_id: str) -> tuple[int, int]:
+    """The table version this run committed, found by its ``userMetadata`` in the history, and
+    the rows that commit wrote (Delta's own ``numOutputRows`` operation metric).
 
     Other runs may have committed since, so the newest version is not necessarily ours.
     """
     history = DeltaTable.forName(spark, ref.ident).history(100)
-    mine = history.where(F.get_json_object("userMetadata", "$.run_id") == run_id).select("version").first()
+    mine = (
+        history.where(F.get_json_object("userMetadata", "$.run_id") == run_id)
+        .select("version", F.col("operationMetrics")["numOutputRows"].alias("rows"))
+        .first()
+    )
     if mine is None:
         raise RuntimeError(f"table {ref}: commit of run {run_id} not found in the last 100 versions")
-    return int(mine["version"])
+    return int(mine["version"]), int(mine["rows"] or 0)
 
 
-def write_day(scores: DataFrame, ref: TableRef, run: RunInfo, merge_schema: bool) -> int:
-    """Atomically replace the day's partition with ``scores``; return the committed version."""
+def write_day(scores: DataFrame, ref: TableRef, run: RunInfo, merge_schema: bool) -> tuple[int, int]:
+    """Atomically replace the day's partition with ``scores``; return the committed version
+    and the rows it wrote."""
     writer = (
         scores.write.format("delta")
         .mode("overwrite")
@@ -354,7 +404,7 @@ def write_day(scores: DataFrame, ref: TableRef, run: RunInfo, merge_schema: bool
         .option("mergeSchema", str(merge_schema).lower())
     )
     ref.save(writer)
-    return committed_version(scores.sparkSession, ref, run.run_id)
+    return committed(scores.sparkSession, ref, run.run_id)
 
 
 def counted(df: DataFrame, name: str) -> tuple[DataFrame, Observation]:
@@ -365,60 +415,39 @@ def counted(df: DataFrame, name: str) -> tuple[DataFrame, Observation]:
 
 
 def append_metrics(spark: SparkSession, ref: TableRef, record: dict[str, Any]) -> None:
-    """Append one run's record; blind appends never conflict with other runs' appends."""
-    row = spark.createDataFrame([tuple(record[f.name] for f in METRICS_SCHEMA.fields)], METRICS_SCHEMA)
+    """Append one run's record; blind appends never conflict with other runs' appends.
+
+    The row is built from literals in the JVM (``createDataFrame`` of a Python list would start
+    Python workers to deserialize it: seconds on a cold run, for one row).
+    """
+    row = spark.range(1).select(
+        *(F.lit(record[f.name]).cast(f.dataType).alias(f.name) for f in METRICS_SCHEMA.fields)
+    )
     ref.save(row.write.format("delta").mode("append"))
 
 
 # ------------------------------------------------------------------------------ metrics
-
-# Extra entries after the ``BinaryMetrics`` state: every row's count and CTR sum, labelled or not.
-_ROWS, _CTR_SUM = -1, -2
-
-
-def _metrics_state(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-    """One partition's ``BinaryMetrics`` state (labelled rows) and totals as sparse rows."""
-    metrics, rows, ctr_sum = BinaryMetrics(), 0, 0.0
-    for batch in batches:
-        labelled = batch["label"].notna()
-        metrics.update(batch["ctr"][labelled].to_numpy(), batch["label"][labelled].to_numpy())
-        rows += len(batch)
-        ctr_sum += float(batch["ctr"].to_numpy(np.float64).sum())
-    state = metrics.to_tensor().numpy()
-    nonzero = np.flatnonzero(state)
-    yield pd.DataFrame({
-        "index": np.append(nonzero, [_ROWS, _CTR_SUM]),
-        "value": np.append(state[nonzero], [rows, ctr_sum]),
-    })  # fmt: skip
 
 
 def _finite(value: float) -> float | None:
     return None if math.isnan(value) else value
 
 
-def day_metrics(scores: DataFrame) -> dict[str, Any]:
-    """Row count, mean CTR, and on labelled rows observed CTR, AUC, logloss and calibration.
+def day_metrics(vector: np.ndarray | None) -> dict[str, Any]:
+    """Row count, mean CTR, and on labelled rows observed CTR, AUC, logloss and calibration,
+    from the summed ``_metrics_vector`` of the day's predictions (``None``: no rows).
 
     The labelled metrics are training's ``BinaryMetrics`` (same definitions as validation, so
-    drift compares like with like), accumulated per partition on the executors and summed by
-    Spark in one pass: the driver receives one state vector, never the day's rows.
+    drift compares like with like), accumulated per task on the executors while they predict:
+    the driver receives one state vector per task, never the day's rows.
     """
-    sums = (
-        scores.select("ctr", "label")
-        .mapInPandas(_metrics_state, "index long, value double")
-        .groupBy("index")
-        .agg(F.sum("value").alias("value"))
-        .toPandas()
-        .set_index("index")["value"]
-    )
-    rows = int(sums.get(_ROWS, 0))
-    state = BinaryMetrics().to_tensor()
-    entries = sums[sums.index >= 0]
-    state[torch.from_numpy(entries.index.to_numpy())] = torch.from_numpy(entries.to_numpy())
-    labelled = BinaryMetrics.from_tensor(state).compute()
+    if vector is None:
+        vector = _metrics_vector(BinaryMetrics(), 0, 0.0)
+    rows = int(vector[_ROWS])
+    labelled = BinaryMetrics.from_tensor(torch.from_numpy(vector[:_ROWS].copy())).compute()
     return {
         "scored": rows,
-        "mean_ctr": float(sums[_CTR_SUM] / rows) if rows else None,
+        "mean_ctr": float(vector[_CTR_SUM] / rows) if rows else None,
         "labeled": labelled["n"],
         "observed_ctr": _finite(labelled["ctr_observed"]),
         "auc": _finite(labelled["auc"]),
@@ -463,16 +492,19 @@ def run(spark: SparkSession, opts: ScoreOptions) -> dict[str, Any]:
                          f"rows_in_{run_info.run_id}")
     valid, quarantine = parse(raw)
     rejects, rejected_rows = counted(quarantine, f"rejected_{run_info.run_id}")
-    scores = with_run_columns(predict(encode_day(valid, bundle.spec), bundle_path, bundle, threads), run_info)
+    # The day's metrics are summed from the predictions as they are made (one pass, no re-read).
+    state = spark.sparkContext.accumulator(None, _StateSum())
+    scores = with_run_columns(predict(encode_day(valid, bundle.spec), bundle_path, bundle, threads, state), run_info)
 
     with stage(f"write rejects {rejects_dir}"):
         rejects.write.mode("overwrite").parquet(rejects_dir)
         rows_in, rejected = lines.get["rows"], rejected_rows.get["rows"]
     with stage(f"score and write {table} date={opts.date}"):
         ensure_table(spark, table, SCORES_SCHEMA, [PARTITION_COLUMN])
-        version = write_day(scores, table, run_info, opts.allow_schema_evolution)
-    with stage("day metrics"):
-        metrics = day_metrics(table.read(spark, version).where(F.col(PARTITION_COLUMN) == F.lit(opts.date)))
+        version, written = write_day(scores, table, run_info, opts.allow_schema_evolution)
+    metrics = day_metrics(state.value)
+    if written != metrics["scored"]:  # the commit's row count against the predictions counted
+        log.error("commit %d of %s wrote %d rows, %d were scored", version, table, written, metrics["scored"])
     with stage(f"append metrics {metrics_table}"):
         ensure_table(spark, metrics_table, METRICS_SCHEMA, [])
         append_metrics(spark, metrics_table, {
@@ -483,9 +515,9 @@ def run(spark: SparkSession, opts: ScoreOptions) -> dict[str, Any]:
         "run_id": run_info.run_id,
         "date": opts.date.isoformat(),
         "rows_in": rows_in,
-        "scored": metrics["scored"],
+        "scored": written,
         "rejected": rejected,
-        "reconciled": rows_in == metrics["scored"] + rejected,
+        "reconciled": rows_in == written + rejected and written == metrics["scored"],
         **{k: metrics[k] for k in ("mean_ctr", "labeled", "observed_ctr", "auc", "logloss", "calibration")},
         "model_name": bundle.name,
         "model_version": bundle.version,
@@ -497,6 +529,6 @@ def run(spark: SparkSession, opts: ScoreOptions) -> dict[str, Any]:
         "seconds": round(time.perf_counter() - start, 1),
     }
     log.info("day %s: %d rows in, %d scored, %d rejected, mean ctr %s, auc %s, logloss %s, calibration %s",
-             opts.date, rows_in, metrics["scored"], rejected, metrics["mean_ctr"], metrics["auc"],
+             opts.date, rows_in, written, rejected, metrics["mean_ctr"], metrics["auc"],
              metrics["logloss"], metrics["calibration"])
     return summary

@@ -30,15 +30,18 @@ from deepfm.models import build_model_for_spec
 from deepfm.rawlogs import CATEGORICAL_FIELDS, INTEGER_FIELDS, parse, read_raw_day
 from deepfm.scoring import (
     METRICS_SCHEMA,
+    _metrics_vector,
+    _StateSum,
     SCORES_SCHEMA,
     ScoreOptions,
     ScoringError,
     TableRef,
+    day_metrics,
     ensure_table,
     run,
 )
 from deepfm.spark import spark_submit_args
-from deepfm.metrics import auc
+from deepfm.metrics import BinaryMetrics, auc
 from deepfm.synthetic import write_logs
 
 pytestmark = pytest.mark.slow
@@ -239,6 +242,26 @@ def test_day_metrics_match_numpy_and_land_in_the_metrics_table(spark, world, fir
     record = metrics.where(F.col("run_id") == first_run["run_id"]).first()
     assert record["table_version"] == first_run["version"] and record["auc"] == first_run["auc"]
     assert metrics.select("date").distinct().count() == len(DAYS)
+
+
+def test_day_metrics_sum_per_task_states_like_one_pass():
+    rng = np.random.default_rng(0)
+    p, y = rng.uniform(0.01, 0.99, 1000).astype(np.float32), (rng.uniform(size=1000) < 0.3).astype(np.float32)
+    total = _StateSum().zero(None)
+    for part in np.array_split(np.arange(1000), 3):  # three tasks' updates, summed as the driver does
+        metrics = BinaryMetrics()
+        metrics.update(p[part], y[part])
+        total = _StateSum().addInPlace(total, _metrics_vector(metrics, len(part), float(p[part].sum(dtype=np.float64))))
+    whole = BinaryMetrics()
+    whole.update(p, y)
+    expected = whole.compute()
+    got = day_metrics(total)
+    assert got["scored"] == got["labeled"] == 1000
+    assert got["mean_ctr"] == pytest.approx(p.mean(dtype=np.float64), rel=1e-12)
+    for key, name in (("auc", "auc"), ("logloss", "logloss"), ("calibration", "calibration")):
+        assert got[key] == pytest.approx(expected[name], rel=1e-12)
+    assert day_metrics(None) == {"scored": 0, "mean_ctr": None, "labeled": 0, "observed_ctr": None, "auc": None,
+                                 "logloss": None, "calibration": None}  # fmt: skip
 
 
 def test_rerun_replaces_the_day_and_leaves_other_days(spark, world, first_run):
