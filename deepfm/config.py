@@ -6,6 +6,7 @@ never written twice.
 """
 from __future__ import annotations
 
+import argparse
 import copy
 import os
 from pathlib import Path
@@ -38,3 +39,10 @@ def deep_update(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any
         else:
             merged[key] = copy.deepcopy(value)
     return merged
+
+
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` shows each option's default (the conf/ value), except where there is none."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        return action.help if action.default is None else super()._get_help_string(action)

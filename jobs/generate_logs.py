@@ -19,15 +19,8 @@ try:
 except ImportError:  # run from a checkout without the editable install
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from deepfm.config import load_conf
+from deepfm.config import DefaultsHelpFormatter, load_conf
 from deepfm.synthetic import write_logs
-
-
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows each option's default, except where there is none."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        return action.help if action.default is None else super()._get_help_string(action)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -39,7 +32,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "values and malformed rows; deterministic from the seed. Also writes OUTPUT/generator.json "
         "(per day: rows, CTR, the true model's AUC, malformed rows by kind).",
         epilog="Defaults are read from conf/preprocess.yaml (input, day0_date and the generator section).",
-        formatter_class=_HelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     parser.add_argument("--output", default=conf["input"], help="root folder to write the days into")
     parser.add_argument("--days", type=int, default=gen["days"], help="number of days")

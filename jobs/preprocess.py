@@ -25,15 +25,8 @@ except ImportError:  # run from a checkout without the editable install
 import yaml
 
 from deepfm import preprocess, rawlogs
-from deepfm.config import conf_dir, load_conf
+from deepfm.config import DefaultsHelpFormatter, conf_dir, load_conf
 from deepfm.spark import get_spark
-
-
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows each option's default, except where there is none."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        return action.help if action.default is None else super()._get_help_string(action)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -45,7 +38,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "day=YYYY-MM-DD/ Parquet, OUTPUT/quarantine/ (malformed lines with a reason), "
         "OUTPUT/feature_spec.json and OUTPUT/summary.json, replacing any previous OUTPUT whole.",
         epilog="Defaults are read from conf/preprocess.yaml and conf/features.yaml ($DEEPFM_CONF_DIR overrides conf/).",
-        formatter_class=_HelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     date = dt.date.fromisoformat
     parser.add_argument("--end-date", type=date, required=True, help="the (last) test day, YYYY-MM-DD")
