@@ -195,14 +195,12 @@ def _day_dir(root: Path, day: dt.date) -> Path:
 def valid_rows(
     raw: dict[dt.date, DataFrame], counts: dict[dt.date, DayCounts], days: list[dt.date], quarantine_dir: Path
 ) -> DataFrame:
-    """Typed valid rows of ``days``: their lines minus the quarantined ones.
-
-    The validate stage evaluated the validity regex on every line already; removing its few
-    quarantined lines with a (broadcast) anti-join costs a hash per line, not a regex.
-    """
-    spark = next(iter(raw.values())).sparkSession
-    invalid = spark.read.schema("raw_line STRING").parquet(_local_uri(quarantine_dir)).select("raw_line")
-    lines = (raw[d] if counts[d].rows_quarantined == 0 else raw[d].join(invalid, "raw_line", "left_anti") for d in days)
+    """Typed valid rows of ``days``: their lines minus the quarantined ones (none to remove on a
+    day without any)."""
+    quarantine = _local_uri(quarantine_dir)
+    lines = (
+        raw[d] if counts[d].rows_quarantined == 0 else rawlogs.without_quarantined(raw[d], quarantine) for d in days
+    )
     return rawlogs.parse_valid(reduce(DataFrame.unionByName, lines))
 
 

@@ -1,8 +1,8 @@
 """Daily batch scoring: one day of raw click logs -> predicted CTRs in a Delta table.
 
-    load bundle ─► read_raw_day ─► parse ─┬─► encode(bundle spec) ─► predict (mapInArrow) ─► Delta
-                                          │       replaceWhere "date = D" on a table partitioned by date
-                                          └─► rejects Parquet  <rejects>/<D>/
+    load bundle ─► read_raw_day ─┬─► validate ─► rejects Parquet  <rejects>/<D>/      (pass 1)
+                                 └─► minus rejects ─► parse ─► encode(bundle spec)      (pass 2)
+                                       ─► predict (mapInArrow) ─► Delta replaceWhere "date = D"
     then: the day's metrics (rows, mean CTR, AUC / logloss / calibration), summed by the predict
     tasks from the predictions they return (no second pass), appended to a small Delta metrics
     table, and one summary that reconciles rows in = scored (the commit's own row count) +
@@ -47,7 +47,7 @@ from deepfm.bundle import Bundle, load_bundle
 from deepfm.encoding import encode
 from deepfm.features import FeatureSpec
 from deepfm.metrics import BinaryMetrics
-from deepfm.rawlogs import parse, read_raw_day
+from deepfm.rawlogs import parse_valid, quarantined, read_raw_day, with_reason, without_quarantined
 
 log = logging.getLogger(__name__)
 
@@ -490,15 +490,15 @@ def run(spark: SparkSession, opts: ScoreOptions) -> dict[str, Any]:
     # Lines in and rejects are counted while the rejects are written, not by scans of their own.
     raw, lines = counted(read_raw_day(spark, opts.input_root, opts.date, opts.layout, opts.day0_date),
                          f"rows_in_{run_info.run_id}")
-    valid, quarantine = parse(raw)
-    rejects, rejected_rows = counted(quarantine, f"rejected_{run_info.run_id}")
-    # The day's metrics are summed from the predictions as they are made (one pass, no re-read).
-    state = spark.sparkContext.accumulator(None, _StateSum())
-    scores = with_run_columns(predict(encode_day(valid, bundle.spec), bundle_path, bundle, threads, state), run_info)
-
+    rejects, rejected_rows = counted(quarantined(with_reason(raw)), f"rejected_{run_info.run_id}")
     with stage(f"write rejects {rejects_dir}"):
         rejects.write.mode("overwrite").parquet(rejects_dir)
         rows_in, rejected = lines.get["rows"], rejected_rows.get["rows"]
+    # The rejects pass validated every line; the scoring pass drops the rejects by anti-join.
+    valid = parse_valid(without_quarantined(raw, rejects_dir) if rejected else raw)
+    # The day's metrics are summed from the predictions as they are made (one pass, no re-read).
+    state = spark.sparkContext.accumulator(None, _StateSum())
+    scores = with_run_columns(predict(encode_day(valid, bundle.spec), bundle_path, bundle, threads, state), run_info)
     with stage(f"score and write {table} date={opts.date}"):
         ensure_table(spark, table, SCORES_SCHEMA, [PARTITION_COLUMN])
         version, written = write_day(scores, table, run_info, opts.allow_schema_evolution)
