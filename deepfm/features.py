@@ -25,7 +25,9 @@ from pathlib import Path
 from typing import Any
 
 SPEC_FILENAME = "feature_spec.json"
-FORMAT_VERSION = 1
+# 2: the hash index is 1 + pmod(xxhash64(<seed int>, value), buckets - 1) (1 hashed
+# concat('<seed>:', value)); a spec of format 1 is refused rather than encoded differently.
+FORMAT_VERSION = 2
 
 CATEGORICAL_TRANSFORMS = ("vocab", "hash", "bucketize")
 NUMERIC_TRANSFORMS = ("log", "raw")
@@ -134,7 +136,10 @@ class FeatureSpec:
     def from_dict(cls, d: dict[str, Any]) -> "FeatureSpec":
         try:
             if d.get("format_version") != FORMAT_VERSION:
-                raise FeatureSpecError(f"unsupported feature spec format {d.get('format_version')!r}")
+                raise FeatureSpecError(
+                    f"unsupported feature spec format {d.get('format_version')!r} (this version reads format "
+                    f"{FORMAT_VERSION}): preprocess and train again with this version"
+                )
             spec = cls(
                 fields=tuple(FieldSpec.from_dict(f) for f in d["fields"]),
                 hash_seed=int(d["hash_seed"]),

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from deepfm.config import REPO_ROOT, load_conf
+from deepfm.features import FORMAT_VERSION
 from deepfm.spark import spark_submit_args
 
 log = logging.getLogger(__name__)
@@ -207,9 +208,10 @@ def _listing(directory: Path) -> list[tuple[str, int]]:
 
 
 def fingerprint(step: Step, paths: RunPaths) -> str:
-    """Hash of the command, the input files (names and sizes) and the upstream fingerprints."""
+    """Hash of the command, the input files (names and sizes), the upstream fingerprints and the
+    feature-spec format (outputs of an older format, which this code refuses to read, are redone)."""
     upstream = [read_marker(paths, name).get("fingerprint") for name in step.upstream]
-    payload = json.dumps([step.command, [_listing(d) for d in step.input_dirs], upstream])
+    payload = json.dumps([FORMAT_VERSION, step.command, [_listing(d) for d in step.input_dirs], upstream])
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 

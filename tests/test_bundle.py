@@ -125,3 +125,12 @@ def test_save_refuses_a_name_config_or_spec_that_does_not_describe_the_model(tmp
     with pytest.raises(BundleError, match="JSON"):
         save_bundle(tmp_path / "b", model, "deepfm", CONFIG, spec, extra={"x": object()})
     assert not (tmp_path / "b").exists()
+
+def test_a_spec_of_an_older_format_is_refused_not_encoded_differently(tmp_path, model, spec):
+    bundle = tmp_path / "bundle"
+    save_bundle(bundle, model, "deepfm", CONFIG, spec)
+    meta = json.loads((bundle / META_FILENAME).read_text())
+    meta["feature_spec"]["format_version"] = 1  # format 1 hashed concat('<seed>:', value)
+    (bundle / META_FILENAME).write_text(json.dumps(meta))
+    with pytest.raises(FeatureSpecError, match="unsupported feature spec format 1"):
+        load_bundle(bundle)
