@@ -195,12 +195,9 @@ def _day_dir(root: Path, day: dt.date) -> Path:
 def valid_rows(
     raw: dict[dt.date, DataFrame], counts: dict[dt.date, DayCounts], days: list[dt.date], quarantine_dir: Path
 ) -> DataFrame:
-    """Typed valid rows of ``days``: their lines minus the quarantined ones (none to remove on a
-    day without any)."""
+    """Typed valid rows of ``days``: their lines minus the quarantined ones."""
     quarantine = _local_uri(quarantine_dir)
-    lines = (
-        raw[d] if counts[d].rows_quarantined == 0 else rawlogs.without_quarantined(raw[d], quarantine) for d in days
-    )
+    lines = (rawlogs.without_quarantined(raw[d], quarantine, counts[d].rows_quarantined) for d in days)
     return rawlogs.parse_valid(reduce(DataFrame.unionByName, lines))
 
 

@@ -181,14 +181,17 @@ def parse_valid(lines: DataFrame) -> DataFrame:
     ).select("impression_id", "day", *(F.col(f"_parsed.{n}") for n in (LABEL, *RAW_FIELDS)))
 
 
-def without_quarantined(lines: DataFrame, quarantine: str) -> DataFrame:
-    """``lines`` (``read_raw_day`` rows) minus those written to the ``quarantine`` Parquet
-    (``quarantined`` output, any partitioning): the valid lines, for ``parse_valid``.
+def without_quarantined(lines: DataFrame, quarantine: str, quarantined_rows: int) -> DataFrame:
+    """``lines`` (``read_raw_day`` rows) minus the ``quarantined_rows`` lines written to the
+    ``quarantine`` Parquet (``quarantined`` output, any partitioning): the valid lines, for
+    ``parse_valid``. With none quarantined, ``lines`` as they are (no join, no read).
 
     A job writes its quarantine in a pass of its own, the only one that evaluates the validity
     regex (~2.3 s of 2 cores per 1M lines); a later pass drops those few lines with an anti-join
     (a hash per line, broadcast while the quarantine is small) instead of evaluating it again.
     """
+    if quarantined_rows == 0:
+        return lines
     invalid = lines.sparkSession.read.schema("raw_line STRING").parquet(quarantine).select("raw_line")
     return lines.join(invalid, "raw_line", "left_anti")
 

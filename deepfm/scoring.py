@@ -137,10 +137,6 @@ class TableRef:
             return DeltaTable.isDeltaTable(spark, self.location)
         return spark.catalog.tableExists(self.location)
 
-    def read(self, spark: SparkSession, version: int) -> DataFrame:
-        """The table as of ``version`` (time travel)."""
-        return spark.sql(f"SELECT * FROM {self.ident} VERSION AS OF {version}")
-
     def save(self, writer: DataFrameWriter) -> None:
         writer.save(self.location) if self.is_path else writer.saveAsTable(self.location)
 
@@ -495,7 +491,7 @@ def run(spark: SparkSession, opts: ScoreOptions) -> dict[str, Any]:
         rejects.write.mode("overwrite").parquet(rejects_dir)
         rows_in, rejected = lines.get["rows"], rejected_rows.get["rows"]
     # The rejects pass validated every line; the scoring pass drops the rejects by anti-join.
-    valid = parse_valid(without_quarantined(raw, rejects_dir) if rejected else raw)
+    valid = parse_valid(without_quarantined(raw, rejects_dir, rejected))
     # The day's metrics are summed from the predictions as they are made (one pass, no re-read).
     state = spark.sparkContext.accumulator(None, _StateSum())
     scores = with_run_columns(predict(encode_day(valid, bundle.spec), bundle_path, bundle, threads, state), run_info)

@@ -2,7 +2,7 @@
 
     spark-submit --driver-java-options -XX:-DontCompileHugeMethods jobs/preprocess.py --end-date 2024-01-08 [options]
 
-(``python jobs/preprocess.py ...`` works too; the Java option, see conf/preprocess.yaml, makes it
+(``python jobs/preprocess.py ...`` works too; the Java option, see conf/spark.yaml, makes it
 faster, not different.)
 
 Defaults come from conf/preprocess.yaml and conf/features.yaml; the job's logic is
