@@ -39,9 +39,12 @@ def delta_jars() -> list[str]:
 
 
 def spark_submit_args() -> list[str]:
-    """Arguments a ``spark-submit`` call needs for Delta: the cached jars, or Maven coordinates."""
+    """Arguments a ``spark-submit`` call of the jobs needs: the driver JVM's options from
+    conf/spark.yaml (spark-submit starts that JVM before the job's session can set them), and
+    Delta (the cached jars, or Maven coordinates)."""
+    java_options = ["--driver-java-options", str(load_conf("spark")["spark.driver.extraJavaOptions"])]
     jars = delta_jars()
-    return ["--jars", ",".join(jars)] if jars else ["--packages", delta_maven_coordinates()]
+    return [*java_options, *(["--jars", ",".join(jars)] if jars else ["--packages", delta_maven_coordinates()])]
 
 
 def _ensure_python_workers_use_this_interpreter() -> None:

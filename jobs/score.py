@@ -1,11 +1,11 @@
 """Score one day of raw click logs into a Delta table of predicted CTRs (partitioned by date).
 
-    spark-submit --jars <Delta jars: deepfm.spark.spark_submit_args()> \\
-        --driver-java-options -XX:-DontCompileHugeMethods \\
+    spark-submit <deepfm.spark.spark_submit_args(): --driver-java-options, --jars Delta> \\
         jobs/score.py --date 2026-11-22 --model models/2026-11-22/bundle --table delta/ctr_scores
 
-(``python jobs/score.py ...`` works too.) The Java option lets the JIT compile the encoder's wide
-generated code (see conf/spark.yaml); without it the job is slower, not different.
+(``python jobs/score.py ...`` works too.) The Java option (-XX:-DontCompileHugeMethods) lets the
+JIT compile the encoder's wide generated code (see conf/spark.yaml); without it the job is
+slower, not different.
 
 A rerun for the same date replaces that date's rows; other dates are untouched. The last line
 of output is a JSON summary. Exit status: 0 done, 1 done but rows in != scored + rejected,

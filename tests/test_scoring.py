@@ -97,7 +97,7 @@ def score_cli(*args: str) -> subprocess.Popen:
     python = sys.executable
     env = {**os.environ, "PYSPARK_PYTHON": python, "PYSPARK_DRIVER_PYTHON": python}
     command = [str(Path(python).parent / "spark-submit"), *spark_submit_args(),
-               "--conf", "spark.sql.shuffle.partitions=2", "--driver-java-options", "-XX:-DontCompileHugeMethods",
+               "--conf", "spark.sql.shuffle.partitions=2",
                str(REPO_ROOT / "jobs" / "score.py")]  # fmt: skip
     return subprocess.Popen([*command, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
