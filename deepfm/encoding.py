@@ -162,28 +162,44 @@ def fit(train: DataFrame, conf: Mapping[str, Any], metadata: Mapping[str, Any] |
 
 
 def _vocabulary_frame(df: DataFrame, field: FieldSpec) -> DataFrame:
-    """``_<field>_key`` (xxhash64 of the value, long), ``_<field>_value``, ``_<field>_index``."""
-    table = pd.DataFrame(
-        {
-            f"_{field.name}_value": pd.Series(field.vocabulary, dtype=object),
-            f"_{field.name}_index": np.arange(1, len(field.vocabulary) + 1, dtype=np.int32),
-        }
-    )
-    frame = df.sparkSession.createDataFrame(table, schema="`_{0}_value` string, `_{0}_index` int".format(field.name))
-    frame = frame.withColumn(f"_{field.name}_key", F.xxhash64(f"_{field.name}_value"))
-    return F.broadcast(frame) if len(field.vocabulary) <= BROADCAST_MAX_VOCABULARY else frame
+    """``field``'s vocabulary: ``_value`` (string), ``_index`` (int, 1-based)."""
+    table = pd.DataFrame({
+        "_value": pd.Series(field.vocabulary, dtype=object),
+        "_index": np.arange(1, len(field.vocabulary) + 1, dtype=np.int32),
+    })  # fmt: skip
+    return df.sparkSession.createDataFrame(table, schema="_value string, _index int")
 
 
-def _join_vocabulary(df: DataFrame, field: FieldSpec) -> DataFrame:
-    """``df`` left-joined with ``field``'s vocabulary on the value's 64-bit hash.
+def _join_vocabularies(df: DataFrame, fields: Sequence[FieldSpec]) -> DataFrame:
+    """``df`` left-joined with each field's vocabulary on the value's 64-bit hash, adding
+    ``_<field>_value`` and ``_<field>_index`` (null where the hash is not in the vocabulary).
 
     A join on one long key probes a long-keyed hash map, cheaper per row than a join on the string
     (the encoding was ~30% faster in a measurement of 26 joins); ``_encoded`` then compares the
     strings, so the index stays exact. (Two vocabulary values of one field with the same 64-bit
     hash would duplicate rows, and the jobs' row reconciliation would fail loudly.)
+
+    The joins are one SQL statement, analysed once: 26 ``DataFrame.join`` calls re-analyse the
+    growing plan each time (measured: building the encoding took 2.2 s against 1.0-1.5 s, for
+    any number of rows). Vocabularies up to ``BROADCAST_MAX_VOCABULARY`` values are broadcast;
+    larger ones use a shuffle join.
     """
-    vocabulary = _vocabulary_frame(df, field)
-    return df.join(vocabulary, F.xxhash64(_key(field.name)) == vocabulary[f"_{field.name}_key"], "left")
+    if not fields:
+        return df
+    joins, broadcast, added = [], [], []
+    for k, f in enumerate(fields):
+        table = f"_{f.name}_vocabulary"
+        joins.append(
+            f"LEFT JOIN (SELECT _value AS `_{f.name}_value`, _index AS `_{f.name}_index`, xxhash64(_value) AS _key "
+            f"FROM {{vocabulary_{k}}}) AS {table} ON xxhash64(CAST(rows.`{f.name}` AS STRING)) = {table}._key"
+        )  # fmt: skip
+        added += [f"`_{f.name}_value`", f"`_{f.name}_index`"]
+        if len(f.vocabulary) <= BROADCAST_MAX_VOCABULARY:
+            broadcast.append(table)
+    hint = f"/*+ BROADCAST({', '.join(broadcast)}) */ " if broadcast else ""
+    query = f"SELECT {hint}rows.*, {', '.join(added)} FROM {{rows}} AS rows {' '.join(joins)}"
+    vocabularies = {f"vocabulary_{k}": _vocabulary_frame(df, f) for k, f in enumerate(fields)}
+    return df.sparkSession.sql(query, rows=df, **vocabularies)
 
 
 def _encoded(field: FieldSpec, hash_seed: int) -> Column:
@@ -215,7 +231,7 @@ def encode(df: DataFrame, spec: FeatureSpec) -> DataFrame:
     missing = [f.name for f in spec.fields if f.name not in df.columns]
     if missing:
         raise ValueError(f"cannot encode: input lacks fields {missing} of feature spec {spec.version}")
-    joined = reduce(_join_vocabulary, (f for f in spec.fields if f.transform == "vocab"), df)
+    joined = _join_vocabularies(df, [f for f in spec.fields if f.transform == "vocab"])
     encoded_names = {spec.label, *(f.name for f in spec.fields)}
     label = [F.col(spec.label).cast("float").alias(spec.label)] if spec.label in df.columns else []
     return joined.select(
