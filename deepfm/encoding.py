@@ -186,20 +186,23 @@ def _join_vocabularies(df: DataFrame, fields: Sequence[FieldSpec]) -> DataFrame:
     """
     if not fields:
         return df
+    # The probe key is the raw value as ``_key`` gives it, hashed: the same as the vocabulary's.
+    probes = df.select("*", *(F.xxhash64(_key(f.name)).alias(f"_{f.name}_probe") for f in fields))
     joins, broadcast, added = [], [], []
     for k, f in enumerate(fields):
         table = f"_{f.name}_vocabulary"
         joins.append(
             f"LEFT JOIN (SELECT _value AS `_{f.name}_value`, _index AS `_{f.name}_index`, xxhash64(_value) AS _key "
-            f"FROM {{vocabulary_{k}}}) AS {table} ON xxhash64(CAST(rows.`{f.name}` AS STRING)) = {table}._key"
+            f"FROM {{vocabulary_{k}}}) AS {table} ON rows.`_{f.name}_probe` = {table}._key"
         )  # fmt: skip
         added += [f"`_{f.name}_value`", f"`_{f.name}_index`"]
         if len(f.vocabulary) <= BROADCAST_MAX_VOCABULARY:
             broadcast.append(table)
     hint = f"/*+ BROADCAST({', '.join(broadcast)}) */ " if broadcast else ""
-    query = f"SELECT {hint}rows.*, {', '.join(added)} FROM {{rows}} AS rows {' '.join(joins)}"
+    kept = [f"rows.`{c}`" for c in df.columns]
+    query = f"SELECT {hint}{', '.join(kept + added)} FROM {{rows}} AS rows {' '.join(joins)}"
     vocabularies = {f"vocabulary_{k}": _vocabulary_frame(df, f) for k, f in enumerate(fields)}
-    return df.sparkSession.sql(query, rows=df, **vocabularies)
+    return df.sparkSession.sql(query, rows=probes, **vocabularies)
 
 
 def _encoded(field: FieldSpec, hash_seed: int) -> Column:
