@@ -25,6 +25,7 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")  # files only, no display
+import matplotlib.dates as mdates  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
@@ -229,19 +230,26 @@ DAILY_PANELS = (("auc", "AUC"), ("logloss", "logloss"), ("calibration", "calibra
 
 
 def plot_daily(days: pd.DataFrame, path: Path, highlight: str | None = None) -> Path:
-    """AUC, logloss and calibration of the scoring runs by date; ``highlight`` marks one date."""
+    """AUC, logloss and calibration of the scoring runs by date; ``highlight`` marks one date.
+
+    The x axis is a time axis (not one category per run), so a day without a run shows as a gap.
+    """
     fig, axes = plt.subplots(1, len(DAILY_PANELS), figsize=(13, 3.8))
-    dates = days["date"].astype(str).tolist()
+    dates = pd.to_datetime(days["date"].astype(str)).tolist()
+    marked = pd.Timestamp(highlight) if highlight else None
     for ax, (key, name) in zip(axes, DAILY_PANELS):
         values = days[key].astype(float).tolist()
         ax.plot(dates, values, marker="o", ms=4)
-        if highlight in dates:
-            i = dates.index(highlight)
+        if marked in dates:
+            i = dates.index(marked)
             ax.plot([dates[i]], [values[i]], marker="o", ms=10, mfc="none", mec="red", mew=2)
         if key == "calibration":
             ax.axhline(1.0, ls=":", color="grey")
         ax.set(title=name)
-        ax.tick_params(axis="x", rotation=45, labelsize=7)
+        locator = mdates.AutoDateLocator(maxticks=8)
+        ax.xaxis.set_major_locator(locator)
+        ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
+        ax.tick_params(axis="x", labelsize=7)
         ax.grid(alpha=0.3)
     return _save(fig, path)
 

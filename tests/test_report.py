@@ -6,6 +6,7 @@ import json
 import sys
 from pathlib import Path
 
+import matplotlib.dates as mdates
 import numpy as np
 import pandas as pd
 import pytest
@@ -90,6 +91,19 @@ def test_latest_per_day_keeps_the_newest_rerun():
     days = report.latest_per_day(runs)  # the newest run whole, even where it lacks a value
     assert days["date"].tolist() == ["2024-01-01", "2024-01-02"] and days["auc"].tolist()[0] == 0.2
     assert np.isnan(days["auc"].tolist()[1])
+
+
+def test_daily_plot_puts_runs_on_a_time_axis_so_a_missing_day_is_a_gap(monkeypatch, tmp_path):
+    figures = []
+    monkeypatch.setattr(report, "_save", lambda fig, path: figures.append(fig) or path)
+    days = pd.DataFrame({"date": ["2024-01-01", "2024-01-02", "2024-01-05"], "auc": [0.70, 0.71, 0.69],
+                         "logloss": [0.5, 0.5, 0.51], "calibration": [1.0, 0.98, 1.02]})
+    report.plot_daily(days, tmp_path / "daily.png", highlight="2024-01-05")
+    for ax in figures[0].axes:
+        line, marker = ax.lines[:2]
+        plotted = line.get_xydata()[:, 0]  # x in axis units: day numbers on a time axis, 0, 1, 2 on a category one
+        assert np.diff(plotted).tolist() == [1.0, 3.0]
+        assert marker.get_xydata()[:, 0].tolist() == [mdates.date2num(pd.Timestamp("2024-01-05"))]
 
 
 @pytest.fixture(scope="module")
