@@ -100,22 +100,23 @@ def main(argv: list[str] | None = None) -> int:
     days = [START + dt.timedelta(days=k) for k in range(args.days)]
     paths = [p for day in days for p in rawlogs.day_paths(spark, str(raw), day, "date")]
     rows = args.days * args.rows_per_day
+    passes = {
+        "bare": lambda: bare_pass(spark, paths, args.workdir / "bare"),
+        **{m: (lambda m=m: job(spark, raw, args.workdir / f"job-{m}", args.days, m)) for m in MODES},
+    }
     # Warm-up, untimed: one run of every pass, so each is timed with its generated code compiled
     # by the JIT (the job's wide stages take longer to compile than the bare pass's).
-    bare_pass(spark, paths, args.workdir / "bare")
-    for mode in MODES:
-        job(spark, raw, args.workdir / f"job-{mode}", args.days, mode)
+    for run_pass in passes.values():
+        run_pass()
 
     clock = Clock(spark)
-    wall: dict[str, list[float]] = {"bare": [], **{m: [] for m in MODES}}
-    cpu: dict[str, list[float]] = {k: [] for k in wall}
+    wall: dict[str, list[float]] = {name: [] for name in passes}
+    cpu: dict[str, list[float]] = {name: [] for name in passes}
     stages: dict[str, dict] = {}
     for repeat in range(args.repeats):
-        for name in wall:
-            if name == "bare":
-                took, used, _ = clock.time(bare_pass, spark, paths, args.workdir / "bare")
-            else:
-                took, used, summary = clock.time(job, spark, raw, args.workdir / f"job-{name}", args.days, name)
+        for name, run_pass in passes.items():
+            took, used, summary = clock.time(run_pass)
+            if summary:
                 stages[name] = summary["stage_seconds"]
             wall[name].append(took)
             cpu[name].append(used)

@@ -84,6 +84,11 @@ def _key(name: str) -> Column:
     return F.col(name).cast("string")
 
 
+def _probe_key(value: Column) -> Column:
+    """The 64-bit key a vocabulary join matches on: the same for a row's value and a vocabulary's."""
+    return F.xxhash64(value)
+
+
 def _quantile_probabilities(buckets: int) -> list[float]:
     return [k / buckets for k in range(1, buckets)]
 
@@ -162,12 +167,14 @@ def fit(train: DataFrame, conf: Mapping[str, Any], metadata: Mapping[str, Any] |
 
 
 def _vocabulary_frame(df: DataFrame, field: FieldSpec) -> DataFrame:
-    """``field``'s vocabulary: ``_value`` (string), ``_index`` (int, 1-based)."""
+    """``field``'s vocabulary: ``_<field>_value`` (string), ``_<field>_index`` (int, 1-based) and
+    ``_<field>_key`` (the value hashed as the rows' probe key is)."""
     table = pd.DataFrame({
-        "_value": pd.Series(field.vocabulary, dtype=object),
-        "_index": np.arange(1, len(field.vocabulary) + 1, dtype=np.int32),
+        f"_{field.name}_value": pd.Series(field.vocabulary, dtype=object),
+        f"_{field.name}_index": np.arange(1, len(field.vocabulary) + 1, dtype=np.int32),
     })  # fmt: skip
-    return df.sparkSession.createDataFrame(table, schema="_value string, _index int")
+    frame = df.sparkSession.createDataFrame(table, schema="`_{0}_value` string, `_{0}_index` int".format(field.name))
+    return frame.withColumn(f"_{field.name}_key", _probe_key(F.col(f"_{field.name}_value")))
 
 
 def _join_vocabularies(df: DataFrame, fields: Sequence[FieldSpec]) -> DataFrame:
@@ -186,16 +193,12 @@ def _join_vocabularies(df: DataFrame, fields: Sequence[FieldSpec]) -> DataFrame:
     """
     if not fields:
         return df
-    # The probe key is the raw value as ``_key`` gives it, hashed: the same as the vocabulary's.
-    probes = df.select("*", *(F.xxhash64(_key(f.name)).alias(f"_{f.name}_probe") for f in fields))
+    probes = df.select("*", *(_probe_key(_key(f.name)).alias(f"_{f.name}_probe") for f in fields))
     joins, broadcast, added = [], [], []
     for k, f in enumerate(fields):
         table = f"_{f.name}_vocabulary"
-        joins.append(
-            f"LEFT JOIN (SELECT _value AS `_{f.name}_value`, _index AS `_{f.name}_index`, xxhash64(_value) AS _key "
-            f"FROM {{vocabulary_{k}}}) AS {table} ON rows.`_{f.name}_probe` = {table}._key"
-        )  # fmt: skip
-        added += [f"`_{f.name}_value`", f"`_{f.name}_index`"]
+        joins.append(f"LEFT JOIN {{vocabulary_{k}}} AS {table} ON rows.`_{f.name}_probe` = {table}.`_{f.name}_key`")
+        added += [f"{table}.`_{f.name}_value`", f"{table}.`_{f.name}_index`"]
         if len(f.vocabulary) <= BROADCAST_MAX_VOCABULARY:
             broadcast.append(table)
     hint = f"/*+ BROADCAST({', '.join(broadcast)}) */ " if broadcast else ""

@@ -1,9 +1,10 @@
 """Preprocess one end date of raw click logs into encoded train/test Parquet and a feature spec.
 
-    spark-submit --driver-java-options -XX:-DontCompileHugeMethods jobs/preprocess.py --end-date 2024-01-08 [options]
+    spark-submit <deepfm.spark.spark_submit_args(): --driver-java-options, --jars Delta> \\
+        jobs/preprocess.py --end-date 2024-01-08 [options]
 
-(``python jobs/preprocess.py ...`` works too; the Java option, see conf/spark.yaml, makes it
-faster, not different.)
+(``python jobs/preprocess.py ...`` works too.) The Java option (-XX:-DontCompileHugeMethods, see
+conf/spark.yaml) lets the JIT compile the job's wide generated code: faster, not different.
 
 Defaults come from conf/preprocess.yaml and conf/features.yaml; the job's logic is
 deepfm.preprocess (see its docstring for the output layout).

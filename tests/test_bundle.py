@@ -126,6 +126,7 @@ def test_save_refuses_a_name_config_or_spec_that_does_not_describe_the_model(tmp
         save_bundle(tmp_path / "b", model, "deepfm", CONFIG, spec, extra={"x": object()})
     assert not (tmp_path / "b").exists()
 
+
 def test_a_spec_of_an_older_format_is_refused_not_encoded_differently(tmp_path, model, spec):
     bundle = tmp_path / "bundle"
     save_bundle(bundle, model, "deepfm", CONFIG, spec)
