@@ -4,9 +4,10 @@ For an end date D the test days are the ``test_days`` days ending on D and the t
 ``train_days`` days before them. Stages, each logged with its duration and recorded in the
 summary:
   discover  find each day's files (a missing or empty day fails the job, or is skipped),
-  validate  per day, days in parallel: count lines and write malformed ones to quarantine,
+  validate  count each day's lines and write malformed ones to quarantine (one job, all days),
   fit       fit the feature spec on the training days' valid rows only,
   encode    encode all days with the spec in one Parquet write, partitioned by split and day,
+Each stage reads the days it needs in one scan (``rawlogs.read_raw_days``).
   finalize  reconcile counts per day, save the spec and the summary, swap the output in.
 
 Output directory (written under ``<output>.tmp-<uuid>``, then renamed over ``<output>``: a failed
@@ -35,10 +36,11 @@ from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from functools import reduce
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 from py4j.protocol import Py4JJavaError
 from pyspark.errors import PySparkException
 from pyspark.sql import DataFrame, Observation, SparkSession
@@ -119,26 +121,72 @@ def _skip_or_raise(error: rawlogs.InputDayError, skip: bool, skipped: dict[str, 
 
 def discover(
     spark: SparkSession, opts: Options, days: list[dt.date], skipped: dict[str, str]
-) -> tuple[str, dict[dt.date, DataFrame]]:
-    """The input layout and each available day's raw lines (``rawlogs.read_raw_day``)."""
+) -> tuple[str, dict[dt.date, list[str]]]:
+    """The input layout and each available day's files (``rawlogs.day_paths``)."""
     layout = rawlogs.detect_layout(spark, opts.input) if opts.layout == "auto" else opts.layout
-    raw = {}
+    files = {}
     for day in days:
         try:
-            raw[day] = rawlogs.read_raw_day(spark, opts.input, day, layout, opts.day0_date)
+            files[day] = rawlogs.day_paths(spark, opts.input, day, layout, opts.day0_date)
         except rawlogs.InputDayError as error:
             _skip_or_raise(error, opts.skip_missing_days, skipped)
-    log.info("input %s (%s layout): %d of %d days found", opts.input, layout, len(raw), len(days))
-    return layout, raw
+    log.info("input %s (%s layout): %d of %d days found", opts.input, layout, len(files), len(days))
+    return layout, files
 
 
-def validate_day(raw: DataFrame, day: dt.date, quarantine_uri: str, split: str) -> DayCounts:
-    """Count a day's lines and write its malformed ones (raw_line, reason) to ``quarantine_uri``.
+def _split(day: dt.date, test_days: list[dt.date]) -> str:
+    return "test" if day in test_days else "train"
 
-    Lines read are counted before the filter and quarantined ones after it, both observed
-    during the one write. Raises ``InputDayError`` if the day cannot be read or has no line.
+
+def validate_days(
+    spark: SparkSession, files: dict[dt.date, list[str]], test_days: list[dt.date], quarantine_dir: Path
+) -> dict[dt.date, DayCounts]:
+    """Count every day's lines and write the malformed ones (raw_line, reason) to
+    ``<quarantine_dir>/day=<day>/``, in one Spark job over all days.
+
+    Lines read per day are counted before the filter and quarantined ones per day and reason
+    after it, both observed during the one write. A day without a malformed line gets an empty
+    Parquet file, so every validated day has its folder. Raises ``Py4JJavaError`` /
+    ``PySparkException`` when some file cannot be read (``validate`` then finds which).
     """
+    days = sorted(files)
+    read, kept = Observation("read"), Observation("quarantined")
+    lines = rawlogs.read_raw_days(spark, files)
+    per_day = (F.count_if(F.col("day") == F.lit(d)).alias(d.isoformat()) for d in days)
+    checked = rawlogs.with_reason(lines.observe(read, F.count(F.lit(1)).alias("all"), *per_day))
+    by_reason = (
+        F.count_if((F.col("day") == F.lit(d)) & (F.col("reason") == r)).alias(f"{d.isoformat()} {r}")
+        for d in days
+        for r in rawlogs.REASONS
+    )
+    rawlogs.quarantined(checked).observe(kept, *by_reason).write.partitionBy("day").mode("overwrite").parquet(
+        _local_uri(quarantine_dir)
+    )
+    rows_read, rows_kept = read.get, kept.get  # each .get converts the whole row from the JVM
+    if rows_read["all"] != sum(rows_read[d.isoformat()] for d in days):  # a file whose day was not found
+        raise RuntimeError(f"lines read {rows_read} do not add up to the total: a file without a day")
+    counts = {}
+    for day in days:
+        reasons = {r: int(rows_kept[f"{day.isoformat()} {r}"]) for r in rawlogs.REASONS}
+        counts[day] = DayCounts(_split(day, test_days), int(rows_read[day.isoformat()]), sum(reasons.values()), reasons)
+        if not _day_dir(quarantine_dir, day).exists():
+            _write_empty_quarantine(_day_dir(quarantine_dir, day))
+        log.info("validated %s: %d lines, %d quarantined %s", day, counts[day].rows_read,
+                 counts[day].rows_quarantined, reasons)  # fmt: skip
+    return counts
+
+
+def _write_empty_quarantine(directory: Path) -> None:
+    directory.mkdir(parents=True)
+    schema = pa.schema([("raw_line", pa.string()), ("reason", pa.string())])
+    pq.write_table(schema.empty_table(), directory / "part-00000-empty.parquet")
+
+
+def validate_day(spark: SparkSession, files: list[str], day: dt.date, quarantine_uri: str, split: str) -> DayCounts:
+    """Validate one day on its own (``validate_days`` for a single day): the day-by-day fallback
+    that tells which day is unreadable. Raises ``InputDayError`` naming it."""
     read, kept = Observation(f"read {day}"), Observation(f"quarantined {day}")
+    raw = rawlogs.read_raw_days(spark, {day: files})
     checked = rawlogs.with_reason(raw.observe(read, F.count(F.lit(1)).alias("rows")))
     quarantined = (
         rawlogs.quarantined(checked)
@@ -150,29 +198,52 @@ def validate_day(raw: DataFrame, day: dt.date, quarantine_uri: str, split: str) 
     except (Py4JJavaError, PySparkException) as exc:
         raise rawlogs.InputDayError(day, f"unreadable: {str(exc).strip().splitlines()[0]}") from exc
     by_reason = {r: int(n) for r, n in kept.get.items()}
-    counts = DayCounts(split, int(read.get["rows"]), sum(by_reason.values()), by_reason)
-    if counts.rows_read == 0:
-        raise rawlogs.InputDayError(day, "no lines")
-    log.info("validated %s: %d lines, %d quarantined %s", day, counts.rows_read, counts.rows_quarantined, by_reason)
-    return counts
+    return DayCounts(split, int(read.get["rows"]), sum(by_reason.values()), by_reason)
 
 
 def validate(
-    raw: dict[dt.date, DataFrame],
+    spark: SparkSession,
+    files: dict[dt.date, list[str]],
     test_days: list[dt.date],
     quarantine_dir: Path,
     skip: bool,
     skipped: dict[str, str],
 ) -> dict[dt.date, DayCounts]:
-    """Validate every day, as concurrent Spark jobs (a gzipped day is a single task)."""
+    """Validate every day (``validate_days``); a day without a line, or that cannot be read,
+    fails the job naming it or, with ``skip``, is skipped.
 
+    All days are validated in one job. Only when it fails are the days validated one by one
+    (concurrent Spark jobs; a gzipped day is a single task), to name the unreadable one.
+    """
+    try:
+        counts = validate_days(spark, files, test_days, quarantine_dir)
+    except (Py4JJavaError, PySparkException) as exc:
+        log.warning("validating all days in one job failed (%s); validating day by day to find the unreadable one",
+                    str(exc).strip().splitlines()[0][:300])  # fmt: skip
+        shutil.rmtree(quarantine_dir, ignore_errors=True)
+        counts = _validate_day_by_day(spark, files, test_days, quarantine_dir, skip, skipped)
+    for day in [d for d, c in counts.items() if c.rows_read == 0]:
+        _skip_or_raise(rawlogs.InputDayError(day, "no lines"), skip, skipped)
+        del counts[day]
+        shutil.rmtree(_day_dir(quarantine_dir, day), ignore_errors=True)
+    return counts
+
+
+def _validate_day_by_day(
+    spark: SparkSession,
+    files: dict[dt.date, list[str]],
+    test_days: list[dt.date],
+    quarantine_dir: Path,
+    skip: bool,
+    skipped: dict[str, str],
+) -> dict[dt.date, DayCounts]:
     def one(day: dt.date) -> DayCounts:
-        split = "test" if day in test_days else "train"
-        return validate_day(raw[day], day, _local_uri(_day_dir(quarantine_dir, day)), split)
+        quarantine_uri = _local_uri(_day_dir(quarantine_dir, day))
+        return validate_day(spark, files[day], day, quarantine_uri, _split(day, test_days))
 
     counts = {}
-    with ThreadPoolExecutor(max_workers=max(1, min(8, len(raw)))) as pool:
-        futures = {day: pool.submit(one, day) for day in raw}
+    with ThreadPoolExecutor(max_workers=max(1, min(8, len(files)))) as pool:
+        futures = {day: pool.submit(one, day) for day in files}
         for day, future in futures.items():
             try:
                 counts[day] = future.result()
@@ -193,16 +264,21 @@ def _day_dir(root: Path, day: dt.date) -> Path:
 
 
 def valid_rows(
-    raw: dict[dt.date, DataFrame], counts: dict[dt.date, DayCounts], days: list[dt.date], quarantine_dir: Path
+    spark: SparkSession,
+    files: dict[dt.date, list[str]],
+    counts: dict[dt.date, DayCounts],
+    days: list[dt.date],
+    quarantine_dir: Path,
 ) -> DataFrame:
-    """Typed valid rows of ``days``: their lines minus the quarantined ones."""
-    quarantine = _local_uri(quarantine_dir)
-    lines = (rawlogs.without_quarantined(raw[d], quarantine, counts[d].rows_quarantined) for d in days)
-    return rawlogs.parse_valid(reduce(DataFrame.unionByName, lines))
+    """Typed valid rows of ``days``: their lines (one scan) minus the quarantined ones."""
+    lines = rawlogs.read_raw_days(spark, {d: files[d] for d in days})
+    quarantined = sum(counts[d].rows_quarantined for d in days)
+    return rawlogs.parse_valid(rawlogs.without_quarantined(lines, _local_uri(quarantine_dir), quarantined))
 
 
 def fit_spec(
-    raw: dict[dt.date, DataFrame],
+    spark: SparkSession,
+    files: dict[dt.date, list[str]],
     counts: dict[dt.date, DayCounts],
     quarantine_dir: Path,
     features: Mapping[str, Any],
@@ -220,7 +296,7 @@ def fit_spec(
         "rows_per_day": {d.isoformat(): counts[d].rows_valid for d in train_days},
         "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
-    return encoding.fit(valid_rows(raw, counts, train_days, quarantine_dir), features, metadata)
+    return encoding.fit(valid_rows(spark, files, counts, train_days, quarantine_dir), features, metadata)
 
 
 def rows_per_file(counts: dict[dt.date, DayCounts], row_group_rows: int, min_row_groups_per_day: int) -> int:
@@ -231,7 +307,8 @@ def rows_per_file(counts: dict[dt.date, DayCounts], row_group_rows: int, min_row
 
 
 def encode_days(
-    raw: dict[dt.date, DataFrame],
+    spark: SparkSession,
+    files: dict[dt.date, list[str]],
     counts: dict[dt.date, DayCounts],
     spec: FeatureSpec,
     out_dir: Path,
@@ -246,7 +323,7 @@ def encode_days(
     days = sorted(counts)
     test_days = [d for d in days if counts[d].split == "test"]
     written = Observation("written")
-    encoded = encoding.encode(valid_rows(raw, counts, days, out_dir / QUARANTINE), spec)
+    encoded = encoding.encode(valid_rows(spark, files, counts, days, out_dir / QUARANTINE), spec)
     columns = [spec.label, *(f.name for f in spec.fields)]
     staging = out_dir / "_encoded"
     (
@@ -335,14 +412,14 @@ def run(spark: SparkSession, opts: Options) -> dict[str, Any]:
              test_days[0], test_days[-1], output)  # fmt: skip
     with staged_output(output) as tmp:
         with stages("discover"):
-            layout, raw = discover(spark, opts, train_days + test_days, skipped)
+            layout, files = discover(spark, opts, train_days + test_days, skipped)
         with stages("validate"):
-            counts = validate(raw, test_days, tmp / QUARANTINE, opts.skip_missing_days, skipped)
+            counts = validate(spark, files, test_days, tmp / QUARANTINE, opts.skip_missing_days, skipped)
         with stages("fit"):
-            spec = fit_spec(raw, counts, tmp / QUARANTINE, opts.features, opts.end_date)
+            spec = fit_spec(spark, files, counts, tmp / QUARANTINE, opts.features, opts.end_date)
         with stages("encode"):
             max_rows = rows_per_file(counts, opts.row_group_rows, opts.min_row_groups_per_day)
-            encode_days(raw, counts, spec, tmp, max_rows)
+            encode_days(spark, files, counts, spec, tmp, max_rows)
         with stages("finalize"):
             reconcile(counts)
             spec.save(tmp)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from collections.abc import Mapping, Sequence
 
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -132,17 +133,43 @@ def read_raw_day(
     layout: str = "auto",
     day0_date: dt.date | None = None,
 ) -> DataFrame:
-    """One day's lines: ``raw_line`` (string), ``day`` (date), ``source_file`` (file name).
+    """One day's lines (``read_raw_days`` of its files)."""
+    return read_raw_days(spark, {day: day_paths(spark, input_root, day, layout, day0_date)})
+
+
+def read_raw_days(spark: SparkSession, files_by_day: Mapping[dt.date, Sequence[str]]) -> DataFrame:
+    """The lines of several days' files (``day_paths``) in one scan: ``raw_line`` (string),
+    ``day`` (date), ``source_file`` (file name).
+
+    One scan, not a union of one per day: the plan is analysed and code-generated once instead
+    of once per day (measured: ~1 s less planning per job for 8 days). A line's day is looked up
+    from its file's last two path components (``date=D/name`` or ``root/day_N``, unique in both
+    layouts); a line of a file missing from the map would get a null day (the preprocessing job
+    checks its per-day line counts against the total).
 
     ``source_file`` comes from ``input_file_name()``, not the ``_metadata`` column: Spark
     reads all file metadata for every row once ``_metadata`` is referenced, used or not.
     """
-    paths = day_paths(spark, input_root, day, layout, day0_date)
+    keys = {_file_key(spark, path): day for day, paths in files_by_day.items() for path in paths}
+    if len(keys) != sum(map(len, files_by_day.values())):
+        raise ValueError(f"input files with the same folder and name: {dict(files_by_day)}")
+    if len(files_by_day) == 1:
+        day = F.lit(next(iter(files_by_day)))
+    else:
+        file_day = F.create_map(*(x for key, d in keys.items() for x in (F.lit(key), F.lit(d))))
+        day = file_day[F.substring_index(F.input_file_name(), "/", -2)]
+    paths = [path for day_files in files_by_day.values() for path in day_files]
     return spark.read.text(paths).select(
         F.col("value").alias("raw_line"),
-        F.lit(day).alias("day"),
+        day.alias("day"),
         F.substring_index(F.input_file_name(), "/", -1).alias("source_file"),
     )
+
+
+def _file_key(spark: SparkSession, path: str) -> str:
+    """A file's last two path components as ``input_file_name()`` spells them (URI-encoded)."""
+    uri = str(spark._jvm.org.apache.hadoop.fs.Path(path).toUri().toString())
+    return "/".join(uri.rsplit("/", 2)[-2:])
 
 
 def reason(raw_line: Column) -> Column:
