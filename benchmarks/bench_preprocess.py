@@ -8,6 +8,11 @@ each repeat times the bare pass, then the job in vocabulary mode and in hashing 
 same generated logs in the same Spark session; the ratios are per repeat (job / bare of that
 repeat), so load from other processes on the machine mostly cancels out. Targets: vocabulary
 mode <= 2x the bare pass, hashing <= 1.4x.
+
+The same passes then run on small logs (``--small-rows-per-day``), which time what a run costs
+whatever its size (planning, job start-up, file commits: seconds that a day of billions of rows
+does not notice). The "per row" ratio removes it: (time - small time) of the job over the same
+difference of the bare pass.
 """
 from __future__ import annotations
 
@@ -85,55 +90,74 @@ class Clock:
         return time.perf_counter() - wall, self.cpu() - cpu, result
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--days", type=int, default=8, help="days of logs: all but the last train, the last test")
-    parser.add_argument("--rows-per-day", type=int, default=125_000)
-    parser.add_argument("--gzip", action="store_true", help="gzipped input files")
-    parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "deepfm-bench")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
-
-    raw = logs(args.workdir, args.days, args.rows_per_day, args.gzip)
-    spark = get_spark("bench-preprocess", load_conf("preprocess")["spark"])
-    days = [START + dt.timedelta(days=k) for k in range(args.days)]
-    paths = [p for day in days for p in rawlogs.day_paths(spark, str(raw), day, "date")]
-    rows = args.days * args.rows_per_day
+def time_passes(spark: SparkSession, raw: Path, workdir: Path, days: int, repeats: int) -> tuple[dict, dict, dict]:
+    """Wall and CPU seconds of every pass over the logs at ``raw``, per repeat, after an untimed
+    run of each (JIT warm-up); and the job's stage seconds of the last repeat."""
+    day_list = [START + dt.timedelta(days=k) for k in range(days)]
+    paths = [p for day in day_list for p in rawlogs.day_paths(spark, str(raw), day, "date")]
     passes = {
-        "bare": lambda: bare_pass(spark, paths, args.workdir / "bare"),
-        **{m: (lambda m=m: job(spark, raw, args.workdir / f"job-{m}", args.days, m)) for m in MODES},
+        "bare": lambda: bare_pass(spark, paths, workdir / "bare"),
+        **{m: (lambda m=m: job(spark, raw, workdir / f"job-{m}", days, m)) for m in MODES},
     }
     # Warm-up, untimed: one run of every pass, so each is timed with its generated code compiled
     # by the JIT (the job's wide stages take longer to compile than the bare pass's).
     for run_pass in passes.values():
         run_pass()
-
     clock = Clock(spark)
     wall: dict[str, list[float]] = {name: [] for name in passes}
     cpu: dict[str, list[float]] = {name: [] for name in passes}
     stages: dict[str, dict] = {}
-    for repeat in range(args.repeats):
+    for repeat in range(repeats):
         for name, run_pass in passes.items():
             took, used, summary = clock.time(run_pass)
             if summary:
                 stages[name] = summary["stage_seconds"]
             wall[name].append(took)
             cpu[name].append(used)
-        print(f"repeat {repeat}: " + ", ".join(f"{k} {v[-1]:.1f}s wall {cpu[k][-1]:.1f}s cpu" for k, v in wall.items()), flush=True)
+        print(f"{raw.name} repeat {repeat}: " + ", ".join(f"{k} {v[-1]:.1f}s wall {cpu[k][-1]:.1f}s cpu" for k, v in wall.items()), flush=True)
+    return wall, cpu, stages
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--days", type=int, default=8, help="days of logs: all but the last train, the last test")
+    parser.add_argument("--rows-per-day", type=int, default=125_000)
+    parser.add_argument("--small-rows-per-day", type=int, default=2_000,
+                        help="rows per day of the second, small run that measures the per-run (fixed) cost")  # fmt: skip
+    parser.add_argument("--gzip", action="store_true", help="gzipped input files")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "deepfm-bench")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+
+    spark = get_spark("bench-preprocess", load_conf("preprocess")["spark"])
+    runs = {}
+    for rows_per_day in (args.rows_per_day, args.small_rows_per_day):
+        raw = logs(args.workdir, args.days, rows_per_day, args.gzip)
+        runs[rows_per_day] = time_passes(spark, raw, args.workdir, args.days, args.repeats)
+    (wall, cpu, stages), (small_wall, _, _) = runs[args.rows_per_day], runs[args.small_rows_per_day]
+    rows, small_rows = args.days * args.rows_per_day, args.days * args.small_rows_per_day
 
     print(f"\n{rows:,} rows ({args.days} days x {args.rows_per_day:,}{', gzip' if args.gzip else ''}), "
           f"{spark.sparkContext.master}, {os.cpu_count()} cores, {args.repeats} repeats; ratios: median over "
-          "repeats of pass / bare pass of the same repeat")  # fmt: skip
-    print(f"{'pass':<7}{'best wall s':>12}{'rows/s':>10}{'wall ratio':>11}{'cpu ratio':>10}   stages (last repeat, s)")
+          "repeats of pass / bare pass of the same repeat. Per row: (median time - median time on "
+          f"{small_rows:,} rows) of the pass over the same of the bare pass, the ratio the job tends to "
+          "as rows grow (the per-run cost amortized)")  # fmt: skip
+    print(f"{'pass':<7}{'best wall s':>12}{'rows/s':>10}{'wall ratio':>11}{'cpu ratio':>10}{'per row':>9}"
+          f"{f'{small_rows:,} rows s':>16}   stages (last repeat, s)")  # fmt: skip
     report = {"rows": rows, "gzip": args.gzip, "master": spark.sparkContext.master, "cores": os.cpu_count()}
+    marginal_bare = statistics.median(wall["bare"]) - statistics.median(small_wall["bare"])
     for name in wall:
         best = min(wall[name])
         ratios = [statistics.median(t / b for t, b in zip(x[name], x["bare"])) for x in (wall, cpu)]
-        print(f"{name:<7}{best:>12.1f}{rows / best:>10,.0f}{ratios[0]:>10.2f}x{ratios[1]:>9.2f}x   {stages.get(name, '')}")
+        per_row = (statistics.median(wall[name]) - statistics.median(small_wall[name])) / marginal_bare
+        small = statistics.median(small_wall[name])
+        print(f"{name:<7}{best:>12.1f}{rows / best:>10,.0f}{ratios[0]:>10.2f}x{ratios[1]:>9.2f}x{per_row:>8.2f}x"
+              f"{small:>16.1f}   {stages.get(name, '')}")  # fmt: skip
         report[name] = {
             "best_wall_seconds": round(best, 2), "rows_per_second": round(rows / best),
             "wall_ratio": round(ratios[0], 3), "cpu_ratio": round(ratios[1], 3),
+            "per_row_ratio": round(per_row, 3), "small_run_seconds": round(small, 2),
         }  # fmt: skip
     print(json.dumps(report))
     return 0

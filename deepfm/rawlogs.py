@@ -198,7 +198,7 @@ _CSV_OPTIONS = {"sep": "\t", "mode": "FAILFAST"}  # only ever given lines matchi
 
 
 def parse_valid(lines: DataFrame) -> DataFrame:
-    """Typed rows of lines known to be valid (``read_raw_day`` rows, invalid ones removed).
+    """Typed rows of lines known to be valid (``read_raw_days`` rows, invalid ones removed).
 
     Out: ``impression_id`` (long), ``day``, ``label`` (int), ``I1..I13`` (long), ``C1..C26``
     (string); empty fields are null.
@@ -212,7 +212,7 @@ def parse_valid(lines: DataFrame) -> DataFrame:
 
 
 def without_quarantined(lines: DataFrame, quarantine: str, quarantined_rows: int) -> DataFrame:
-    """``lines`` (``read_raw_day`` rows) minus the ``quarantined_rows`` lines written to the
+    """``lines`` (``read_raw_days`` rows) minus the ``quarantined_rows`` lines written to the
     ``quarantine`` Parquet (``quarantined`` output, any partitioning): the valid lines, for
     ``parse_valid``. With none quarantined, ``lines`` as they are (no join, no read).
 
@@ -232,7 +232,7 @@ def quarantined(checked: DataFrame) -> DataFrame:
 
 
 def parse(raw: DataFrame) -> tuple[DataFrame, DataFrame]:
-    """Split raw lines (``read_raw_day`` output) into typed valid rows (see ``parse_valid``)
+    """Split raw lines (``read_raw_days`` output) into typed valid rows (see ``parse_valid``)
     and quarantined rows (``raw_line``, ``day``, ``reason``: one of :data:`REASONS`)."""
     checked = with_reason(raw)
     return parse_valid(checked.where(F.col("reason").isNull())), quarantined(checked)

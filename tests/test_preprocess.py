@@ -27,6 +27,7 @@ from deepfm.rawlogs import (
     detect_layout,
     parse,
     read_raw_day,
+    read_raw_days,
 )
 from deepfm.synthetic import write_logs
 
@@ -54,6 +55,18 @@ def options(raw: Path, out: Path, features: dict | None = None, **kw) -> Options
 def rows(out: Path, split: str) -> list[tuple]:
     table = pq.read_table(out / split).to_pydict()
     return sorted(zip(*(table[c] for c in ENCODED)))
+
+
+def test_one_scan_of_several_days_gives_each_line_its_files_day(tmp_path, spark):
+    root = tmp_path / "raw logs"  # a space: input_file_name() spells the path URI-encoded
+    days = [END - dt.timedelta(days=k) for k in range(3)]
+    for k, day in enumerate(days):
+        write_day(root, day, [line(str(k % 2))] * (k + 1), "part 0.tsv")  # the same file name every day
+    files = {day: day_paths(spark, str(root), day) for day in days}
+    lines = read_raw_days(spark, files).groupBy("day", "source_file").count().collect()
+    assert sorted((r.day, r.source_file, r["count"]) for r in lines) == [
+        (day, "part%200.tsv", k + 1) for k, day in reversed(list(enumerate(days)))
+    ]
 
 
 @pytest.fixture(scope="module")
