@@ -33,7 +33,6 @@ import shutil
 import time
 import uuid
 from collections.abc import Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -159,7 +158,8 @@ def validate_days(
         for d in days
         for r in rawlogs.REASONS
     )
-    rawlogs.quarantined(checked).observe(kept, *by_reason).write.partitionBy("day").mode("overwrite").parquet(
+    # Appended: the day-by-day fallback adds one day's folder per job (the folder is new each run).
+    rawlogs.quarantined(checked).observe(kept, *by_reason).write.partitionBy("day").mode("append").parquet(
         _local_uri(quarantine_dir)
     )
     rows_read, rows_kept = read.get, kept.get  # each .get converts the whole row from the JVM
@@ -182,25 +182,6 @@ def _write_empty_quarantine(directory: Path) -> None:
     pq.write_table(schema.empty_table(), directory / "part-00000-empty.parquet")
 
 
-def validate_day(spark: SparkSession, files: list[str], day: dt.date, quarantine_uri: str, split: str) -> DayCounts:
-    """Validate one day on its own (``validate_days`` for a single day): the day-by-day fallback
-    that tells which day is unreadable. Raises ``InputDayError`` naming it."""
-    read, kept = Observation(f"read {day}"), Observation(f"quarantined {day}")
-    raw = rawlogs.read_raw_days(spark, {day: files})
-    checked = rawlogs.with_reason(raw.observe(read, F.count(F.lit(1)).alias("rows")))
-    quarantined = (
-        rawlogs.quarantined(checked)
-        .observe(kept, *(F.count_if(F.col("reason") == r).alias(r) for r in rawlogs.REASONS))
-        .select("raw_line", "reason")
-    )
-    try:
-        quarantined.write.mode("overwrite").parquet(quarantine_uri)
-    except (Py4JJavaError, PySparkException) as exc:
-        raise rawlogs.InputDayError(day, f"unreadable: {str(exc).strip().splitlines()[0]}") from exc
-    by_reason = {r: int(n) for r, n in kept.get.items()}
-    return DayCounts(split, int(read.get["rows"]), sum(by_reason.values()), by_reason)
-
-
 def validate(
     spark: SparkSession,
     files: dict[dt.date, list[str]],
@@ -212,45 +193,41 @@ def validate(
     """Validate every day (``validate_days``); a day without a line, or that cannot be read,
     fails the job naming it or, with ``skip``, is skipped.
 
-    All days are validated in one job. Only when it fails are the days validated one by one
-    (concurrent Spark jobs; a gzipped day is a single task), to name the unreadable one.
+    All days are validated in one job. Only when it fails are the days validated one by one,
+    to name the unreadable one.
     """
     try:
-        counts = validate_days(spark, files, test_days, quarantine_dir)
+        results: Mapping[dt.date, DayCounts | rawlogs.InputDayError] = validate_days(
+            spark, files, test_days, quarantine_dir
+        )
     except (Py4JJavaError, PySparkException) as exc:
         log.warning("validating all days in one job failed (%s); validating day by day to find the unreadable one",
                     str(exc).strip().splitlines()[0][:300])  # fmt: skip
         shutil.rmtree(quarantine_dir, ignore_errors=True)
-        counts = _validate_day_by_day(spark, files, test_days, quarantine_dir, skip, skipped)
-    for day in [d for d, c in counts.items() if c.rows_read == 0]:
-        _skip_or_raise(rawlogs.InputDayError(day, "no lines"), skip, skipped)
-        del counts[day]
-        shutil.rmtree(_day_dir(quarantine_dir, day), ignore_errors=True)
+        results = _validate_day_by_day(spark, files, test_days, quarantine_dir)
+    counts = {}
+    for day, result in results.items():
+        if isinstance(result, DayCounts) and result.rows_read == 0:
+            result = rawlogs.InputDayError(day, "no lines")
+        if isinstance(result, rawlogs.InputDayError):
+            _skip_or_raise(result, skip, skipped)
+            shutil.rmtree(_day_dir(quarantine_dir, day), ignore_errors=True)
+        else:
+            counts[day] = result
     return counts
 
 
 def _validate_day_by_day(
-    spark: SparkSession,
-    files: dict[dt.date, list[str]],
-    test_days: list[dt.date],
-    quarantine_dir: Path,
-    skip: bool,
-    skipped: dict[str, str],
-) -> dict[dt.date, DayCounts]:
-    def one(day: dt.date) -> DayCounts:
-        quarantine_uri = _local_uri(_day_dir(quarantine_dir, day))
-        return validate_day(spark, files[day], day, quarantine_uri, _split(day, test_days))
-
-    counts = {}
-    with ThreadPoolExecutor(max_workers=max(1, min(8, len(files)))) as pool:
-        futures = {day: pool.submit(one, day) for day in files}
-        for day, future in futures.items():
-            try:
-                counts[day] = future.result()
-            except rawlogs.InputDayError as error:
-                _skip_or_raise(error, skip, skipped)
-                shutil.rmtree(_day_dir(quarantine_dir, day), ignore_errors=True)
-    return counts
+    spark: SparkSession, files: dict[dt.date, list[str]], test_days: list[dt.date], quarantine_dir: Path
+) -> dict[dt.date, DayCounts | rawlogs.InputDayError]:
+    """``validate_days`` of one day at a time, each day's counts or the error naming it."""
+    results: dict[dt.date, DayCounts | rawlogs.InputDayError] = {}
+    for day, day_files in files.items():
+        try:
+            results.update(validate_days(spark, {day: day_files}, test_days, quarantine_dir))
+        except (Py4JJavaError, PySparkException) as exc:
+            results[day] = rawlogs.InputDayError(day, f"unreadable: {str(exc).strip().splitlines()[0]}")
+    return results
 
 
 def _local_uri(path: Path) -> str:

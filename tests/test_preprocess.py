@@ -191,6 +191,10 @@ def test_vocabulary_comes_from_training_days_only_ranked_by_count(tmp_path, spar
     assert c1.cardinality == 4
     test_c1 = sorted(r[ENCODED.index("C1")] for r in rows(tmp_path / "out", "test"))
     assert test_c1 == [0] * 10 + [3]  # bbbbbbbb (test day only) and missing -> 0
+    # No line was malformed: every day still has its (empty) quarantine folder.
+    quarantine = tmp_path / "out" / "quarantine"
+    assert sorted(p.name for p in quarantine.glob("day=*")) == [f"day={END - dt.timedelta(days=k)}" for k in (3, 2, 1, 0)]
+    assert all(pq.read_table(day).num_rows == 0 for day in quarantine.glob("day=*"))
 
 
 def xxh64(data: bytes, seed: int = 42) -> int:
@@ -276,7 +280,7 @@ def test_unreadable_or_empty_day_fails_naming_it_unless_skipped(tmp_path, spark)
     assert skipped[str(day0 + dt.timedelta(days=1))].startswith("unreadable")
     assert skipped[str(day0 + dt.timedelta(days=2))] == "no lines"
     assert summary["train_days"] == [str(day0)]
-    assert sorted(p.name for p in (tmp_path / "out" / "quarantine").iterdir()) == [f"day={day0}", f"day={END}"]
+    assert sorted(p.name for p in (tmp_path / "out" / "quarantine").glob("day=*")) == [f"day={day0}", f"day={END}"]
 
 
 @pytest.mark.slow
