@@ -150,8 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in wall:
         best = min(wall[name])
         ratios = [statistics.median(t / b for t, b in zip(x[name], x["bare"])) for x in (wall, cpu)]
-        per_row = (statistics.median(wall[name]) - statistics.median(small_wall[name])) / marginal_bare
         small = statistics.median(small_wall[name])
+        per_row = (statistics.median(wall[name]) - small) / marginal_bare
         print(f"{name:<7}{best:>12.1f}{rows / best:>10,.0f}{ratios[0]:>10.2f}x{ratios[1]:>9.2f}x{per_row:>8.2f}x"
               f"{small:>16.1f}   {stages.get(name, '')}")  # fmt: skip
         report[name] = {

@@ -7,8 +7,8 @@ summary:
   validate  count each day's lines and write malformed ones to quarantine (one job, all days),
   fit       fit the feature spec on the training days' valid rows only,
   encode    encode all days with the spec in one Parquet write, partitioned by split and day,
-Each stage reads the days it needs in one scan (``rawlogs.read_raw_days``).
   finalize  reconcile counts per day, save the spec and the summary, swap the output in.
+Each stage reads the days it needs in one scan (``rawlogs.read_raw_days``).
 
 Output directory (written under ``<output>.tmp-<uuid>``, then renamed over ``<output>``: a failed
 run leaves the previous output untouched, a rerun replaces it whole):
@@ -42,7 +42,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from py4j.protocol import Py4JJavaError
 from pyspark.errors import PySparkException
-from pyspark.sql import DataFrame, Observation, SparkSession
+from pyspark.sql import Column, DataFrame, Observation, SparkSession
 from pyspark.sql import functions as F
 
 from deepfm import encoding, rawlogs
@@ -137,6 +137,12 @@ def _split(day: dt.date, test_days: list[dt.date]) -> str:
     return "test" if day in test_days else "train"
 
 
+def _rows_per_day(days: list[dt.date], where: Column | None = None, suffix: str = "") -> list[Column]:
+    """Observation metrics: each day's rows (meeting ``where``), named ``<day><suffix>``."""
+    where = F.lit(True) if where is None else where  # the optimizer drops "AND true"
+    return [F.count_if((F.col("day") == F.lit(d)) & where).alias(f"{d.isoformat()}{suffix}") for d in days]
+
+
 def validate_days(
     spark: SparkSession, files: dict[dt.date, list[str]], test_days: list[dt.date], quarantine_dir: Path
 ) -> dict[dt.date, DayCounts]:
@@ -151,13 +157,8 @@ def validate_days(
     days = sorted(files)
     read, kept = Observation("read"), Observation("quarantined")
     lines = rawlogs.read_raw_days(spark, files)
-    per_day = (F.count_if(F.col("day") == F.lit(d)).alias(d.isoformat()) for d in days)
-    checked = rawlogs.with_reason(lines.observe(read, F.count(F.lit(1)).alias("all"), *per_day))
-    by_reason = (
-        F.count_if((F.col("day") == F.lit(d)) & (F.col("reason") == r)).alias(f"{d.isoformat()} {r}")
-        for d in days
-        for r in rawlogs.REASONS
-    )
+    checked = rawlogs.with_reason(lines.observe(read, F.count(F.lit(1)).alias("all"), *_rows_per_day(days)))
+    by_reason = (c for r in rawlogs.REASONS for c in _rows_per_day(days, F.col("reason") == r, f" {r}"))
     # Appended: the day-by-day fallback adds one day's folder per job (the folder is new each run).
     rawlogs.quarantined(checked).observe(kept, *by_reason).write.partitionBy("day").mode("append").parquet(
         _local_uri(quarantine_dir)
@@ -307,7 +308,7 @@ def encode_days(
         encoded.select(
             *columns, "day", F.when(F.col("day").isin(test_days), "test").otherwise("train").alias("split")
         )
-        .observe(written, *(F.count_if(F.col("day") == F.lit(d)).alias(d.isoformat()) for d in days))
+        .observe(written, *_rows_per_day(days))
         .write.partitionBy("split", "day")
         .option("maxRecordsPerFile", max_rows_per_file)
         .mode("overwrite")

@@ -153,7 +153,7 @@ def read_raw_days(spark: SparkSession, files_by_day: Mapping[dt.date, Sequence[s
     keys = {_file_key(spark, path): day for day, paths in files_by_day.items() for path in paths}
     if len(keys) != sum(map(len, files_by_day.values())):
         raise ValueError(f"input files with the same folder and name: {dict(files_by_day)}")
-    if len(files_by_day) == 1:
+    if len(files_by_day) == 1:  # one day (scoring): a constant, no lookup per line
         day = F.lit(next(iter(files_by_day)))
     else:
         file_day = F.create_map(*(x for key, d in keys.items() for x in (F.lit(key), F.lit(d))))
