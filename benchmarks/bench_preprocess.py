@@ -9,6 +9,12 @@ same generated logs in the same Spark session; the ratios are per repeat (job / 
 repeat), so load from other processes on the machine mostly cancels out. Targets: vocabulary
 mode <= 2x the bare pass, hashing <= 1.4x.
 
+The job runs twice per mode: from scratch ("vocab", "hash": no day cache, every day validated
+and counted), and as the daily job runs ("vocab-daily", "hash-daily"): with the day cache that
+yesterday's run left (seeded, untimed, by a run for the window one day earlier, and copied
+fresh before every timed run), so only the new day is validated and only the new training day
+counted. The logs hold one day more than the window for that earlier run.
+
 The same passes then run on small logs (``--small-rows-per-day``), which time what a run costs
 whatever its size (planning, job start-up, file commits: seconds that a day of billions of rows
 does not notice). The "per row" ratio removes it: (time - small time) of the job over the same
@@ -21,6 +27,7 @@ import datetime as dt
 import json
 import logging
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -62,14 +69,19 @@ def bare_pass(spark: SparkSession, paths: list[str], out: Path) -> None:
     spark.read.text(paths).select(*columns).write.mode("overwrite").parquet(out.as_uri())
 
 
-def job(spark: SparkSession, raw: Path, out: Path, days: int, mode: str) -> dict:
+def job(spark: SparkSession, raw: Path, out: Path, end: dt.date, days: int, mode: str, cache: Path | None = None) -> dict:
     features = load_conf("features")
     features["defaults"]["categorical"]["transform"] = mode
     opts = preprocess.Options(
-        input=str(raw), output=str(out), end_date=START + dt.timedelta(days=days - 1),
-        features=features, train_days=days - 1, test_days=1,
+        input=str(raw), output=str(out), end_date=end, features=features, train_days=days - 1, test_days=1,
+        day_cache=str(cache) if cache else None,
     )  # fmt: skip
     return preprocess.run(spark, opts)
+
+
+def fresh_copy(source: Path, target: Path) -> Path:
+    shutil.rmtree(target, ignore_errors=True)
+    return Path(shutil.copytree(source, target))
 
 
 class Clock:
@@ -91,17 +103,26 @@ class Clock:
 
 
 def time_passes(spark: SparkSession, raw: Path, workdir: Path, days: int, repeats: int) -> tuple[dict, dict, dict]:
-    """Wall and CPU seconds of every pass over the logs at ``raw``, per repeat, after an untimed
-    run of each (JIT warm-up); and the job's stage seconds of the last repeat."""
-    day_list = [START + dt.timedelta(days=k) for k in range(days)]
+    """Wall and CPU seconds of every pass over the last ``days`` days of the logs at ``raw``, per
+    repeat, after an untimed run of each (JIT warm-up); and the job's stage seconds of the last
+    repeat."""
+    end = START + dt.timedelta(days=days)  # the logs start a day earlier, for the day cache's seed run
+    day_list = [end - dt.timedelta(days=k) for k in range(days)]
     paths = [p for day in day_list for p in rawlogs.day_paths(spark, str(raw), day, "date")]
+    yesterday = workdir / "day-cache-yesterday"
+    shutil.rmtree(yesterday, ignore_errors=True)
+    job(spark, raw, workdir / "job-yesterday", end - dt.timedelta(days=1), days, "vocab", yesterday)
+    cache = workdir / "day-cache"
     passes = {
         "bare": lambda: bare_pass(spark, paths, workdir / "bare"),
-        **{m: (lambda m=m: job(spark, raw, workdir / f"job-{m}", days, m)) for m in MODES},
+        **{m: (lambda m=m: job(spark, raw, workdir / f"job-{m}", end, days, m)) for m in MODES},
+        **{f"{m}-daily": (lambda m=m: job(spark, raw, workdir / f"job-{m}", end, days, m, cache)) for m in MODES},
     }
+    before = {f"{m}-daily": (lambda: fresh_copy(yesterday, cache)) for m in MODES}  # untimed
     # Warm-up, untimed: one run of every pass, so each is timed with its generated code compiled
     # by the JIT (the job's wide stages take longer to compile than the bare pass's).
-    for run_pass in passes.values():
+    for name, run_pass in passes.items():
+        before.get(name, lambda: None)()
         run_pass()
     clock = Clock(spark)
     wall: dict[str, list[float]] = {name: [] for name in passes}
@@ -109,6 +130,7 @@ def time_passes(spark: SparkSession, raw: Path, workdir: Path, days: int, repeat
     stages: dict[str, dict] = {}
     for repeat in range(repeats):
         for name, run_pass in passes.items():
+            before.get(name, lambda: None)()
             took, used, summary = clock.time(run_pass)
             if summary:
                 stages[name] = summary["stage_seconds"]
@@ -120,7 +142,7 @@ def time_passes(spark: SparkSession, raw: Path, workdir: Path, days: int, repeat
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--days", type=int, default=8, help="days of logs: all but the last train, the last test")
+    parser.add_argument("--days", type=int, default=8, help="days of the job's window: all but the last train, the last test")
     parser.add_argument("--rows-per-day", type=int, default=125_000)
     parser.add_argument("--small-rows-per-day", type=int, default=2_000,
                         help="rows per day of the second, small run that measures the per-run (fixed) cost")  # fmt: skip
@@ -133,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     spark = get_spark("bench-preprocess", load_conf("preprocess")["spark"])
     runs = {}
     for rows_per_day in (args.rows_per_day, args.small_rows_per_day):
-        raw = logs(args.workdir, args.days, rows_per_day, args.gzip)
+        raw = logs(args.workdir, args.days + 1, rows_per_day, args.gzip)
         runs[rows_per_day] = time_passes(spark, raw, args.workdir, args.days, args.repeats)
     (wall, cpu, stages), (small_wall, _, _) = runs[args.rows_per_day], runs[args.small_rows_per_day]
     rows, small_rows = args.days * args.rows_per_day, args.days * args.small_rows_per_day
@@ -143,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
           "repeats of pass / bare pass of the same repeat. Per row: (median time - median time on "
           f"{small_rows:,} rows) of the pass over the same of the bare pass, the ratio the job tends to "
           "as rows grow (the per-run cost amortized)")  # fmt: skip
-    print(f"{'pass':<7}{'best wall s':>12}{'rows/s':>10}{'wall ratio':>11}{'cpu ratio':>10}{'per row':>9}"
+    print(f"{'pass':<12}{'best wall s':>12}{'rows/s':>10}{'wall ratio':>11}{'cpu ratio':>10}{'per row':>9}"
           f"{f'{small_rows:,} rows s':>16}   stages (last repeat, s)")  # fmt: skip
     report = {"rows": rows, "gzip": args.gzip, "master": spark.sparkContext.master, "cores": os.cpu_count()}
     marginal_bare = statistics.median(wall["bare"]) - statistics.median(small_wall["bare"])
@@ -152,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         ratios = [statistics.median(t / b for t, b in zip(x[name], x["bare"])) for x in (wall, cpu)]
         small = statistics.median(small_wall[name])
         per_row = (statistics.median(wall[name]) - small) / marginal_bare
-        print(f"{name:<7}{best:>12.1f}{rows / best:>10,.0f}{ratios[0]:>10.2f}x{ratios[1]:>9.2f}x{per_row:>8.2f}x"
+        print(f"{name:<12}{best:>12.1f}{rows / best:>10,.0f}{ratios[0]:>10.2f}x{ratios[1]:>9.2f}x{per_row:>8.2f}x"
               f"{small:>16.1f}   {stages.get(name, '')}")  # fmt: skip
         report[name] = {
             "best_wall_seconds": round(best, 2), "rows_per_second": round(rows / best),

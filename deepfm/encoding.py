@@ -93,30 +93,45 @@ def _quantile_probabilities(buckets: int) -> list[float]:
     return [k / buckets for k in range(1, buckets)]
 
 
-def _vocabularies(train: DataFrame, plans: Sequence[FieldPlan]) -> dict[str, tuple[str, ...]]:
-    """Each field's values with count >= its min_count, ordered by (count desc, value asc)."""
-    # One (field position, value) pair per field and row, counted in one aggregation; an int
-    # field key aggregates ~20% faster than the field's name.
-    pairs = train.select(
-        F.inline(F.array(*(F.struct(F.lit(i).alias("field"), _key(p.name).alias("value")) for i, p in enumerate(plans))))
+def vocabulary_fields(conf: Mapping[str, Any]) -> list[str]:
+    """The fields ``conf`` (conf/features.yaml) encodes with a vocabulary, in field order."""
+    return [p.name for p in plan_fields(conf) if p.transform == "vocab"]
+
+
+def value_counts(rows: DataFrame, fields: Sequence[str], by: Sequence[str] = ()) -> DataFrame:
+    """How often each non-null value of each of ``fields`` occurs in ``rows`` (per ``by`` group).
+
+    Out: ``*by``, ``field`` (name), ``value`` (the string vocabularies key on), ``count`` (long).
+    One (field position, value) pair per field and row, counted in one aggregation: an int field
+    key aggregates ~20% faster than the field's name, which replaces it afterwards.
+    """
+    pairs = rows.select(
+        *by, F.inline(F.array(*(F.struct(F.lit(i).alias("field"), _key(n).alias("value")) for i, n in enumerate(fields))))
     )
-    min_count = F.array(*(F.lit(p.min_count) for p in plans))
+    counted = pairs.where(F.col("value").isNotNull()).groupBy(*by, "field", "value").count()
+    names = F.array(*(F.lit(n) for n in fields))
+    return counted.select(*by, names[F.col("field")].alias("field"), "value", "count")
+
+
+def _vocabularies(counts: DataFrame, plans: Sequence[FieldPlan]) -> dict[str, tuple[str, ...]]:
+    """Each field's values with count >= its min_count, ordered by (count desc, value asc), from
+    ``value_counts`` rows (several per value when counted per day: they are summed)."""
+    min_count = F.create_map(*(x for p in plans for x in (F.lit(p.name), F.lit(p.min_count))))
     frequent = (
-        pairs.where(F.col("value").isNotNull())
-        .groupBy("field", "value")
-        .count()
+        counts.groupBy("field", "value")
+        .agg(F.sum("count").alias("count"))
         .where(F.col("count") >= min_count[F.col("field")])
     )
-    counts = frequent.toPandas().sort_values(["field", "count", "value"], ascending=[True, False, True])
-    by_field = {plans[i].name: tuple(group["value"]) for i, group in counts.groupby("field", sort=False)}
+    found = frequent.toPandas().sort_values(["field", "count", "value"], ascending=[True, False, True])
+    by_field = {name: tuple(group["value"]) for name, group in found.groupby("field", sort=False)}
     return {p.name: by_field.get(p.name, ()) for p in plans}
 
 
 def _fit_statistics(
-    train: DataFrame, plans: Sequence[FieldPlan], relative_error: float
+    train: DataFrame, plans: Sequence[FieldPlan], relative_error: float, counts: DataFrame | None
 ) -> tuple[dict[str, tuple[str, ...]], dict[str, tuple[float, ...]]]:
-    """Vocabularies (one aggregation) and quantile boundaries (one more, only when a field is
-    bucketized) of the training rows.
+    """Vocabularies (from ``counts``, else one aggregation of ``train``) and quantile boundaries
+    (one more aggregation, only when a field is bucketized) of the training rows.
 
     The quantiles are not observed metrics of the vocabulary count: when the optimizer proves
     that count empty (e.g. no categorical value at all) it drops the observation with it, and
@@ -129,7 +144,9 @@ def _fit_statistics(
         for p in plans
         if p.transform == "bucketize"
     ]
-    vocabularies = _vocabularies(train, vocab_plans) if vocab_plans else {}
+    if vocab_plans and counts is None:
+        counts = value_counts(train, [p.name for p in vocab_plans])
+    vocabularies = _vocabularies(counts, vocab_plans) if vocab_plans else {}
     found = train.agg(*quantiles).first().asDict() if quantiles else {}
     boundaries = {name: tuple(sorted(set(values or ()))) for name, values in found.items()}
     return vocabularies, boundaries
@@ -146,13 +163,20 @@ def _field_spec(plan: FieldPlan, vocabulary: tuple[str, ...], boundaries: tuple[
     return FieldSpec(plan.name, plan.transform)
 
 
-def fit(train: DataFrame, conf: Mapping[str, Any], metadata: Mapping[str, Any] | None = None) -> FeatureSpec:
+def fit(
+    train: DataFrame,
+    conf: Mapping[str, Any],
+    metadata: Mapping[str, Any] | None = None,
+    counts: DataFrame | None = None,
+) -> FeatureSpec:
     """Fit a spec on parsed training rows with the transforms of ``conf`` (conf/features.yaml).
 
     ``metadata`` (e.g. source days, row counts) is stored with the per-field fitting plans.
+    ``counts``: the ``value_counts`` of ``train``'s vocabulary fields when already known (e.g.
+    per day, kept from earlier runs); ``train`` is then read only for bucketized fields.
     """
     plans = plan_fields(conf)
-    vocabularies, boundaries = _fit_statistics(train, plans, float(conf.get("relative_error", 0.001)))
+    vocabularies, boundaries = _fit_statistics(train, plans, float(conf.get("relative_error", 0.001)), counts)
     fields = tuple(_field_spec(p, vocabularies.get(p.name, ()), boundaries.get(p.name, ())) for p in plans)
     spec = FeatureSpec(
         fields=fields,

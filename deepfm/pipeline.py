@@ -12,6 +12,7 @@ Work directory layout::
 
     raw/date=YYYY-MM-DD/...         raw click logs (input)
     processed/<D>/                  preprocessing output for run date D
+    day_cache/                      each raw day's validation and value counts, kept between runs
     models/<D>/bundle/              the model trained for D; models/CURRENT names the newest
     delta/ctr_scores/               scored impressions (Delta, partitioned by date)
     delta/ctr_scores_metrics/       one row per scoring run (Delta)
@@ -168,6 +169,7 @@ def build_steps(settings: PipelineSettings, paths: RunPaths) -> list[Step]:
         [*spark_submit, str(REPO_ROOT / "jobs" / "preprocess.py"),
          "--input", str(settings.raw_dir), "--output", str(paths.processed),
          "--end-date", test_day.isoformat(), "--train-days", str(settings.train_days),
+         "--day-cache", str(paths.root / "day_cache"),
          *settings.preprocess_args],
         input_dirs=tuple(settings.raw_dir / f"date={(test_day - dt.timedelta(days=i)).isoformat()}"
                          for i in range(settings.train_days + 1)),

@@ -10,6 +10,11 @@ summary:
   finalize  reconcile counts per day, save the spec and the summary, swap the output in.
 Each stage reads the days it needs in one scan (``rawlogs.read_raw_days``).
 
+With a day cache (``Options.day_cache``, ``deepfm.day_cache``), what a day's input alone decides
+(its line counts, quarantined lines and value counts) is kept between runs: a daily run, whose
+window shares all but one day with yesterday's, validates and counts only its new days. The
+vocabularies are then summed from the kept counts, and all days are encoded as always.
+
 Output directory (written under ``<output>.tmp-<uuid>``, then renamed over ``<output>``: a failed
 run leaves the previous output untouched, a rerun replaces it whole):
   train/day=YYYY-MM-DD/part-*.parquet   label float32, then the spec's fields (int32 / float32)
@@ -46,6 +51,7 @@ from pyspark.sql import Column, DataFrame, Observation, SparkSession
 from pyspark.sql import functions as F
 
 from deepfm import encoding, rawlogs
+from deepfm.day_cache import DayCache
 from deepfm.features import FeatureSpec
 
 log = logging.getLogger(__name__)
@@ -53,6 +59,8 @@ log = logging.getLogger(__name__)
 SUMMARY_FILENAME = "summary.json"
 SPLITS = ("train", "test")
 QUARANTINE = "quarantine"
+QUARANTINE_SCHEMA = pa.schema([("raw_line", pa.string()), ("reason", pa.string())])
+VALUE_COUNTS_SCHEMA = pa.schema([("field", pa.string()), ("value", pa.string()), ("count", pa.int64())])
 
 
 @dataclass(frozen=True)
@@ -70,6 +78,7 @@ class Options:
     skip_missing_days: bool = False
     row_group_rows: int = 131_072
     min_row_groups_per_day: int = 4
+    day_cache: str | None = None  # driver-local folder of per-day results kept between runs (None: off)
 
 
 @dataclass
@@ -171,15 +180,14 @@ def validate_days(
         reasons = {r: int(rows_kept[f"{day.isoformat()} {r}"]) for r in rawlogs.REASONS}
         counts[day] = DayCounts(_split(day, test_days), int(rows_read[day.isoformat()]), sum(reasons.values()), reasons)
         if not _day_dir(quarantine_dir, day).exists():
-            _write_empty_quarantine(_day_dir(quarantine_dir, day))
+            _write_empty_parquet(_day_dir(quarantine_dir, day), QUARANTINE_SCHEMA)
         log.info("validated %s: %d lines, %d quarantined %s", day, counts[day].rows_read,
                  counts[day].rows_quarantined, reasons)  # fmt: skip
     return counts
 
 
-def _write_empty_quarantine(directory: Path) -> None:
+def _write_empty_parquet(directory: Path, schema: pa.Schema) -> None:
     directory.mkdir(parents=True)
-    schema = pa.schema([("raw_line", pa.string()), ("reason", pa.string())])
     pq.write_table(schema.empty_table(), directory / "part-00000-empty.parquet")
 
 
@@ -190,31 +198,41 @@ def validate(
     quarantine_dir: Path,
     skip: bool,
     skipped: dict[str, str],
+    cache: DayCache | None = None,
 ) -> dict[dt.date, DayCounts]:
     """Validate every day (``validate_days``); a day without a line, or that cannot be read,
     fails the job naming it or, with ``skip``, is skipped.
 
-    All days are validated in one job. Only when it fails are the days validated one by one,
-    to name the unreadable one.
+    Days whose validation ``cache`` keeps are taken from it; the others are validated in one job,
+    and kept. Only when that job fails are the days validated one by one, to name the unreadable
+    one.
     """
+    counts = {}
+    for day in files if cache else ():
+        if kept := cache.validation(day, _day_dir(quarantine_dir, day)):
+            counts[day] = DayCounts(_split(day, test_days), kept[0], sum(kept[1].values()), kept[1])
+    fresh = {day: day_files for day, day_files in files.items() if day not in counts}
+    log.info("validating %d days%s", len(fresh), f" ({len(counts)} kept in the day cache)" if cache else "")
     try:
-        results: Mapping[dt.date, DayCounts | rawlogs.InputDayError] = validate_days(
-            spark, files, test_days, quarantine_dir
+        results: Mapping[dt.date, DayCounts | rawlogs.InputDayError] = (
+            validate_days(spark, fresh, test_days, quarantine_dir) if fresh else {}
         )
     except (Py4JJavaError, PySparkException) as exc:
         log.warning("validating all days in one job failed (%s); validating day by day to find the unreadable one",
                     str(exc).strip().splitlines()[0][:300])  # fmt: skip
-        shutil.rmtree(quarantine_dir, ignore_errors=True)
-        results = _validate_day_by_day(spark, files, test_days, quarantine_dir)
-    counts = {}
+        for day in fresh:
+            shutil.rmtree(_day_dir(quarantine_dir, day), ignore_errors=True)
+        results = _validate_day_by_day(spark, fresh, test_days, quarantine_dir)
     for day, result in results.items():
         if isinstance(result, DayCounts) and result.rows_read == 0:
             result = rawlogs.InputDayError(day, "no lines")
         if isinstance(result, rawlogs.InputDayError):
             _skip_or_raise(result, skip, skipped)
             shutil.rmtree(_day_dir(quarantine_dir, day), ignore_errors=True)
-        else:
-            counts[day] = result
+            continue
+        counts[day] = result
+        if cache:
+            cache.store_validation(day, result.rows_read, result.quarantined_by_reason, _day_dir(quarantine_dir, day))
     return counts
 
 
@@ -261,8 +279,10 @@ def fit_spec(
     quarantine_dir: Path,
     features: Mapping[str, Any],
     end_date: dt.date,
+    cache: DayCache | None = None,
 ) -> FeatureSpec:
-    """Fit the feature spec on the valid rows of the training days (never the test days)."""
+    """Fit the feature spec on the valid rows of the training days (never the test days); with a
+    ``cache``, the vocabularies from the days' value counts kept there (``day_value_counts``)."""
     train_days = [d for d in sorted(counts) if counts[d].split == "train"]
     if not train_days:
         raise RuntimeError(f"no training day available for end date {end_date}")
@@ -274,7 +294,39 @@ def fit_spec(
         "rows_per_day": {d.isoformat(): counts[d].rows_valid for d in train_days},
         "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
-    return encoding.fit(valid_rows(spark, files, counts, train_days, quarantine_dir), features, metadata)
+    fields = encoding.vocabulary_fields(features)
+    value_counts = (
+        day_value_counts(spark, files, counts, train_days, quarantine_dir, fields, cache) if cache and fields else None
+    )
+    train = valid_rows(spark, files, counts, train_days, quarantine_dir)
+    return encoding.fit(train, features, metadata, value_counts)
+
+
+def day_value_counts(
+    spark: SparkSession,
+    files: dict[dt.date, list[str]],
+    counts: dict[dt.date, DayCounts],
+    days: list[dt.date],
+    quarantine_dir: Path,
+    fields: list[str],
+    cache: DayCache,
+) -> DataFrame:
+    """``encoding.value_counts`` of ``fields`` on each of ``days`` (one row per day and value),
+    read from ``cache``; the days not kept there are counted first (one job) and kept."""
+    missing = [day for day in days if not cache.has_values(day, fields)]
+    log.info("counting values of %d days (%d kept in the day cache)", len(missing), len(days) - len(missing))
+    if missing:
+        staging = cache.staging_dir()
+        try:
+            rows = valid_rows(spark, files, counts, missing, quarantine_dir)
+            encoding.value_counts(rows, fields, by=["day"]).write.partitionBy("day").parquet(_local_uri(staging))
+            for day in missing:
+                if not _day_dir(staging, day).exists():  # no value at all that day
+                    _write_empty_parquet(_day_dir(staging, day), VALUE_COUNTS_SCHEMA)
+                cache.store_values(day, fields, _day_dir(staging, day))
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return spark.read.parquet(*(_local_uri(cache.values_path(d, fields)) for d in days))
 
 
 def rows_per_file(counts: dict[dt.date, DayCounts], row_group_rows: int, min_row_groups_per_day: int) -> int:
@@ -342,6 +394,7 @@ def summarize(
     skipped: dict[str, str],
     stage_seconds: dict[str, float],
     max_rows_per_file: int,
+    cache: DayCache | None = None,
 ) -> dict[str, Any]:
     days = {d.isoformat(): asdict(c) for d, c in sorted(counts.items())}
     totals = {k: sum(c[k] for c in days.values()) for k in ("rows_read", "rows_written", "rows_quarantined")}
@@ -358,6 +411,7 @@ def summarize(
         "totals": totals,
         "stage_seconds": stage_seconds,
         "rows_per_file": max_rows_per_file,
+        "day_cache": {"root": str(cache.root), "reused": cache.reused} if cache else None,
         "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
 
@@ -391,17 +445,18 @@ def run(spark: SparkSession, opts: Options) -> dict[str, Any]:
     with staged_output(output) as tmp:
         with stages("discover"):
             layout, files = discover(spark, opts, train_days + test_days, skipped)
+            cache = DayCache.open(spark, opts.day_cache, files) if opts.day_cache else None
         with stages("validate"):
-            counts = validate(spark, files, test_days, tmp / QUARANTINE, opts.skip_missing_days, skipped)
+            counts = validate(spark, files, test_days, tmp / QUARANTINE, opts.skip_missing_days, skipped, cache)
         with stages("fit"):
-            spec = fit_spec(spark, files, counts, tmp / QUARANTINE, opts.features, opts.end_date)
+            spec = fit_spec(spark, files, counts, tmp / QUARANTINE, opts.features, opts.end_date, cache)
         with stages("encode"):
             max_rows = rows_per_file(counts, opts.row_group_rows, opts.min_row_groups_per_day)
             encode_days(spark, files, counts, spec, tmp, max_rows)
         with stages("finalize"):
             reconcile(counts)
             spec.save(tmp)
-        summary = summarize(opts, layout, spec, counts, skipped, stages.seconds, max_rows)
+        summary = summarize(opts, layout, spec, counts, skipped, stages.seconds, max_rows, cache)
         (tmp / SUMMARY_FILENAME).write_text(json.dumps(summary, indent=2))
     log.info("preprocess %s done: %s, spec %s", opts.end_date, summary["totals"], spec.version)
     return summary

@@ -69,6 +69,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="lower the row group size so that every day has at least this many row groups",
     )  # fmt: skip
     parser.add_argument(
+        "--day-cache", default=conf["day_cache"],
+        help="driver-local folder keeping each day's validation and value counts between runs, so a "
+        "daily run (whose window shares all but one day with yesterday's) validates and counts only "
+        "its new days; a day's entry is recomputed when its files change; empty string: off",
+    )  # fmt: skip
+    parser.add_argument(
         "--features", type=Path, default=conf_dir() / "features.yaml",
         help="feature transforms YAML (defaults per kind of field, per-field overrides, hash seed)",
     )  # fmt: skip
@@ -102,6 +108,7 @@ def options(args: argparse.Namespace) -> preprocess.Options:
         skip_missing_days=args.skip_missing_days,
         row_group_rows=args.row_group_rows,
         min_row_groups_per_day=args.min_row_groups_per_day,
+        day_cache=args.day_cache or None,
     )
 
 

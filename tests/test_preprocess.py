@@ -9,6 +9,7 @@ import shutil
 import struct
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -262,6 +263,43 @@ def test_rerun_replaces_the_output_and_a_failed_run_keeps_the_previous_one(gener
         run(spark, options(tmp_path / "raw", root / "out"))
     assert json.loads((root / "out" / "summary.json").read_text())["finished_at"] == again["finished_at"]
     assert sorted(p.name for p in root.iterdir()) == ["out", "raw"]
+
+
+def test_day_cache_keeps_what_a_day_decides_and_a_rewritten_day_is_recomputed(tmp_path, spark):
+    raw, cache = tmp_path / "raw", str(tmp_path / "day_cache")
+    write_logs(raw, TRAIN_DAYS + 2, 600, END - dt.timedelta(days=TRAIN_DAYS + 1), seed=5, malformed_fraction=0.03)
+    yesterday = replace(options(raw, tmp_path / "yesterday", day_cache=cache), end_date=END - dt.timedelta(days=1))
+    assert run(spark, yesterday)["day_cache"]["reused"] == {"validation": [], "value_counts": []}
+
+    def today(out: str, **kw) -> dict:
+        return run(spark, options(raw, tmp_path / out, **kw))
+
+    def same_output(a: str, b: str) -> None:
+        assert rows(tmp_path / a, "train") == rows(tmp_path / b, "train")
+        assert rows(tmp_path / a, "test") == rows(tmp_path / b, "test")
+        quarantined = [sorted(pq.read_table(tmp_path / x / "quarantine").to_pylist(), key=str) for x in (a, b)]
+        assert quarantined[0] == quarantined[1] and quarantined[0]
+
+    cached, cold = today("cached", day_cache=cache), today("cold")
+    assert cached["day_cache"]["reused"] == {  # only the new test day validated, only the new train day counted
+        "validation": [(END - dt.timedelta(days=k)).isoformat() for k in (3, 2, 1)],
+        "value_counts": [(END - dt.timedelta(days=k)).isoformat() for k in (3, 2)],
+    }
+    assert cold["day_cache"] is None
+    assert cached["days"] == cold["days"] and cached["spec_version"] == cold["spec_version"]
+    assert FeatureSpec.load(tmp_path / "cached").field("C1").vocabulary == FeatureSpec.load(tmp_path / "cold").field("C1").vocabulary
+    same_output("cached", "cold")
+
+    rewritten = END - dt.timedelta(days=2)
+    day_file = next((raw / f"date={rewritten}").glob("*"))
+    day_file.write_text("".join(day_file.read_text().splitlines(keepends=True)[:-100]))
+    cached, cold = today("cached", day_cache=cache), today("cold")
+    assert rewritten.isoformat() not in cached["day_cache"]["reused"]["validation"]
+    assert rewritten.isoformat() not in cached["day_cache"]["reused"]["value_counts"]
+    assert cached["days"][rewritten.isoformat()]["rows_read"] == 500
+    assert cached["days"] == cold["days"] and cached["spec_version"] == cold["spec_version"]
+    same_output("cached", "cold")
+    assert len(list((tmp_path / "day_cache" / f"day={rewritten}").iterdir())) == 1, "the stale entry is gone"
 
 
 def test_unreadable_or_empty_day_fails_naming_it_unless_skipped(tmp_path, spark):
