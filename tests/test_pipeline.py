@@ -151,5 +151,7 @@ def test_airflow_dag_loads_and_runs_the_next_day(workdir, pipeline_env, tmp_path
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
     summary = markers(workdir, next_day)
     assert summary["score"]["scored"] == delta_day(spark, workdir, next_day).count() > 0
+    shared = [(RUN_DATE - dt.timedelta(days=k)).isoformat() for k in range(TRAIN_DAYS, 0, -1)]
+    assert summary["preprocess"]["day_cache"]["reused"] == {"validation": shared, "value_counts": shared[:-1]}
     warm_start = (workdir / "logs" / next_day.isoformat() / "train.log").read_text().splitlines()[0]
     assert f"--warm-start {workdir / 'models' / RUN_DATE.isoformat() / 'bundle'}" in warm_start

@@ -327,15 +327,17 @@ def test_cli_help_and_run(generated, tmp_path):
     help_text = subprocess.run([*job, "--help"], capture_output=True, text=True, check=True).stdout
     for option in ("--end-date", "--input", "--output", "--train-days", "--test-days", "--layout", "--day0-date",
                    "--skip-missing-days", "--row-group-rows", "--min-row-groups-per-day", "--features",
-                   "--categorical-transform", "--min-count", "--hash-buckets"):  # fmt: skip
+                   "--categorical-transform", "--min-count", "--hash-buckets", "--day-cache"):  # fmt: skip
         assert option in help_text
     root, _, summary = generated
     result = subprocess.run(
         [*job, "--input", str(root / "raw"), "--output", str(tmp_path / "{end_date}"), "--end-date", str(END),
-         "--train-days", str(TRAIN_DAYS), "--categorical-transform", "hash", "--hash-buckets", "5000"],
+         "--train-days", str(TRAIN_DAYS), "--categorical-transform", "hash", "--hash-buckets", "5000",
+         "--day-cache", str(tmp_path / "day_cache")],
         capture_output=True, text=True,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     printed = json.loads(result.stdout)
     assert printed["days"] == summary["days"] and printed["output"] == str(tmp_path / str(END))
+    assert sorted(p.name for p in (tmp_path / "day_cache").iterdir()) == [f"day={d}" for d in summary["days"]]
     assert FeatureSpec.load(tmp_path / str(END)).field("C9").hash_buckets == 5000
