@@ -37,9 +37,10 @@ import math
 import shutil
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -294,32 +295,29 @@ def fit_spec(
         "rows_per_day": {d.isoformat(): counts[d].rows_valid for d in train_days},
         "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
+    rows_of = partial(valid_rows, spark, files, counts, quarantine_dir=quarantine_dir)
     fields = encoding.vocabulary_fields(features)
-    value_counts = (
-        day_value_counts(spark, files, counts, train_days, quarantine_dir, fields, cache) if cache and fields else None
-    )
-    train = valid_rows(spark, files, counts, train_days, quarantine_dir)
-    return encoding.fit(train, features, metadata, value_counts)
+    value_counts = day_value_counts(spark, rows_of, train_days, fields, cache) if cache and fields else None
+    return encoding.fit(rows_of(train_days), features, metadata, value_counts)
 
 
 def day_value_counts(
     spark: SparkSession,
-    files: dict[dt.date, list[str]],
-    counts: dict[dt.date, DayCounts],
+    rows_of: Callable[[list[dt.date]], DataFrame],
     days: list[dt.date],
-    quarantine_dir: Path,
     fields: list[str],
     cache: DayCache,
 ) -> DataFrame:
     """``encoding.value_counts`` of ``fields`` on each of ``days`` (one row per day and value),
-    read from ``cache``; the days not kept there are counted first (one job) and kept."""
+    read from ``cache``; the days not kept there are counted first, on ``rows_of(those days)``
+    (``valid_rows``, one job), and kept."""
     missing = [day for day in days if not cache.has_values(day, fields)]
     log.info("counting values of %d days (%d kept in the day cache)", len(missing), len(days) - len(missing))
     if missing:
         staging = cache.staging_dir()
         try:
-            rows = valid_rows(spark, files, counts, missing, quarantine_dir)
-            encoding.value_counts(rows, fields, by=["day"]).write.partitionBy("day").parquet(_local_uri(staging))
+            per_day = encoding.value_counts(rows_of(missing), fields, by=["day"])
+            per_day.write.partitionBy("day").parquet(_local_uri(staging))
             for day in missing:
                 if not _day_dir(staging, day).exists():  # no value at all that day
                     _write_empty_parquet(_day_dir(staging, day), VALUE_COUNTS_SCHEMA)
