@@ -7,8 +7,9 @@ days it has not seen. (The vocabulary itself, the sum of the training days' coun
 every day, and so every day is still encoded each run.)
 
 An entry is keyed by the day and a fingerprint of its files (path, length, modification time)
-and of the rules that produced it (the validity regex, the parse schema, this format): a
-rewritten file, a changed rule or a new format gives a new entry. Layout::
+and of the rules that produced it (the validity regex, the reason codes, the parse schema, this
+format; a change to how reasons or values are worked out must bump ``FORMAT``): a rewritten
+file, a changed rule or a new format gives a new entry. Layout::
 
     <root>/day=YYYY-MM-DD/<fingerprint>/validation.json      rows_read, quarantined_by_reason
                                         quarantine/           the day's malformed lines (raw_line, reason)
@@ -17,7 +18,8 @@ rewritten file, a changed rule or a new format gives a new entry. Layout::
 
 Each part is written under a temporary name and renamed into place whole, so a failed run leaves
 no partial entry. Storing a day's entry removes that day's entries of other fingerprints.
-Deleting any of it is always safe: what is missing is computed again.
+Deleting any of it is always safe: what is missing is computed again. Nothing prunes the days
+no run will read again (one entry per day: its quarantine and its distinct values' counts).
 """
 from __future__ import annotations
 
@@ -52,7 +54,7 @@ class DayCache:
     @classmethod
     def open(cls, spark: SparkSession, root: str | Path, files: Mapping[dt.date, Sequence[str]]) -> "DayCache":
         """The cache at ``root`` for the days of ``files`` (``preprocess.discover``)."""
-        rules = {"format": FORMAT, "valid_line": rawlogs.VALID_LINE, "schema": rawlogs.RAW_SCHEMA}
+        rules = {"format": FORMAT, "valid_line": rawlogs.VALID_LINE, "reasons": rawlogs.REASONS, "schema": rawlogs.RAW_SCHEMA}
         entries = {
             day: Path(root) / f"day={day.isoformat()}" / _digest({**rules, "files": rawlogs.file_identities(spark, paths)})
             for day, paths in files.items()
