@@ -50,6 +50,7 @@ from py4j.protocol import Py4JJavaError
 from pyspark.errors import PySparkException
 from pyspark.sql import Column, DataFrame, Observation, SparkSession
 from pyspark.sql import functions as F
+from pyspark.sql.pandas.types import to_arrow_schema
 
 from deepfm import encoding, rawlogs
 from deepfm.day_cache import DayCache
@@ -61,7 +62,6 @@ SUMMARY_FILENAME = "summary.json"
 SPLITS = ("train", "test")
 QUARANTINE = "quarantine"
 QUARANTINE_SCHEMA = pa.schema([("raw_line", pa.string()), ("reason", pa.string())])
-VALUE_COUNTS_SCHEMA = pa.schema([("field", pa.string()), ("value", pa.string()), ("count", pa.int64())])
 
 
 @dataclass(frozen=True)
@@ -89,6 +89,12 @@ class DayCounts:
     rows_quarantined: int = 0
     quarantined_by_reason: dict[str, int] = field(default_factory=dict)
     rows_written: int = 0
+
+    @classmethod
+    def validated(cls, split: str, rows_read: int, quarantined_by_reason: Mapping[str, int]) -> "DayCounts":
+        """A day's counts after validation (``rows_quarantined`` is the sum over reasons)."""
+        by_reason = {reason: int(n) for reason, n in quarantined_by_reason.items()}
+        return cls(split, int(rows_read), sum(by_reason.values()), by_reason)
 
     @property
     def rows_valid(self) -> int:
@@ -178,12 +184,12 @@ def validate_days(
         raise RuntimeError(f"lines read {rows_read} do not add up to the total: a file without a day")
     counts = {}
     for day in days:
-        reasons = {r: int(rows_kept[f"{day.isoformat()} {r}"]) for r in rawlogs.REASONS}
-        counts[day] = DayCounts(_split(day, test_days), int(rows_read[day.isoformat()]), sum(reasons.values()), reasons)
+        reasons = {r: rows_kept[f"{day.isoformat()} {r}"] for r in rawlogs.REASONS}
+        counts[day] = DayCounts.validated(_split(day, test_days), rows_read[day.isoformat()], reasons)
         if not _day_dir(quarantine_dir, day).exists():
             _write_empty_parquet(_day_dir(quarantine_dir, day), QUARANTINE_SCHEMA)
         log.info("validated %s: %d lines, %d quarantined %s", day, counts[day].rows_read,
-                 counts[day].rows_quarantined, reasons)  # fmt: skip
+                 counts[day].rows_quarantined, counts[day].quarantined_by_reason)  # fmt: skip
     return counts
 
 
@@ -211,7 +217,7 @@ def validate(
     counts = {}
     for day in files if cache else ():
         if kept := cache.validation(day, _day_dir(quarantine_dir, day)):
-            counts[day] = DayCounts(_split(day, test_days), kept[0], sum(kept[1].values()), kept[1])
+            counts[day] = DayCounts.validated(_split(day, test_days), *kept)
     fresh = {day: day_files for day, day_files in files.items() if day not in counts}
     log.info("validating %d days%s", len(fresh), f" ({len(counts)} kept in the day cache)" if cache else "")
     try:
@@ -320,7 +326,7 @@ def day_value_counts(
             per_day.write.partitionBy("day").parquet(_local_uri(staging))
             for day in missing:
                 if not _day_dir(staging, day).exists():  # no value at all that day
-                    _write_empty_parquet(_day_dir(staging, day), VALUE_COUNTS_SCHEMA)
+                    _write_empty_parquet(_day_dir(staging, day), to_arrow_schema(per_day.drop("day").schema))
                 cache.store_values(day, fields, _day_dir(staging, day))
         finally:
             shutil.rmtree(staging, ignore_errors=True)
