@@ -1,13 +1,13 @@
 # The two commands of the README, and the pieces they are made of.
 # `make demo`: set up, then run the whole daily pipeline end to end on generated logs.
-# `make test`: set up, then run the test suite (what CI runs).
+# `make test`: set up, then lint, type-check and run the test suite (what CI runs).
 VENV := .venv
 PY := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export PYSPARK_PYTHON := $(CURDIR)/$(PY)
 export PYSPARK_DRIVER_PYTHON := $(CURDIR)/$(PY)
 
-.PHONY: setup demo test test-fast bench doctor
+.PHONY: setup demo test test-fast lint typecheck bench doctor
 
 setup:
 	@bash scripts/setup.sh
@@ -16,13 +16,21 @@ doctor: setup
 	@$(PY) -m deepfm doctor
 
 demo: setup
-	@$(PY) pipelines/daily.py demo
+	@$(PY) -m deepfm pipeline demo
 
-test: setup
+lint: setup
+	@$(VENV)/bin/ruff check .
+	@$(VENV)/bin/ruff format --check .
+
+typecheck: setup
+	@$(VENV)/bin/mypy
+
+test: lint typecheck
 	@$(PY) -m pytest
 
+# Unit tests only: DEEPFM_FAST_TESTS makes a test that would start Spark fail instead.
 test-fast: setup
-	@$(PY) -m pytest -m "not slow"
+	@DEEPFM_FAST_TESTS=1 $(PY) -m pytest -m "not slow"
 
 bench: setup
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

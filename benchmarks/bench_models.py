@@ -20,6 +20,7 @@ a throw-away venv layered on the project's, so torch/numpy stay the pinned ones:
     /tmp/deepctr-venv/bin/pip install --no-deps deepctr-torch tqdm requests urllib3 idna charset-normalizer certifi
     /tmp/deepctr-venv/bin/python benchmarks/bench_models.py
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,7 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from deepfm.models import build_model, make_optimizers
+from deepfm.cli.config import load_defaults
+from deepfm.models import ModelDefaults, build_model, make_optimizers
 
 N_CATEGORICAL, ROWS_PER_FIELD, N_NUMERIC = 26, 100_000, 13
 EMBEDDING_DIM, HIDDEN, DROPOUT, LR = 10, (400, 400, 400), 0.5, 1e-3
@@ -54,7 +56,8 @@ def make_batches(batch_size: int, count: int, seed: int = 0) -> list[Batch]:
 
 
 def library_step() -> Step:
-    model = build_model("deepfm", [ROWS_PER_FIELD] * N_CATEGORICAL, N_NUMERIC)
+    config = ModelDefaults(load_defaults("models")).resolve("deepfm")
+    model = build_model("deepfm", [ROWS_PER_FIELD] * N_CATEGORICAL, N_NUMERIC, config)
     optimizers = make_optimizers(model, lr=LR)
     model.train()
 
@@ -114,8 +117,13 @@ def deepctr_step() -> Step:
     columns = [SparseFeat(f"C{i}", ROWS_PER_FIELD, embedding_dim=EMBEDDING_DIM) for i in range(N_CATEGORICAL)]
     columns += [DenseFeat(f"I{i}", 1) for i in range(N_NUMERIC)]
     model = DeepFM(
-        columns, columns, dnn_hidden_units=HIDDEN, dnn_dropout=DROPOUT,
-        l2_reg_linear=0.0, l2_reg_embedding=0.0, device="cpu",
+        columns,
+        columns,
+        dnn_hidden_units=HIDDEN,
+        dnn_dropout=DROPOUT,
+        l2_reg_linear=0.0,
+        l2_reg_embedding=0.0,
+        device="cpu",
     ).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=LR)
 
@@ -139,7 +147,7 @@ def time_interleaved(steps: dict[str, Step], batches: list[Batch], warmup: int) 
     names = list(steps)
     seconds: dict[str, list[float]] = {name: [] for name in names}
     for index, batch in enumerate(batches):
-        for name in names[index % len(names):] + names[: index % len(names)]:
+        for name in names[index % len(names) :] + names[: index % len(names)]:
             start = time.perf_counter()
             steps[name](*batch)
             if index >= warmup:
@@ -157,8 +165,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     batches = make_batches(args.batch_size, args.warmup + args.steps)
-    print(f"torch {torch.__version__}, {args.threads} threads, batch {args.batch_size}, "
-          f"{args.steps} timed steps after {args.warmup} warm-up, contenders interleaved")
+    print(
+        f"torch {torch.__version__}, {args.threads} threads, batch {args.batch_size}, "
+        f"{args.steps} timed steps after {args.warmup} warm-up, contenders interleaved"
+    )
 
     steps: dict[str, Step] = {}
     for name, builder in {"bare": bare_step, "library": library_step, "deepctr": deepctr_step}.items():

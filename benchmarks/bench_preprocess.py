@@ -20,6 +20,7 @@ whatever its size (planning, job start-up, file commits: seconds that a day of b
 does not notice). The "per row" ratio removes it: (time - small time) of the job over the same
 difference of the bare pass.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,18 +35,14 @@ import tempfile
 import time
 from pathlib import Path
 
-try:
-    import deepfm  # noqa: F401
-except ImportError:  # run from a checkout without the editable install
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from deepfm import preprocess, rawlogs
-from deepfm.config import load_conf
-from deepfm.spark import get_spark
-from deepfm.synthetic import MANIFEST, write_logs
+from deepfm.cli.config import load_defaults, spark_conf
+from deepfm.ops.spark import get_spark
+from deepfm.prep import preprocess, rawlogs
+from deepfm.prep.encoding import FeatureConfig
+from deepfm.prep.synthetic import MANIFEST, write_logs
 
 START = dt.date(2024, 1, 1)
 MODES = ("vocab", "hash")
@@ -69,13 +66,20 @@ def bare_pass(spark: SparkSession, paths: list[str], out: Path) -> None:
     spark.read.text(paths).select(*columns).write.mode("overwrite").parquet(out.as_uri())
 
 
-def job(spark: SparkSession, raw: Path, out: Path, end: dt.date, days: int, mode: str, cache: Path | None = None) -> dict:
-    features = load_conf("features")
+def job(
+    spark: SparkSession, raw: Path, out: Path, end: dt.date, days: int, mode: str, cache: Path | None = None
+) -> dict:
+    features = load_defaults("features")
     features["defaults"]["categorical"]["transform"] = mode
     opts = preprocess.Options(
-        input=str(raw), output=str(out), end_date=end, features=features, train_days=days - 1, test_days=1,
+        input=str(raw),
+        output=str(out),
+        end_date=end,
+        features=FeatureConfig.from_dict(features),
+        train_days=days - 1,
+        test_days=1,
         day_cache=str(cache) if cache else None,
-    )  # fmt: skip
+    )
     return preprocess.run(spark, opts)
 
 
@@ -136,23 +140,33 @@ def time_passes(spark: SparkSession, raw: Path, workdir: Path, days: int, repeat
                 stages[name] = summary["stage_seconds"]
             wall[name].append(took)
             cpu[name].append(used)
-        print(f"{raw.name} repeat {repeat}: " + ", ".join(f"{k} {v[-1]:.1f}s wall {cpu[k][-1]:.1f}s cpu" for k, v in wall.items()), flush=True)
+        print(
+            f"{raw.name} repeat {repeat}: "
+            + ", ".join(f"{k} {v[-1]:.1f}s wall {cpu[k][-1]:.1f}s cpu" for k, v in wall.items()),
+            flush=True,
+        )
     return wall, cpu, stages
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--days", type=int, default=8, help="days of the job's window: all but the last train, the last test")
+    parser.add_argument(
+        "--days", type=int, default=8, help="days of the job's window: all but the last train, the last test"
+    )
     parser.add_argument("--rows-per-day", type=int, default=125_000)
-    parser.add_argument("--small-rows-per-day", type=int, default=2_000,
-                        help="rows per day of the second, small run that measures the per-run (fixed) cost")  # fmt: skip
+    parser.add_argument(
+        "--small-rows-per-day",
+        type=int,
+        default=2_000,
+        help="rows per day of the second, small run that measures the per-run (fixed) cost",
+    )
     parser.add_argument("--gzip", action="store_true", help="gzipped input files")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "deepfm-bench")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
 
-    spark = get_spark("bench-preprocess", load_conf("preprocess")["spark"])
+    spark = get_spark("bench-preprocess", spark_conf(load_defaults("preprocess")))
     runs = {}
     for rows_per_day in (args.rows_per_day, args.small_rows_per_day):
         raw = logs(args.workdir, args.days + 1, rows_per_day, args.gzip)
@@ -160,13 +174,17 @@ def main(argv: list[str] | None = None) -> int:
     (wall, cpu, stages), (small_wall, _, _) = runs[args.rows_per_day], runs[args.small_rows_per_day]
     rows, small_rows = args.days * args.rows_per_day, args.days * args.small_rows_per_day
 
-    print(f"\n{rows:,} rows ({args.days} days x {args.rows_per_day:,}{', gzip' if args.gzip else ''}), "
-          f"{spark.sparkContext.master}, {os.cpu_count()} cores, {args.repeats} repeats; ratios: median over "
-          "repeats of pass / bare pass of the same repeat. Per row: (median time - median time on "
-          f"{small_rows:,} rows) of the pass over the same of the bare pass, the ratio the job tends to "
-          "as rows grow (the per-run cost amortized)")  # fmt: skip
-    print(f"{'pass':<12}{'best wall s':>12}{'rows/s':>10}{'wall ratio':>11}{'cpu ratio':>10}{'per row':>9}"
-          f"{f'{small_rows:,} rows s':>16}   stages (last repeat, s)")  # fmt: skip
+    print(
+        f"\n{rows:,} rows ({args.days} days x {args.rows_per_day:,}{', gzip' if args.gzip else ''}), "
+        f"{spark.sparkContext.master}, {os.cpu_count()} cores, {args.repeats} repeats; ratios: median over "
+        "repeats of pass / bare pass of the same repeat. Per row: (median time - median time on "
+        f"{small_rows:,} rows) of the pass over the same of the bare pass, the ratio the job tends to "
+        "as rows grow (the per-run cost amortized)"
+    )
+    print(
+        f"{'pass':<12}{'best wall s':>12}{'rows/s':>10}{'wall ratio':>11}{'cpu ratio':>10}{'per row':>9}"
+        f"{f'{small_rows:,} rows s':>16}   stages (last repeat, s)"
+    )
     report = {"rows": rows, "gzip": args.gzip, "master": spark.sparkContext.master, "cores": os.cpu_count()}
     marginal_bare = statistics.median(wall["bare"]) - statistics.median(small_wall["bare"])
     for name in wall:
@@ -174,13 +192,18 @@ def main(argv: list[str] | None = None) -> int:
         ratios = [statistics.median(t / b for t, b in zip(x[name], x["bare"])) for x in (wall, cpu)]
         small = statistics.median(small_wall[name])
         per_row = (statistics.median(wall[name]) - small) / marginal_bare
-        print(f"{name:<12}{best:>12.1f}{rows / best:>10,.0f}{ratios[0]:>10.2f}x{ratios[1]:>9.2f}x{per_row:>8.2f}x"
-              f"{small:>16.1f}   {stages.get(name, '')}")  # fmt: skip
+        print(
+            f"{name:<12}{best:>12.1f}{rows / best:>10,.0f}{ratios[0]:>10.2f}x{ratios[1]:>9.2f}x{per_row:>8.2f}x"
+            f"{small:>16.1f}   {stages.get(name, '')}"
+        )
         report[name] = {
-            "best_wall_seconds": round(best, 2), "rows_per_second": round(rows / best),
-            "wall_ratio": round(ratios[0], 3), "cpu_ratio": round(ratios[1], 3),
-            "per_row_ratio": round(per_row, 3), "small_run_seconds": round(small, 2),
-        }  # fmt: skip
+            "best_wall_seconds": round(best, 2),
+            "rows_per_second": round(rows / best),
+            "wall_ratio": round(ratios[0], 3),
+            "cpu_ratio": round(ratios[1], 3),
+            "per_row_ratio": round(per_row, 3),
+            "small_run_seconds": round(small, 2),
+        }
     print(json.dumps(report))
     return 0
 

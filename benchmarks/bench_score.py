@@ -1,10 +1,10 @@
 """Throughput of the scoring job against a bare torch forward pass over the same rows, same run.
 
-One generated day of Criteo-shaped logs, a feature spec fitted on it with ``conf/features.yaml``,
-and an untrained model with the paper's network (``conf/models.yaml``) saved as a bundle. Rows
-per second of:
+One generated day of Criteo-shaped logs, a feature spec fitted on it with the packaged feature
+settings, and an untrained model with the paper's network (the packaged model defaults) saved as a
+bundle. Rows per second of:
 
-  job_cold  ``deepfm.scoring.run`` end to end, first run in a fresh session: read + parse +
+  job_cold  ``deepfm.serving.score.run`` end to end, first run in a fresh session: read + parse +
             rejects + encode + predict on the executors + Delta write + metrics (a daily run,
             including the JVM's and the Python workers' warm-up)
   job       the same run again (a rerun of the day: replaceWhere), warm
@@ -19,6 +19,7 @@ Ratios job/bare, job_cold/bare and stage/bare; the target is job/bare >= 0.5 on 
 
 Run: ``.venv/bin/python benchmarks/bench_score.py [--rows 500000] [--batch-size 8192]``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,15 +34,17 @@ from pathlib import Path
 import numpy as np
 import torch
 from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
 
-from deepfm.bundle import load_bundle, save_bundle
-from deepfm.config import load_conf
-from deepfm.encoding import fit
-from deepfm.models import build_model_for_spec
-from deepfm.rawlogs import parse, read_raw_day
-from deepfm.scoring import ScoreOptions, encode_day, predict, run, torch_threads
-from deepfm.spark import get_spark
-from deepfm.synthetic import write_logs
+from deepfm.cli.config import load_defaults, spark_conf
+from deepfm.models import ModelDefaults, build_model_for_spec
+from deepfm.models.bundle import load_bundle, save_bundle
+from deepfm.ops.spark import get_spark
+from deepfm.prep.encoding import FeatureConfig, fit
+from deepfm.prep.rawlogs import parse_valid, read_raw_day, with_reason
+from deepfm.prep.synthetic import write_logs
+from deepfm.serving.predict import encode_day, predict, torch_threads
+from deepfm.serving.score import ScoreOptions, run
 
 DAY = dt.date(2026, 11, 22)
 
@@ -70,24 +73,30 @@ def bare_forward(model: torch.nn.Module, cat: np.ndarray, num: np.ndarray, batch
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=500_000, help="rows of the generated day")
-    parser.add_argument("--batch-size", type=int, default=load_conf("score")["batch_size"])
+    parser.add_argument("--batch-size", type=int, default=load_defaults("score")["batch_size"])
     parser.add_argument("--model", default="deepfm", help="registry model to score with")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    spark = get_spark("bench_score", load_conf("score")["spark"])  # the job's session settings
+    spark = get_spark("bench_score", spark_conf(load_defaults("score")))  # the job's session settings
 
     with tempfile.TemporaryDirectory(prefix="bench_score_") as tmp:
         root = Path(tmp)
         write_logs(root / "raw", days=1, rows_per_day=args.rows, start_date=DAY, seed=1)
-        valid, _ = parse(read_raw_day(spark, str(root / "raw"), DAY))
-        spec = fit(valid, load_conf("features"))
-        model = build_model_for_spec(args.model, spec)
+        checked = with_reason(read_raw_day(spark, str(root / "raw"), DAY))
+        valid = parse_valid(checked.where(F.col("reason").isNull()))
+        spec = fit(valid, FeatureConfig.from_dict(load_defaults("features")))
+        model = build_model_for_spec(args.model, spec, ModelDefaults(load_defaults("models")).resolve(args.model))
         bundle_path = str(root / "bundle")
-        save_bundle(bundle_path, model, args.model, model.config, spec)
+        save_bundle(bundle_path, model, spec)
         bundle = load_bundle(bundle_path)
 
-        opts = ScoreOptions(date=DAY, model=bundle_path, table=str(root / "scores"),
-                            input_root=str(root / "raw"), batch_size=args.batch_size)  # fmt: skip
+        opts = ScoreOptions(
+            date=DAY,
+            model=bundle_path,
+            table=str(root / "scores"),
+            input_root=str(root / "raw"),
+            batch_size=args.batch_size,
+        )
         job_cold = rows_per_second(lambda: run(spark, opts)["scored"])
         job = rows_per_second(lambda: run(spark, opts)["scored"])
 
@@ -107,19 +116,26 @@ def main() -> None:
         bare = max(bare_by_threads.values())
 
     result = {
-        "rows": rows, "batch_size": args.batch_size, "model": args.model,
+        "rows": rows,
+        "batch_size": args.batch_size,
+        "model": args.model,
         "cores": spark.sparkContext.defaultParallelism,
         "bare_rows_per_s_by_threads": {t: round(v) for t, v in bare_by_threads.items()},
-        **{f"{name}_rows_per_s": round(value) for name, value in
-           (("job_cold", job_cold), ("job", job), ("stage", stage), ("bare", bare))},
-        "job_over_bare": round(job / bare, 3), "job_cold_over_bare": round(job_cold / bare, 3),
+        **{
+            f"{name}_rows_per_s": round(value)
+            for name, value in (("job_cold", job_cold), ("job", job), ("stage", stage), ("bare", bare))
+        },
+        "job_over_bare": round(job / bare, 3),
+        "job_cold_over_bare": round(job_cold / bare, 3),
         "stage_over_bare": round(stage / bare, 3),
-    }  # fmt: skip
+    }
     print(f"scoring {rows:,d} rows ({args.model}, batch {args.batch_size}, {result['cores']} cores)")
     for name in ("job_cold", "job", "stage", "bare"):
         print(f"  {name:9s} {result[f'{name}_rows_per_s']:>10,d} rows/s")
-    print(f"  job/bare {result['job_over_bare']:.2f}  job_cold/bare {result['job_cold_over_bare']:.2f}  "
-          f"stage/bare {result['stage_over_bare']:.2f}   (target job/bare >= 0.5)")
+    print(
+        f"  job/bare {result['job_over_bare']:.2f}  job_cold/bare {result['job_cold_over_bare']:.2f}  "
+        f"stage/bare {result['stage_over_bare']:.2f}   (target job/bare >= 0.5)"
+    )
     print(json.dumps(result))
 
 

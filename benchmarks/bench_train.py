@@ -4,14 +4,11 @@ One run prints (and ends with one JSON line of every figure):
 
   feed   samples/s over the same train files, batch and columns, each with its ratio to ``bare``:
            bare        pyarrow ``iter_batches`` -> ``torch.from_numpy`` per column (no shuffle, no stacking)
-           arrow       ``--loader arrow`` exactly as the trainer runs it (conf/train.yaml: shuffle window,
+           arrow       ``--loader arrow`` exactly as the trainer runs it (deepfm/conf/train.yaml: shuffle window,
                        stacking into cat/num tensors, read-ahead thread)
            petastorm   ``--loader petastorm`` exactly as the trainer runs it (make_batch_reader, dummy
                        pool, its columnar row groups, same window and thread)
-           petastorm BatchedDataLoader
-                       Petastorm's own torch loader with its shuffling queue (the configuration measured
-                       3-17x slower than bare before), for reference
-  train  end-to-end samples/s of ``jobs/train.py`` (DeepFM, one epoch): 1 rank, and 2 ranks by
+  train  end-to-end samples/s of ``deepfm train`` (DeepFM, one epoch): 1 rank, and 2 ranks by
          ``horovodrun -np 2`` (skip with ``--no-train``)
   gpu    when CUDA is available: DeepFM training steps at batch 65,536 with bf16 AMP, on batches
          already on the GPU (the model's speed) and fed by the arrow feeder (the job's speed)
@@ -19,10 +16,12 @@ One run prints (and ends with one JSON line of every figure):
 Data: ``--data DIR`` (preprocessing output: train/, test/, feature_spec.json), or by default a
 synthetic Criteo-shaped encoded dataset (26 hashed categorical fields, 13 numeric) in a temp dir.
 
-On a GPU machine with only torch, pyarrow, numpy (and pyyaml, which ``deepfm.models`` reads
-its defaults with):  ``python benchmarks/bench_train.py --gpu-only [--data DIR] [--rows 8000000]``.
+On a GPU machine with only torch, pyarrow and numpy (without pyyaml the settings reader is
+missing, and the paper's values written below stand in for the packaged defaults):
+``python benchmarks/bench_train.py --gpu-only [--data DIR] [--rows 8000000]``.
 Spark, Horovod and Petastorm are imported by the CPU sections only, never at module level.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,17 +40,52 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from deepfm.core.features import FeatureSpec, FieldSpec
+from deepfm.training.feed import LOADERS, Batch, Columns, make_loader, parquet_files, prefetch
 
-from deepfm.data import LOADERS, Batch, Columns, make_loader, parquet_files, prefetch  # noqa: E402
-from deepfm.features import FeatureSpec, FieldSpec  # noqa: E402
-
-CARDINALITIES = (4, 1000, 30, 8000, 60, 12, 200, 300, 50000, 500, 20000, 1500, 2000,
-                 3, 5000, 100, 15000, 6, 800, 40, 30000, 150, 10000, 16, 3000, 8)  # Criteo-like, scaled down
+CARDINALITIES = (
+    4,
+    1000,
+    30,
+    8000,
+    60,
+    12,
+    200,
+    300,
+    50000,
+    500,
+    20000,
+    1500,
+    2000,
+    3,
+    5000,
+    100,
+    15000,
+    6,
+    800,
+    40,
+    30000,
+    150,
+    10000,
+    16,
+    3000,
+    8,
+)  # Criteo-like, scaled down
 N_NUMERIC = 13
-TRAINER_DEFAULTS = dict(batch_size=2048, shuffle_buffer=100_000, prefetch=2, petastorm_pool="dummy",
-                        petastorm_workers=1, seed=42)  # conf/train.yaml, when pyyaml is missing
+# deepfm/conf/train.yaml's and models.yaml's values, for a GPU machine without pyyaml (the settings reader).
+TRAINER_DEFAULTS = dict(
+    batch_size=2048, shuffle_buffer=100_000, prefetch=2, petastorm_pool="dummy", petastorm_workers=1, seed=42
+)
+PAPER_MODEL = dict(
+    embedding_dim=10,
+    hidden_units=[400, 400, 400],
+    dropout=0.5,
+    activation="relu",
+    product="inner",
+    embedding_init_std=0.01,
+    optimizer="adam",
+    learning_rate=1e-3,
+)
 
 
 def write_synthetic(root: Path, rows: int, files: int = 8, row_group_rows: int = 65_536, seed: int = 0) -> FeatureSpec:
@@ -76,11 +110,23 @@ def write_synthetic(root: Path, rows: int, files: int = 8, row_group_rows: int =
 
 def trainer_conf() -> dict:
     try:
-        from deepfm.config import load_conf
+        from deepfm.cli.config import load_defaults
 
-        return load_conf("train")
+        return load_defaults("train")
     except ImportError:
         return dict(TRAINER_DEFAULTS)
+
+
+def paper_model_config():
+    from deepfm.models import ModelConfig
+
+    try:
+        from deepfm.cli.config import load_defaults
+        from deepfm.models import ModelDefaults
+
+        return ModelDefaults(load_defaults("models")).resolve("deepfm")
+    except ImportError:
+        return ModelConfig.from_dict(PAPER_MODEL)
 
 
 def rates(feeds: dict[str, Callable[[], int]], rounds: int) -> dict[str, tuple[float, float]]:
@@ -108,26 +154,18 @@ def bare_loop(files: list[Path], columns: list[str], batch_size: int) -> int:
 
 def trainer_feed(kind: str, data: Path, spec: FeatureSpec, conf: dict, epochs: Iterable[int]) -> Callable[[], int]:
     """One epoch per call, as ``Trainer._batches`` reads it on one rank (a new epoch each call)."""
-    loader = make_loader(kind, data / "train", spec, conf["batch_size"], shuffle_buffer=conf["shuffle_buffer"],
-                         seed=conf["seed"], pool_type=conf["petastorm_pool"], workers=conf["petastorm_workers"])
+    loader = make_loader(
+        kind,
+        data / "train",
+        spec,
+        conf["batch_size"],
+        shuffle_buffer=conf["shuffle_buffer"],
+        seed=conf["seed"],
+        pool_type=conf["petastorm_pool"],
+        workers=conf["petastorm_workers"],
+    )
     epoch = iter(epochs)
     return lambda: sum(len(b) for b in prefetch(loader.epoch(next(epoch)), conf["prefetch"]))
-
-
-def batched_dataloader(data: Path, spec: FeatureSpec, conf: dict, max_rows: int) -> int:
-    """Petastorm's BatchedDataLoader with its shuffling queue, up to ``max_rows`` (it is slow)."""
-    from deepfm.petastorm_io import petastorm_batches
-
-    os.environ.setdefault("PYTHONWARNINGS", "ignore::FutureWarning")  # its pool's worker processes
-    batches = petastorm_batches(data / "train", Columns.from_spec(spec).all, conf["batch_size"],
-                                shuffle_buffer=conf["shuffle_buffer"], seed=conf["seed"])
-    rows = 0
-    for batch in batches:
-        rows += len(batch[spec.label])
-        if rows >= max_rows:
-            batches.close()
-            break
-    return rows
 
 
 def bench_feed(data: Path, spec: FeatureSpec, repeats: int) -> dict:
@@ -137,59 +175,78 @@ def bench_feed(data: Path, spec: FeatureSpec, repeats: int) -> dict:
     bare()  # warm the page cache for everyone
     feeds = {"bare": bare, **{kind: trainer_feed(kind, data, spec, conf, itertools.count()) for kind in LOADERS}}
     results = rates(feeds, repeats)
-    results |= rates({"petastorm BatchedDataLoader": lambda: batched_dataloader(data, spec, conf, 300_000)}, 1)
     rows = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
-    print(f"feed: {rows:,} rows, batch {conf['batch_size']}, shuffle window {conf['shuffle_buffer']:,}, "
-          f"{len(spec.categorical_fields)} categorical + {len(spec.numeric_fields)} numeric fields, best of {repeats}")
+    print(
+        f"feed: {rows:,} rows, batch {conf['batch_size']}, shuffle window {conf['shuffle_buffer']:,}, "
+        f"{len(spec.categorical_fields)} categorical + {len(spec.numeric_fields)} numeric fields, best of {repeats}"
+    )
     (bare_wall, bare_cpu) = results["bare"]
     print(f"  {'':30s} {'samples/s':>12s} {'x bare':>7s}   {'per CPU-s':>12s} {'x bare':>7s}")
     for name, (wall, cpu) in results.items():
         print(f"  {name:30s} {wall:>12,.0f} {wall / bare_wall:>6.2f}x   {cpu:>12,.0f} {cpu / bare_cpu:>6.2f}x")
-    return {name: {"samples_per_s": round(wall), "samples_per_cpu_s": round(cpu),
-                   "ratio_to_bare": round(wall / bare_wall, 3), "cpu_ratio_to_bare": round(cpu / bare_cpu, 3)}
-            for name, (wall, cpu) in results.items()}
-
-
-def _train_summary(command: list[str], env: dict) -> dict:
-    result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO)
-    if result.returncode:
-        raise RuntimeError(f"{' '.join(command)} failed:\n{result.stdout[-2000:]}{result.stderr[-2000:]}")
-    lines = [line.split("<stdout>:", 1)[-1] for line in result.stdout.splitlines()]
-    return json.loads(next(line for line in reversed(lines) if line.startswith("{")))
+    return {
+        name: {
+            "samples_per_s": round(wall),
+            "samples_per_cpu_s": round(cpu),
+            "ratio_to_bare": round(wall / bare_wall, 3),
+            "cpu_ratio_to_bare": round(cpu / bare_cpu, 3),
+        }
+        for name, (wall, cpu) in results.items()
+    }
 
 
 def bench_train(data: Path, out: Path) -> dict:
+    from deepfm.training.artifacts import read_summary
+    from deepfm.training.launch import horovodrun_command
+
     bin_dir = Path(sys.executable).parent
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
     # One torch thread per rank: 2 ranks fill this 2-core host, and 1 rank x 2 threads on a
     # shared host spins (10x slower, measured), which would flatter the scaling.
-    args = [str(REPO / "jobs" / "train.py"), "--data", str(data), "--model", "deepfm", "--epochs", "1",
-            "--checkpoint-every", "0", "--log-every", "0", "--early-stopping-patience", "0",
-            "--config-override", "cpu_threads=1"]
-    runs = {"1 rank": [sys.executable, *args, "--output", str(out / "np1")],
-            "2 ranks": [str(bin_dir / "horovodrun"), "-np", "2", "-H", "localhost:2", "--gloo", sys.executable,
-                        *args, "--output", str(out / "np2")]}
-    print("train: DeepFM (conf/models.yaml), one epoch, jobs/train.py end to end, 1 torch thread per rank")
+    args = [
+        "--data",
+        str(data),
+        "--model",
+        "deepfm",
+        "--epochs",
+        "1",
+        "--checkpoint-every",
+        "0",
+        "--log-every",
+        "0",
+        "--early-stopping-patience",
+        "0",
+        "--set",
+        "cpu_threads=1",
+    ]
+    runs = {
+        "1 rank": (out / "np1", [sys.executable, "-m", "deepfm", "train", *args, "--output", str(out / "np1")]),
+        "2 ranks": (out / "np2", horovodrun_command(2, "localhost:2", [*args, "--output", str(out / "np2")])),
+    }
+    print("train: DeepFM (the paper's settings), one epoch, `deepfm train` end to end, 1 torch thread per rank")
     results = {}
-    for name, command in runs.items():
-        summary = _train_summary(command, env)
+    for name, (output, command) in runs.items():
+        done = subprocess.run(command, capture_output=True, text=True, env=env)
+        if done.returncode:
+            raise RuntimeError(f"{' '.join(command)} failed:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
+        summary = read_summary(output)
         per_rank = summary["samples_per_s"] / summary["world_size"]
-        print(f"  {name:8s} {summary['samples_per_s']:>10,.0f} samples/s ({per_rank:,.0f} per rank), "
-              f"val AUC {summary['val_auc']:.4f}")
+        print(
+            f"  {name:8s} {summary['samples_per_s']:>10,.0f} samples/s ({per_rank:,.0f} per rank), "
+            f"val AUC {summary['val_auc']:.4f}"
+        )
         results[name] = summary["samples_per_s"]
     return results
 
 
 def bench_gpu(data: Path, spec: FeatureSpec, device: torch.device, batch_size: int, steps: int) -> dict:
     """DeepFM steps at ``batch_size`` with bf16 AMP: on resident batches, then fed from Parquet."""
-    try:
-        from deepfm.models import build_model_for_spec, make_optimizers
-        from deepfm.train import train_step
-    except ImportError as exc:  # the model zoo reads conf/models.yaml
-        raise SystemExit(f"the GPU section needs torch, pyarrow, numpy and pyyaml: {exc}") from exc
+    from deepfm.models import build_model_for_spec, make_optimizers
+    from deepfm.training.trainer import train_step
 
-    model = build_model_for_spec("deepfm", spec).to(device)
-    optimizers = make_optimizers(model)
+    config = paper_model_config()
+    model = build_model_for_spec("deepfm", spec, config).to(device)
+    optimizers = make_optimizers(model, config.learning_rate)
     loader = make_loader("arrow", data / "train", spec, batch_size, shuffle_buffer=0)
 
     def pinned(epoch: int) -> Iterable[Batch]:
@@ -214,8 +271,10 @@ def bench_gpu(data: Path, spec: FeatureSpec, device: torch.device, batch_size: i
     resident = list(itertools.islice(pinned(0), 8))
     if not resident:
         raise ValueError(f"need at least two batches of {batch_size:,} rows in {data / 'train'}")
-    results = {"resident": timed(itertools.cycle(resident)),
-               "fed": timed(itertools.chain.from_iterable(pinned(e) for e in itertools.count(1)))}
+    results = {
+        "resident": timed(itertools.cycle(resident)),
+        "fed": timed(itertools.chain.from_iterable(pinned(e) for e in itertools.count(1))),
+    }
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"gpu: DeepFM, batch {batch_size:,}, bf16 AMP, {steps} steps on {name}")
     print(f"  {'batches on the device':30s} {results['resident']:>12,.0f} samples/s (target >= 1,000,000 on an H100)")
@@ -227,11 +286,20 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, help="preprocessed data (default: synthetic, written to a temp dir)")
     p.add_argument("--rows", type=int, default=1_000_000, help="rows of the synthetic feed data [%(default)s]")
-    p.add_argument("--train-rows", type=int, default=100_000, help="rows of the synthetic data the train section trains on [%(default)s]")
-    p.add_argument("--repeats", type=int, default=5, help="interleaved rounds of feed measurements, best kept [%(default)s]")
+    p.add_argument(
+        "--train-rows",
+        type=int,
+        default=100_000,
+        help="rows of the synthetic data the train section trains on [%(default)s]",
+    )
+    p.add_argument(
+        "--repeats", type=int, default=5, help="interleaved rounds of feed measurements, best kept [%(default)s]"
+    )
     p.add_argument("--no-train", action="store_true", help="skip the end-to-end training runs")
-    p.add_argument("--gpu-only", action="store_true", help="only the GPU section (needs torch, pyarrow, numpy, pyyaml)")
-    p.add_argument("--device", default="cuda", help="device of the GPU section; 'cpu' tries the code path [%(default)s]")
+    p.add_argument("--gpu-only", action="store_true", help="only the GPU section (needs torch, pyarrow, numpy)")
+    p.add_argument(
+        "--device", default="cuda", help="device of the GPU section; 'cpu' tries the code path [%(default)s]"
+    )
     p.add_argument("--gpu-batch-size", type=int, default=65_536)
     p.add_argument("--gpu-steps", type=int, default=50)
     args = p.parse_args()

@@ -1,22 +1,13 @@
-"""``python -m deepfm <command>``: small operational commands of the library."""
-from __future__ import annotations
+"""``python -m deepfm <command>``, and the file ``spark-submit`` runs: ``spark-submit <this file> <command>``."""
 
-import argparse
 import sys
+from pathlib import Path
 
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="deepfm", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    doctor = sub.add_parser("doctor", help="print component versions; exit 1 if any is missing or mis-built")
-    doctor.add_argument("--brief", action="store_true", help="print only the verdict")
-    args = parser.parse_args(argv)
-    if args.command == "doctor":
-        from deepfm.doctor import main as doctor_main
-
-        return doctor_main(brief=args.brief)
-    return 2
-
+from deepfm.cli import main
 
 if __name__ == "__main__":
+    # Run as a file (spark-submit), Python put this package's own folder first on the path: its
+    # subpackages (core, models, ...) would be importable as top-level modules of those names.
+    if sys.path and Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().parent:
+        sys.path.pop(0)
     sys.exit(main())

@@ -11,8 +11,10 @@ Settings come from the environment of the scheduler:
   DEEPFM_WORKDIR   pipeline work directory (default: conf/pipeline.yaml's workdir)
   DEEPFM_START     first run date of the schedule (default 2026-11-01)
 """
+
 from __future__ import annotations
 
+import itertools
 import os
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -43,5 +45,5 @@ with DAG(
     tags=["ctr", "deepfm"],
 ) as dag:
     tasks = [BashOperator(task_id=step, bash_command=step_command(step)) for step in STEPS]
-    for upstream, downstream in zip(tasks, tasks[1:]):
+    for upstream, downstream in itertools.pairwise(tasks):
         upstream >> downstream

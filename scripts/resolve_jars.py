@@ -2,17 +2,18 @@
 
 Run by scripts/setup.sh. Spark's own Ivy resolution (``spark.jars.packages``) fetches the jar
 matching the installed delta-spark wheel; the resolved jars are then copied to
-``$DEEPFM_CACHE/jars`` where :func:`deepfm.spark.delta_jars` finds them.
+``$DEEPFM_CACHE/jars`` where :func:`deepfm.ops.spark.delta_jars` finds them.
 """
+
 from __future__ import annotations
 
 import shutil
 import sys
-from pathlib import Path
 
 from pyspark.sql import SparkSession
 
-from deepfm.spark import cache_dir, delta_maven_coordinates
+from deepfm.core import fs
+from deepfm.ops.spark import cache_dir, delta_maven_coordinates
 
 
 def main() -> int:
@@ -31,13 +32,9 @@ def main() -> int:
     if not any("delta-spark" in j.name for j in jars):
         print(f"no delta-spark jar resolved under {ivy}", file=sys.stderr)
         return 1
-    tmp = target.with_name("jars.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for jar in jars:
-        shutil.copy2(jar, tmp / jar.name)
-    shutil.rmtree(target, ignore_errors=True)
-    tmp.rename(target)
+    with fs.staged_dir(target) as staging:
+        for jar in jars:
+            shutil.copy2(jar, staging / jar.name)
     print("\n".join(str(target / j.name) for j in jars))
     return 0
 

@@ -1,14 +1,30 @@
-"""Shared fixtures: one real local Spark session (with Delta) for the whole test run."""
+"""Shared fixtures: one real local Spark session (with Delta) for the whole test run.
+
+A test that uses it is marked ``slow`` here, so ``make test-fast`` (``-m "not slow"``) never
+starts Spark; ``DEEPFM_FAST_TESTS=1`` (set by that target) turns a forgotten mark into a failure.
+"""
+
 from __future__ import annotations
+
+import os
 
 import pytest
 
-from deepfm.spark import get_spark
+from deepfm.cli.config import spark_conf
+from deepfm.ops.spark import get_spark
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "spark" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")
 def spark():
-    session = get_spark("tests", {"spark.master": "local[2]", "spark.sql.shuffle.partitions": "2",
-                                  "spark.default.parallelism": "2"})
+    if os.environ.get("DEEPFM_FAST_TESTS"):
+        pytest.fail("a fast test started Spark: mark it slow")
+    settings = {"spark.master": "local[2]", "spark.sql.shuffle.partitions": "2", "spark.default.parallelism": "2"}
+    session = get_spark("tests", {**spark_conf({}), **settings})
     yield session
     session.stop()

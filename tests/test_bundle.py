@@ -1,21 +1,21 @@
 """Model bundles: round trip, versioning, atomic overwrite, and refusals."""
+
 from __future__ import annotations
 
 import json
+import stat
 
 import pytest
 import torch
+import yaml
+from testkit import model_for_spec
 
-from deepfm.bundle import (
-    META_FILENAME,
-    WEIGHTS_FILENAME,
-    BundleError,
-    BundleSpecMismatchError,
-    load_bundle,
-    save_bundle,
-)
-from deepfm.features import FeatureSpec, FeatureSpecError, FieldSpec
-from deepfm.models import build_model_for_spec
+from deepfm.cli.config import load_defaults
+from deepfm.core import fs
+from deepfm.core.features import FeatureSpec, FeatureSpecError, FieldSpec
+from deepfm.core.metrics import BinaryMetrics
+from deepfm.models import ModelDefaults
+from deepfm.models.bundle import META_FILENAME, WEIGHTS_FILENAME, BundleError, load_bundle, save_bundle
 
 CONFIG = {"hidden_units": [16], "embedding_dim": 4}
 
@@ -39,7 +39,7 @@ def spec() -> FeatureSpec:
 @pytest.fixture
 def model(spec):
     torch.manual_seed(0)
-    return build_model_for_spec("deepfm", spec, CONFIG).eval()
+    return model_for_spec("deepfm", spec, CONFIG).eval()
 
 
 def inputs():
@@ -47,10 +47,11 @@ def inputs():
 
 
 def test_round_trip_restores_model_spec_and_metadata(tmp_path, model, spec):
-    version = save_bundle(tmp_path / "bundle", model, "deepfm", CONFIG, spec, extra={"auc": 0.8})
-    bundle = load_bundle(tmp_path / "bundle", expected_spec=spec)
+    version = save_bundle(tmp_path / "bundle", model, spec, extra={"auc": 0.8})
+    bundle = load_bundle(tmp_path / "bundle")
     assert (bundle.name, bundle.version, bundle.spec) == ("deepfm", version, spec)
-    assert bundle.config == model.config and bundle.config["hidden_units"] == [16]
+    assert bundle.config == model.config and bundle.config.hidden_units == (16,)
+    assert bundle.validation is None
     assert bundle.meta["extra"] == {"auc": 0.8} and bundle.meta["created"]
     assert bundle.spec.metadata == spec.metadata
     assert not bundle.model.training
@@ -59,46 +60,39 @@ def test_round_trip_restores_model_spec_and_metadata(tmp_path, model, spec):
 
 
 def test_version_is_a_content_hash(tmp_path, model, spec):
-    first = save_bundle(tmp_path / "a", model, "deepfm", CONFIG, spec)
-    assert save_bundle(tmp_path / "b", model, "deepfm", CONFIG, spec) == first
+    first = save_bundle(tmp_path / "a", model, spec)
+    assert save_bundle(tmp_path / "b", model, spec) == first
     with torch.no_grad():
         model.deep.mlp.layers[0].bias.add_(1.0)
-    assert save_bundle(tmp_path / "c", model, "deepfm", CONFIG, spec) != first
+    assert save_bundle(tmp_path / "c", model, spec) != first
 
 
 def test_overwrite_replaces_the_bundle_and_leaves_no_temporaries(tmp_path, model, spec):
-    save_bundle(tmp_path / "bundle", model, "deepfm", CONFIG, spec)
-    other = build_model_for_spec("fm", spec, CONFIG)
-    version = save_bundle(tmp_path / "bundle", other, "fm", CONFIG, spec)
+    save_bundle(tmp_path / "bundle", model, spec)
+    other = model_for_spec("fm", spec, CONFIG)
+    version = save_bundle(tmp_path / "bundle", other, spec)
     assert load_bundle(tmp_path / "bundle").name == "fm" and load_bundle(tmp_path / "bundle").version == version
     assert [p.name for p in tmp_path.iterdir()] == ["bundle"]
-
-
-def test_spec_mismatch_names_the_differences(tmp_path, model, spec):
-    save_bundle(tmp_path / "bundle", model, "deepfm", CONFIG, spec)
-    with pytest.raises(BundleSpecMismatchError, match="field C2: cardinality differs") as info:
-        load_bundle(tmp_path / "bundle", expected_spec=make_spec(c2_buckets=20))
-    assert isinstance(info.value, FeatureSpecError) and isinstance(info.value, BundleError)
 
 
 def test_missing_bundle_and_missing_weights_are_refused(tmp_path, model, spec):
     with pytest.raises(BundleError, match="no model bundle"):
         load_bundle(tmp_path / "nowhere")
-    save_bundle(tmp_path / "bundle", model, "deepfm", CONFIG, spec)
+    save_bundle(tmp_path / "bundle", model, spec)
     (tmp_path / "bundle" / WEIGHTS_FILENAME).unlink()
-    with pytest.raises(BundleError, match="weights.pt missing"):
+    with pytest.raises(BundleError, match=r"weights\.pt missing"):
         load_bundle(tmp_path / "bundle")
 
 
 def test_corrupt_files_are_refused(tmp_path, model, spec):
     bundle = tmp_path / "bundle"
-    save_bundle(bundle, model, "deepfm", CONFIG, spec)
+    save_bundle(bundle, model, spec)
     weights = (bundle / WEIGHTS_FILENAME).read_bytes()
     (bundle / WEIGHTS_FILENAME).write_bytes(weights[: len(weights) // 2])
-    with pytest.raises(BundleError, match="cannot read weights.pt"):
+    with pytest.raises(BundleError, match=r"cannot read weights\.pt"):
         load_bundle(bundle)
 
-    save_bundle(bundle, model, "deepfm", CONFIG, spec)
+    save_bundle(bundle, model, spec)
     meta = json.loads((bundle / META_FILENAME).read_text())
     meta["model_config"]["dropout"] = 0.1  # config no longer matches the recorded version
     (bundle / META_FILENAME).write_text(json.dumps(meta))
@@ -115,23 +109,54 @@ def test_corrupt_files_are_refused(tmp_path, model, spec):
         load_bundle(bundle)
 
 
-def test_save_refuses_a_name_config_or_spec_that_does_not_describe_the_model(tmp_path, model, spec):
-    with pytest.raises(BundleError, match="not a 'fm'"):
-        save_bundle(tmp_path / "b", model, "fm", CONFIG, spec)
-    with pytest.raises(BundleError, match="does not describe the model"):
-        save_bundle(tmp_path / "b", model, "deepfm", {**CONFIG, "embedding_dim": 8}, spec)
+def test_save_refuses_a_spec_that_does_not_describe_the_model(tmp_path, model, spec):
     with pytest.raises(BundleError, match="cardinalities"):
-        save_bundle(tmp_path / "b", model, "deepfm", CONFIG, make_spec(c2_buckets=20))
+        save_bundle(tmp_path / "b", model, make_spec(c2_buckets=20))
     with pytest.raises(BundleError, match="JSON"):
-        save_bundle(tmp_path / "b", model, "deepfm", CONFIG, spec, extra={"x": object()})
+        save_bundle(tmp_path / "b", model, spec, extra={"x": object()})
     assert not (tmp_path / "b").exists()
 
 
 def test_a_spec_of_an_older_format_is_refused_not_encoded_differently(tmp_path, model, spec):
     bundle = tmp_path / "bundle"
-    save_bundle(bundle, model, "deepfm", CONFIG, spec)
+    save_bundle(bundle, model, spec)
     meta = json.loads((bundle / META_FILENAME).read_text())
     meta["feature_spec"]["format_version"] = 1  # format 1 hashed concat('<seed>:', value)
     (bundle / META_FILENAME).write_text(json.dumps(meta))
     with pytest.raises(FeatureSpecError, match="unsupported feature spec format 1"):
         load_bundle(bundle)
+
+
+def test_a_bundle_rebuilds_its_model_from_its_own_contents_whatever_the_defaults_say(
+    tmp_path, model, spec, monkeypatch
+):
+    save_bundle(tmp_path / "bundle", model, spec)
+    with torch.no_grad():
+        before = model(*inputs())
+    changed = load_defaults("models")
+    changed["defaults"]["layer_norm"] = True  # a new key
+    changed["defaults"]["hidden_width"] = changed["defaults"].pop("hidden_units")  # a renamed key
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    (conf / "models.yaml").write_text(yaml.safe_dump(changed))
+    monkeypatch.setenv("DEEPFM_CONF_DIR", str(conf))
+    with pytest.raises(ValueError, match="unknown keys"):  # the changed defaults are read for new models
+        ModelDefaults(load_defaults("models")).resolve("deepfm")
+    bundle = load_bundle(tmp_path / "bundle")  # ... and not by a bundle
+    with torch.no_grad():
+        assert torch.equal(bundle.model(*inputs()), before)
+
+
+def test_the_validation_that_selected_a_bundle_travels_with_it(tmp_path, model, spec):
+    validation = BinaryMetrics()
+    validation.update(torch.tensor([0.2, 0.7, 0.4]), torch.tensor([0.0, 1.0, 1.0]))
+    save_bundle(tmp_path / "bundle", model, spec, validation=validation)
+    kept = load_bundle(tmp_path / "bundle").validation
+    assert kept is not None and torch.equal(kept.to_tensor(), validation.to_tensor())
+    assert kept.compute()["auc"] == validation.compute()["auc"] == 1.0
+
+
+def test_bundle_files_get_the_umask_permissions_not_private_ones(tmp_path, model, spec):
+    save_bundle(tmp_path / "bundle", model, spec)
+    for path in (tmp_path / "bundle", *(tmp_path / "bundle").iterdir()):
+        assert stat.S_IMODE(path.stat().st_mode) == (fs.DIR_MODE if path.is_dir() else fs.FILE_MODE), path

@@ -1,24 +1,37 @@
 """The model comparison: runs through the production trainer, aggregates, renders its report."""
+
 from __future__ import annotations
 
 import dataclasses
 import json
 import re
-import sys
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
+from testkit import MODEL_DEFAULTS
+from tiny_ctr_data import write_dataset
 
-import deepfm.compare as compare
-from deepfm.compare import Settings, StudySettings
+import deepfm.cli.compare as compare_job
+import deepfm.evaluation.compare as compare
+from deepfm.cli.config import deep_update, load_defaults
+from deepfm.evaluation.aggregate import closing_note, summarize
+from deepfm.evaluation.compare import Settings, StudySettings
+from deepfm.evaluation.compare_report import render
 
-sys.path.insert(0, str(Path(__file__).parent / "scripts"))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "jobs"))
-import compare as compare_job  # noqa: E402  (jobs/compare.py)
-from tiny_ctr_data import write_dataset  # noqa: E402
+ARGS = ["--models", "lr,deepfm", "--seeds", "2", "--epochs", "1", "--set", "train.batch_size=512"]
 
-ARGS = ["--models", "lr,deepfm", "--seeds", "2", "--epochs", "1", "--train", "batch_size=512"]
+
+def settings(data: Path, output: Path, train: dict[str, Any], **values: Any) -> Settings:
+    """Comparison settings over the packaged training defaults (as the command line builds them)."""
+    return Settings(
+        data=data,
+        output=output,
+        train=deep_update(load_defaults("train"), train),
+        model_defaults=MODEL_DEFAULTS,
+        **values,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -80,18 +93,21 @@ def test_a_rerun_reuses_finished_runs(comparison, data, monkeypatch):
 
 
 def test_same_seed_same_training_settings_for_every_model(tmp_path):
-    settings = Settings(data=tmp_path, output=tmp_path / "out", train={"batch_size": 64})
-    a, b = (compare.train_config(settings, m, 7, 3, {}) for m in ("lr", "deepfm"))
+    chosen = settings(tmp_path, tmp_path / "out", {"batch_size": 64})
+    a, b = (compare.train_config(chosen, m, 7, 3, {}) for m in ("lr", "deepfm"))
     differ = {f.name for f in dataclasses.fields(a) if getattr(a, f.name) != getattr(b, f.name)}
     assert differ == {"model", "output"} and a.seed == 7 and a.batch_size == 64
-    assert compare.train_config(settings, "lr", 7, 3, {}).output == a.output
-    assert compare.train_config(settings, "lr", 8, 3, {}).output != a.output
+    assert compare.train_config(chosen, "lr", 7, 3, {}).output == a.output
+    assert compare.train_config(chosen, "lr", 8, 3, {}).output != a.output
 
 
 def test_study_points_follow_the_paper():
-    study = StudySettings(models=("deepfm", "ipnn"), shape_neurons=200, grids={
-        "dropout": [1.0, 0.5], "layers": [1, 5], "shape": ["increasing", "diamond"], "activation": ["sigmoid"]})
-    points = {(name, value, model): cfg for name, value, model, cfg in compare.study_points(study)}
+    study = StudySettings(
+        models=("deepfm", "ipnn"),
+        shape_neurons=200,
+        grids={"dropout": [1.0, 0.5], "layers": [1, 5], "shape": ["increasing", "diamond"], "activation": ["sigmoid"]},
+    )
+    points = {(name, value, model): cfg for name, value, model, cfg in compare.study_points(study, MODEL_DEFAULTS)}
     assert points["dropout", 1.0, "deepfm"] == {"dropout": 0.0}
     assert points["layers", 5, "ipnn"] == {"hidden_units": [400] * 5}
     assert points["shape", "increasing", "deepfm"] == {"hidden_units": [100, 200, 300]}
@@ -100,51 +116,95 @@ def test_study_points_follow_the_paper():
 
 
 def _run(model: str, seed: int, auc: float, logloss: float, seconds: float, best_epoch: int = 1) -> dict:
-    return {"model": model, "seed": seed, "auc": auc, "logloss": logloss, "calibration": 1.0,
-            "train_seconds_per_epoch": seconds, "epochs_run": 2, "best_epoch": best_epoch, "params": 10}
+    return {
+        "model": model,
+        "seed": seed,
+        "auc": auc,
+        "logloss": logloss,
+        "calibration": 1.0,
+        "train_seconds_per_epoch": seconds,
+        "epochs_run": 2,
+        "best_epoch": best_epoch,
+        "params": 10,
+    }
 
 
 def test_summarize_means_stds_gains_and_ranks():
-    rows = {r["model"]: r for r in compare.summarize([
-        _run("lr", 1, 0.70, 0.50, 2.0), _run("lr", 2, 0.72, 0.48, 2.0),
-        _run("deepfm", 1, 0.77, 0.44, 6.0), _run("deepfm", 2, 0.79, 0.46, 4.0)])}
+    rows = {
+        r["model"]: r
+        for r in summarize(
+            [
+                _run("lr", 1, 0.70, 0.50, 2.0),
+                _run("lr", 2, 0.72, 0.48, 2.0),
+                _run("deepfm", 1, 0.77, 0.44, 6.0),
+                _run("deepfm", 2, 0.79, 0.46, 4.0),
+            ]
+        )
+    }
     assert rows["lr"]["auc_mean"] == pytest.approx(0.71) and rows["lr"]["auc_std"] == pytest.approx(0.0141421, rel=1e-4)
     assert rows["deepfm"]["auc_gain_pct"] == pytest.approx(100 * (0.78 / 0.71 - 1))
     assert rows["deepfm"]["logloss_gain_pct"] == pytest.approx(100 * (1 - 0.45 / 0.49))
     assert rows["deepfm"]["time_vs_baseline"] == pytest.approx(2.5)
     assert (rows["deepfm"]["rank"], rows["lr"]["rank"]) == (1, 2)
-    assert compare.summarize([_run("fm", 1, 0.7, 0.5, 1.0)])[0]["auc_gain_pct"] is None  # no LR: no gains
+    assert summarize([_run("fm", 1, 0.7, 0.5, 1.0)])[0]["auc_gain_pct"] is None  # no LR: no gains
 
 
 def test_closing_note_names_the_gap_and_the_models_still_improving():
-    runs = [_run("lr", 1, 0.70, 0.5, 1.0), _run("lr", 2, 0.72, 0.5, 1.0),
-            _run("deepfm", 1, 0.69, 0.5, 3.0, best_epoch=2), _run("deepfm", 2, 0.71, 0.5, 3.0)]
+    runs = [
+        _run("lr", 1, 0.70, 0.5, 1.0),
+        _run("lr", 2, 0.72, 0.5, 1.0),
+        _run("deepfm", 1, 0.69, 0.5, 3.0, best_epoch=2),
+        _run("deepfm", 2, 0.71, 0.5, 3.0),
+    ]
     results = {"settings": {"seeds": [1, 2], "epochs": 2}, "data": {"train_rows": 1000}, "runs": runs}
-    note = compare.closing_note(compare.summarize(runs), results)
+    note = closing_note(summarize(runs), results)
     assert note.startswith("deepfm ranks 2 of 2: 0.0100 AUC below lr (within twice")
     assert "lr higher on 2 of 2 seed(s)" in note
     assert "1,000 training rows" in note and note.endswith("more epochs may reorder them): deepfm.")
-    assert "one seed: no seed-to-seed spread" in compare.closing_note(compare.summarize(runs[::2]), results)
+    assert "one seed: no seed-to-seed spread" in closing_note(summarize(runs[::2]), results)
     runs[2]["auc"] = 0.99
-    note = compare.closing_note(compare.summarize(runs), results)
+    note = closing_note(summarize(runs), results)
     assert note.startswith("deepfm ranks first by mean test AUC") and "deepfm higher on 1 of 2 seed(s)" in note
 
 
 def test_a_small_study_is_plotted(data, tmp_path):
-    settings = Settings(data=data, output=tmp_path, models=("deepfm",), seeds=(42,), epochs=1,
-                        train={"batch_size": 512, "log_every": 0, "tracking": {}},
-                        study=StudySettings(models=("deepfm",), grids={"layers": [1, 3]}, epochs=1))
-    results = compare.compare(settings)
+    chosen = settings(
+        data,
+        tmp_path,
+        {"batch_size": 512, "log_every": 0, "tracking": {}},
+        models=("deepfm",),
+        seeds=(42,),
+        epochs=1,
+        study=StudySettings(models=("deepfm",), grids={"layers": [1, 3]}),
+    )
+    results = compare.compare(chosen)
     points = results["studies"]["layers"]["points"]
     assert [p["value"] for p in points] == [1, 3] and len(list((tmp_path / "runs").iterdir())) == 2  # layers=3 reused
-    compare.render(results, tmp_path)
+    render(results, tmp_path)
     assert 'src="study_layers.png"' in (tmp_path / "report.html").read_text()
 
 
 @pytest.mark.slow
 def test_horovodrun_path(data, tmp_path):
-    """--np 2: each training is ``horovodrun -np 2 jobs/train.py``; the record is measured the same way."""
-    assert compare_job.main(["--data", str(data), "--output", str(tmp_path), "--models", "lr", "--seeds", "1",
-                             "--epochs", "1", "--np", "2"]) == 0
+    """--np 2: each training is ``horovodrun -np 2 python -m deepfm train``; the record is measured the same way."""
+    assert (
+        compare_job.main(
+            [
+                "--data",
+                str(data),
+                "--output",
+                str(tmp_path),
+                "--models",
+                "lr",
+                "--seeds",
+                "1",
+                "--epochs",
+                "1",
+                "--np",
+                "2",
+            ]
+        )
+        == 0
+    )
     (run,) = json.loads((tmp_path / "results.json").read_text())["runs"]
     assert run["world_size"] == 2 and run["n"] == 1200 and 0.0 < run["auc"] < 1.0

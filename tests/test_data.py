@@ -1,19 +1,14 @@
 """The training feed: sharding from footers, both feeders, seeded order, the short-read check."""
-from __future__ import annotations
 
-import sys
-from pathlib import Path
+from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
+from tiny_ctr_data import ROW_ID_SCALE, write_dataset
 
-import deepfm.petastorm_io
-from deepfm.data import (ShortReadError, epoch_seed, make_loader, prefetch, row_groups,
-                         shard_row_groups)
-
-sys.path.insert(0, str(Path(__file__).parent / "scripts"))
-from tiny_ctr_data import ROW_ID_SCALE, write_dataset  # noqa: E402
+import deepfm.training.petastorm_io
+from deepfm.training.feed import ShortReadError, epoch_seed, make_loader, prefetch, row_groups, shard_row_groups
 
 ROW_ID = 0  # ``row_id`` is the first numeric column of the tiny spec
 
@@ -45,7 +40,7 @@ def test_more_shards_than_row_groups(dataset):
     groups = len(row_groups(root / "test"))
     spare = make_loader("arrow", root / "test", spec, 64, shard=groups, shard_count=groups + 1, shuffle=False)
     assert spare.expected_rows == 0 and list(spare.epoch(0)) == []
-    with pytest.raises(ValueError, match="cannot feed .* Petastorm shards"):
+    with pytest.raises(ValueError, match=r"cannot feed .* Petastorm shards"):
         make_loader("petastorm", root / "test", spec, 64, shard=0, shard_count=groups + 1)
 
 
@@ -54,8 +49,9 @@ def test_shards_are_disjoint_and_complete(dataset, kind):
     root, spec = dataset
     per_shard = []
     for shard in range(2):
-        loader = make_loader(kind, root / "train", spec, batch_size=128, shard=shard, shard_count=2,
-                             shuffle_buffer=500, seed=7)
+        loader = make_loader(
+            kind, root / "train", spec, batch_size=128, shard=shard, shard_count=2, shuffle_buffer=500, seed=7
+        )
         batches = list(loader.epoch(0))
         assert all(len(b) == 128 for b in batches[:-1])
         assert batches[0].cat.dtype == torch.int64 and batches[0].cat.shape[1] == len(spec.categorical_fields)
@@ -70,9 +66,12 @@ def test_shards_are_disjoint_and_complete(dataset, kind):
 def test_both_feeders_yield_the_same_batches(dataset):
     """Same shard, same seeded row-group permutation, same shuffle window: identical batches."""
     root, spec = dataset
-    ids = {kind: _ids(make_loader(kind, root / "train", spec, 256, shard=1, shard_count=3,
-                                  shuffle_buffer=600, seed=5).epoch(2))
-           for kind in ("arrow", "petastorm")}
+    ids = {
+        kind: _ids(
+            make_loader(kind, root / "train", spec, 256, shard=1, shard_count=3, shuffle_buffer=600, seed=5).epoch(2)
+        )
+        for kind in ("arrow", "petastorm")
+    }
     assert ids["arrow"] == ids["petastorm"]
 
 
@@ -118,14 +117,14 @@ def test_short_read_fails_loudly(dataset, kind, monkeypatch):
 def test_short_read_is_checked_when_steps_stop_early(dataset, monkeypatch):
     root, spec = dataset
     loader = make_loader("petastorm", root / "train", spec, 100)
-    real = deepfm.petastorm_io.petastorm_row_groups
+    real = deepfm.training.petastorm_io.petastorm_row_groups
 
     def empty_tail(*args, **kwargs):  # the last row group arrives with zero rows, and no error
         chunks = list(real(*args, **kwargs))
         yield from chunks[:-1]
         yield {name: values[:0] for name, values in chunks[-1].items()}
 
-    monkeypatch.setattr(deepfm.petastorm_io, "petastorm_row_groups", empty_tail)
+    monkeypatch.setattr(deepfm.training.petastorm_io, "petastorm_row_groups", empty_tail)
     batches = loader.epoch(0, steps=3)
     assert len([next(batches) for _ in range(3)]) == 3
     with pytest.raises(ShortReadError):

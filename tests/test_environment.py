@@ -1,4 +1,5 @@
 """The four real components the pipeline stands on: Spark+Delta, Petastorm, Horovod, doctor."""
+
 from __future__ import annotations
 
 import os
@@ -10,7 +11,7 @@ import pytest
 import torch
 from pyspark.sql import functions as F
 
-from deepfm.petastorm_io import petastorm_batches
+from deepfm.training.petastorm_io import petastorm_row_groups
 
 VENV_BIN = Path(sys.executable).parent
 pytestmark = pytest.mark.slow
@@ -30,8 +31,7 @@ def test_delta_write_replace_where_and_time_travel(spark, tmp_path):
     df.write.format("delta").partitionBy("part").save(table)
 
     replacement = spark.range(100, 103).select(F.col("id"), F.lit(1).cast("long").alias("part"))
-    (replacement.write.format("delta").mode("overwrite")
-     .option("replaceWhere", "part = 1").save(table))
+    (replacement.write.format("delta").mode("overwrite").option("replaceWhere", "part = 1").save(table))
 
     current = spark.read.format("delta").load(table)
     assert sorted(r.id for r in current.where("part = 1").collect()) == [100, 101, 102]
@@ -44,16 +44,14 @@ def test_delta_write_replace_where_and_time_travel(spark, tmp_path):
 
 def test_petastorm_two_shards_are_disjoint_and_complete(spark, tmp_path):
     path = str(tmp_path / "rows")
-    rows = spark.range(2000).select(F.col("id").cast("int").alias("row_id"),
-                                    (F.col("id") % 7).cast("float").alias("x"))
+    rows = spark.range(2000).select(F.col("id").cast("int").alias("row_id"), (F.col("id") % 7).cast("float").alias("x"))
     rows.repartition(8).write.option("parquet.block.size", 4096).parquet(path)
 
     shards = []
     for shard in range(2):
         ids: list[int] = []
-        for batch in petastorm_batches(path, ["row_id", "x"], batch_size=128, shard=shard, shard_count=2):
-            assert isinstance(batch["row_id"], torch.Tensor)
-            ids.extend(batch["row_id"].tolist())
+        for group in petastorm_row_groups(path, ["row_id", "x"], shard=shard, shard_count=2):
+            ids.extend(group["row_id"].tolist())
         shards.append(ids)
     assert shards[0] and shards[1], "each shard must receive rows"
     assert not set(shards[0]) & set(shards[1])
@@ -64,9 +62,21 @@ def test_horovodrun_two_ranks_agree(tmp_path):
     script = Path(__file__).parent / "scripts" / "horovod_allreduce_check.py"
     env = {**os.environ, "PATH": f"{VENV_BIN}:{os.environ['PATH']}"}
     result = subprocess.run(
-        [str(VENV_BIN / "horovodrun"), "-np", "2", "-H", "localhost:2", "--gloo",
-         sys.executable, str(script), str(tmp_path)],
-        capture_output=True, text=True, env=env, timeout=300,
+        [
+            str(VENV_BIN / "horovodrun"),
+            "-np",
+            "2",
+            "-H",
+            "localhost:2",
+            "--gloo",
+            sys.executable,
+            str(script),
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     rank0 = torch.load(tmp_path / "rank0.pt", weights_only=True)

@@ -1,4 +1,5 @@
 """Exact and streaming AUC, logloss, calibration; merging across shards."""
+
 from __future__ import annotations
 
 import math
@@ -8,7 +9,7 @@ import pytest
 import torch
 from sklearn.metrics import log_loss, roc_auc_score
 
-from deepfm.metrics import BinaryMetrics, auc
+from deepfm.core.metrics import BinaryMetrics, auc, finite_or_none
 
 
 def test_auc_hand_computed_with_a_tie():
@@ -57,7 +58,7 @@ def test_binned_auc_is_exact_when_each_bin_holds_one_score_and_ties_count_half()
     assert result["auc"] == pytest.approx(0.75)
 
 
-def test_merged_shards_equal_one_accumulator_and_tensor_sums_merge():
+def test_shards_merge_by_summing_their_state_vectors():
     probs, labels = random_predictions(5000, seed=2)
     whole = BinaryMetrics()
     whole.update(probs, labels)
@@ -65,12 +66,10 @@ def test_merged_shards_equal_one_accumulator_and_tensor_sums_merge():
     for shard, p, y in zip(shards, probs.chunk(3), labels.chunk(3)):
         shard.update(p, y)
 
-    merged = BinaryMetrics().merge(shards[0]).merge(shards[1]).merge(shards[2])
-    allreduced = BinaryMetrics.from_tensor(sum(s.to_tensor() for s in shards))  # what hvd.allreduce(op=Sum) does
-    expected = whole.compute()
-    for combined in (merged.compute(), allreduced.compute()):
-        for key, value in expected.items():
-            assert combined[key] == pytest.approx(value, rel=1e-12), key
+    allreduced = BinaryMetrics.from_tensor(sum(s.to_tensor() for s in shards))  # what an allreduce-sum does
+    combined = allreduced.compute()
+    for key, value in whole.compute().items():
+        assert combined[key] == pytest.approx(value, rel=1e-12), key
 
 
 def test_reliability_bins_report_predicted_and_observed_rates():
@@ -90,9 +89,12 @@ def test_extreme_probabilities_stay_finite():
 
 
 def test_incompatible_binning_is_rejected():
-    with pytest.raises(ValueError, match="different binning"):
-        BinaryMetrics(n_bins=16).merge(BinaryMetrics(n_bins=32))
     with pytest.raises(ValueError, match="this binning needs"):
         BinaryMetrics.from_tensor(BinaryMetrics(n_bins=16).to_tensor())
     with pytest.raises(ValueError, match="differ in shape"):
         BinaryMetrics().update([0.5, 0.5], [1])
+
+
+def test_finite_or_none_drops_what_json_and_delta_cannot_hold():
+    assert finite_or_none(0.5) == 0.5 and finite_or_none(None) is None
+    assert finite_or_none(math.nan) is None and finite_or_none(math.inf) is None

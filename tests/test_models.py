@@ -1,4 +1,5 @@
 """Model zoo, layers and optimizers: pure torch, tiny inputs."""
+
 from __future__ import annotations
 
 import itertools
@@ -6,12 +7,15 @@ import itertools
 import pytest
 import torch
 import torch.nn.functional as F
+from testkit import model as build
+from testkit import model_config, model_for_spec
 from torch import nn
 
-from deepfm.features import FeatureSpec, FieldSpec
-from deepfm.metrics import auc
-from deepfm.models import build_model, build_model_for_spec, make_optimizers, model_names, pretrain_init
+from deepfm.core.features import FeatureSpec, FieldSpec
+from deepfm.core.metrics import auc
+from deepfm.models import ModelConfig, ModelDefaults, build_model, make_optimizers, model_names
 from deepfm.models.layers import FieldEmbedding, FMInteraction, InnerProducts, OuterProducts
+from deepfm.models.surgery import pretrain_init
 
 CARDINALITIES = [6, 9, 4]
 N_NUMERIC = 2
@@ -40,7 +44,7 @@ def test_registry_has_exactly_the_paper_models():
 
 @pytest.mark.parametrize("name", model_names())
 def test_every_model_maps_inputs_to_one_logit_per_row(name):
-    model = build_model(name, CARDINALITIES, N_NUMERIC)
+    model = build(name, CARDINALITIES, N_NUMERIC)
     cat, num = random_inputs(5)
     logits = model(cat, num)
     assert logits.shape == (5,) and logits.dtype == torch.float32 and torch.isfinite(logits).all()
@@ -49,7 +53,7 @@ def test_every_model_maps_inputs_to_one_logit_per_row(name):
 @pytest.mark.parametrize("name", model_names())
 def test_every_model_fits_a_tiny_batch(name):
     torch.manual_seed(0)
-    model = build_model(name, CARDINALITIES, N_NUMERIC, {"hidden_units": [64, 64]})  # dropout 0.5 kept
+    model = build(name, CARDINALITIES, N_NUMERIC, {"hidden_units": [64, 64]})  # dropout 0.5 kept
     cat, num = random_inputs(64)
     labels = torch.randint(0, 2, (64,), generator=torch.Generator().manual_seed(1)).float()
     optimizers = make_optimizers(model, lr=1e-2)
@@ -69,7 +73,7 @@ def test_every_model_fits_a_tiny_batch(name):
 
 
 def test_models_without_numeric_fields():
-    model = build_model("deepfm", CARDINALITIES, 0, SMALL)
+    model = build("deepfm", CARDINALITIES, 0, SMALL)
     cat, _ = random_inputs(3)
     assert model(cat, torch.empty(3, 0)).shape == (3,)
 
@@ -103,8 +107,8 @@ def test_field_embedding_uses_per_field_offsets_and_scales_numeric_vectors():
 
 def test_deepfm_is_fm_plus_dnn_on_one_shared_embedding():
     torch.manual_seed(0)
-    deepfm = build_model("deepfm", CARDINALITIES, N_NUMERIC, SMALL)
-    fm = build_model("fm", CARDINALITIES, N_NUMERIC, SMALL)
+    deepfm = build("deepfm", CARDINALITIES, N_NUMERIC, SMALL)
+    fm = build("fm", CARDINALITIES, N_NUMERIC, SMALL)
     fm.wide.load_state_dict(deepfm.wide.state_dict())
     cat, num = random_inputs(6)
     deepfm.eval()
@@ -116,21 +120,35 @@ def test_deepfm_is_fm_plus_dnn_on_one_shared_embedding():
 
 
 def test_fm_dnn_has_its_own_deep_embedding():
-    model = build_model("fm_dnn", CARDINALITIES, N_NUMERIC, SMALL)
+    model = build("fm_dnn", CARDINALITIES, N_NUMERIC, SMALL)
     assert sum(isinstance(m, nn.Embedding) for m in model.modules()) == 2
     assert model.deep_embedding is not None
 
 
 def test_config_resolution_layers_defaults_model_section_and_overrides():
-    assert build_model("deepfm", CARDINALITIES, N_NUMERIC).config["hidden_units"] == [400, 400, 400]
-    assert build_model("ipnn", CARDINALITIES, N_NUMERIC).config["activation"] == "tanh"
-    model = build_model("pnn", CARDINALITIES, N_NUMERIC, {"embedding_dim": 3, "hidden_units": [8]})
-    assert model.config["embedding_dim"] == 3 and model.config["product"] == "both"
+    assert build("deepfm", CARDINALITIES, N_NUMERIC).config.hidden_units == (400, 400, 400)
+    assert build("ipnn", CARDINALITIES, N_NUMERIC).config.activation == "tanh"
+    model = build("pnn", CARDINALITIES, N_NUMERIC, {"embedding_dim": 3, "hidden_units": [8]})
+    assert model.config.embedding_dim == 3 and model.config.product == "both"
     assert model.deep_embedding.dim == 3
     with pytest.raises(ValueError, match="unknown config keys"):
-        build_model("fm", CARDINALITIES, N_NUMERIC, {"embeding_dim": 3})
+        build("fm", CARDINALITIES, N_NUMERIC, {"embeding_dim": 3})
     with pytest.raises(ValueError, match="unknown model"):
-        build_model("xdeepfm", CARDINALITIES, N_NUMERIC)
+        build_model("xdeepfm", CARDINALITIES, N_NUMERIC, model_config("deepfm"))
+    with pytest.raises(ValueError, match="no defaults for model"):
+        model_config("xdeepfm")
+
+
+def test_a_model_config_is_complete_and_refuses_unknown_or_missing_keys():
+    config = model_config("deepfm", {"hidden_units": [8]})
+    assert ModelConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(ValueError, match=r"unknown keys \['extra'\], missing keys \[\]"):
+        ModelConfig.from_dict({**config.to_dict(), "extra": 1})
+    with pytest.raises(ValueError, match=r"missing keys \['dropout'\]"):
+        ModelConfig.from_dict({k: v for k, v in config.to_dict().items() if k != "dropout"})
+    with pytest.raises(ValueError, match="unknown activation"):
+        config.replace(activation="gelu")
+    assert ModelDefaults({"defaults": config.to_dict(), "fm": {"embedding_dim": 3}}).resolve("fm").embedding_dim == 3
 
 
 def test_build_model_for_spec_follows_the_spec_layout():
@@ -141,27 +159,27 @@ def test_build_model_for_spec_follows_the_spec_layout():
             FieldSpec("C2", "vocab", cardinality=3, vocabulary=("a", "b")),
         )
     )
-    model = build_model_for_spec("deepfm", spec, SMALL)
+    model = model_for_spec("deepfm", spec, SMALL)
     assert model.cardinalities == [11, 3] and model.n_numeric == 1
     assert model.wide.rows.categorical.num_embeddings == 14
 
 
 def test_pretrain_init_copies_fm_latent_vectors_into_fnn():
-    fm = build_model("fm", CARDINALITIES, N_NUMERIC, SMALL)
-    fnn = build_model("fnn", CARDINALITIES, N_NUMERIC, SMALL)
+    fm = build("fm", CARDINALITIES, N_NUMERIC, SMALL)
+    fnn = build("fnn", CARDINALITIES, N_NUMERIC, SMALL)
     pretrain_init(fnn, fm)
     torch.testing.assert_close(fnn.deep_embedding.categorical.weight, fm.wide.rows.categorical.weight[:, 1:])
     torch.testing.assert_close(fnn.deep_embedding.numeric, fm.wide.rows.numeric[:, 1:])
     with pytest.raises(ValueError, match="same spec and embedding_dim"):
-        pretrain_init(build_model("fnn", CARDINALITIES, N_NUMERIC, {**SMALL, "embedding_dim": 5}), fm)
+        pretrain_init(build("fnn", CARDINALITIES, N_NUMERIC, {**SMALL, "embedding_dim": 5}), fm)
     with pytest.raises(ValueError, match="needs an fnn and an fm"):
-        pretrain_init(fnn, build_model("lr", CARDINALITIES, N_NUMERIC))
+        pretrain_init(fnn, build("lr", CARDINALITIES, N_NUMERIC))
 
 
 @pytest.mark.parametrize("name", ["fm", "fm_dnn", "pnn"])
 def test_optimizers_update_only_the_embedding_rows_a_batch_touches(name):
-    model = build_model(name, [50, 50], N_NUMERIC, SMALL)
-    optimizers = make_optimizers(model)
+    model = build(name, [50, 50], N_NUMERIC, SMALL)
+    optimizers = make_optimizers(model, 1e-3)
     kinds = [type(opt).__name__ for opt in optimizers]
     assert kinds == ["SparseAdam", "Adam"]
     tables = [m.weight for m in model.modules() if isinstance(m, nn.Embedding)]
@@ -181,16 +199,17 @@ def test_optimizers_update_only_the_embedding_rows_a_batch_touches(name):
 
 
 def test_optimizers_state_round_trips():
-    model = build_model("deepfm", CARDINALITIES, N_NUMERIC, SMALL)
-    optimizers = make_optimizers(model)
+    model = build("deepfm", CARDINALITIES, N_NUMERIC, SMALL)
+    optimizers = make_optimizers(model, 1e-3)
     cat, num = random_inputs(8)
     model(cat, num).sum().backward()
     optimizers.step()
     state = optimizers.state_dict()
-    fresh = make_optimizers(model)
+    fresh = make_optimizers(model, 1e-3)
     fresh.load_state_dict(state)
     assert [o.state_dict()["state"].keys() for o in fresh] == [o.state_dict()["state"].keys() for o in optimizers]
-    assert len(fresh.param_groups) == 2 and all(g["lr"] == 1e-3 for g in fresh.param_groups)
+    groups = [group for optimizer in fresh for group in optimizer.param_groups]
+    assert len(groups) == 2 and all(g["lr"] == 1e-3 for g in groups)
     wrapped = fresh.wrap(lambda opt, named: opt)
     assert wrapped.optimizers == fresh.optimizers
 
@@ -213,7 +232,7 @@ def planted_interaction_data(n: int, seed: int):
 def train_and_auc(name: str, epochs: int = 4) -> float:
     torch.manual_seed(0)
     cards, cat, num, labels = planted_interaction_data(4000, seed=0)
-    model = build_model(name, cards, 1, {**SMALL, "embedding_init_std": 0.1})
+    model = build(name, cards, 1, {**SMALL, "embedding_init_std": 0.1})
     optimizers = make_optimizers(model, lr=0.02)
     for _ in range(epochs):
         for rows in torch.randperm(len(labels)).split(200):

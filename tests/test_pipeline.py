@@ -3,6 +3,7 @@
 One module-scoped run of ``pipelines/daily.py run`` (the CLI a user types) feeds the
 assertions; the Airflow test then runs the DAG with ``airflow dags test`` for the next day.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -14,8 +15,7 @@ from pathlib import Path
 
 import pytest
 from pyspark.sql import functions as F
-
-from deepfm.config import REPO_ROOT
+from testkit import REPO as REPO_ROOT
 
 pytestmark = pytest.mark.slow
 
@@ -26,44 +26,70 @@ AIRFLOW_BIN = REPO_ROOT / ".airflow-venv" / "bin" / "airflow"
 
 
 def write_conf(conf_dir: Path) -> None:
-    """A copy of conf/ whose pipeline section trains small and fast."""
-    for source in (REPO_ROOT / "conf").glob("*.yaml"):
+    """A copy of the packaged defaults whose pipeline settings train small and fast."""
+    for source in (REPO_ROOT / "deepfm" / "conf").glob("*.yaml"):
         (conf_dir / source.name).write_text(source.read_text())
     pipeline = (conf_dir / "pipeline.yaml").read_text()
     pipeline = pipeline.replace("train_days: 7", f"train_days: {TRAIN_DAYS}")
-    pipeline = pipeline.replace('train_args: ["--epochs", "2"]',
-                                'train_args: ["--epochs", "1", "--batch-size", "256"]')
+    pipeline = pipeline.replace('train_args: ["--epochs", "2"]', 'train_args: ["--epochs", "1", "--batch-size", "256"]')
     (conf_dir / "pipeline.yaml").write_text(pipeline)
 
 
 def pipeline_cli(workdir: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(REPO_ROOT / "pipelines" / "daily.py"), "--workdir", str(workdir),
-                           "--quiet", *args], capture_output=True, text=True, env=env, timeout=900)
+    return subprocess.run(
+        [sys.executable, str(REPO_ROOT / "pipelines" / "daily.py"), "--workdir", str(workdir), "--quiet", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+    )
 
 
 @pytest.fixture(scope="module")
 def pipeline_env(tmp_path_factory) -> dict[str, str]:
     conf_dir = tmp_path_factory.mktemp("conf")
     write_conf(conf_dir)
-    return {**os.environ, "DEEPFM_CONF_DIR": str(conf_dir), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    return {
+        **os.environ,
+        "DEEPFM_CONF_DIR": str(conf_dir),
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+    }
 
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory, pipeline_env) -> Path:
     root = tmp_path_factory.mktemp("pipeline")
     days = TRAIN_DAYS + 3  # D-4..D for the first run, and D+1 for the Airflow run
-    subprocess.run([sys.executable, str(REPO_ROOT / "jobs" / "generate_logs.py"), "--output", str(root / "raw"),
-                    "--days", str(days), "--rows-per-day", str(ROWS_PER_DAY),
-                    "--start-date", (RUN_DATE - dt.timedelta(days=TRAIN_DAYS + 1)).isoformat(),
-                    "--seed", "3", "--malformed-fraction", "0.01"], check=True, env=pipeline_env)
+    subprocess.run(
+        [
+            sys.executable,
+            str(REPO_ROOT / "jobs" / "generate_logs.py"),
+            "--output",
+            str(root / "raw"),
+            "--days",
+            str(days),
+            "--rows-per-day",
+            str(ROWS_PER_DAY),
+            "--start-date",
+            (RUN_DATE - dt.timedelta(days=TRAIN_DAYS + 1)).isoformat(),
+            "--seed",
+            "3",
+            "--malformed-fraction",
+            "0.01",
+        ],
+        check=True,
+        env=pipeline_env,
+    )
     result = pipeline_cli(root, pipeline_env, "run", "--date", RUN_DATE.isoformat())
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     return root
 
 
 def markers(root: Path, day: dt.date) -> dict[str, dict]:
-    return {step: json.loads((root / "markers" / day.isoformat() / f"{step}.json").read_text())["summary"]
-            for step in ("preprocess", "train", "score", "report")}
+    return {
+        step: json.loads((root / "markers" / day.isoformat() / f"{step}.json").read_text())["summary"]
+        for step in ("preprocess", "train", "score", "report")
+    }
 
 
 def raw_lines(root: Path, day: dt.date) -> int:
@@ -83,7 +109,9 @@ def test_every_stage_reconciles(workdir, spark):
     summary = markers(workdir, RUN_DATE)
     pre = summary["preprocess"]["totals"]
     assert pre["rows_read"] == pre["rows_written"] + pre["rows_quarantined"]
-    assert pre["rows_read"] == sum(raw_lines(workdir, RUN_DATE - dt.timedelta(days=i)) for i in range(1, TRAIN_DAYS + 2))
+    assert pre["rows_read"] == sum(
+        raw_lines(workdir, RUN_DATE - dt.timedelta(days=i)) for i in range(1, TRAIN_DAYS + 2)
+    )
     assert pre["rows_quarantined"] > 0  # the generator planted malformed rows
 
     train = summary["train"]
@@ -127,17 +155,24 @@ def test_failed_step_stops_the_run_with_its_log_tail(workdir, pipeline_env):
 
 @pytest.mark.skipif(not AIRFLOW_BIN.exists(), reason="Airflow's virtualenv is created by make setup")
 def test_airflow_dag_loads_and_runs_the_next_day(workdir, pipeline_env, tmp_path, spark):
-    airflow_env = {**pipeline_env, "AIRFLOW_HOME": str(tmp_path / "airflow"), "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-                   "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "pipelines"), "DEEPFM_WORKDIR": str(workdir),
-                   "DEEPFM_START": RUN_DATE.isoformat()}
+    airflow_env = {
+        **pipeline_env,
+        "AIRFLOW_HOME": str(tmp_path / "airflow"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "pipelines"),
+        "DEEPFM_WORKDIR": str(workdir),
+        "DEEPFM_START": RUN_DATE.isoformat(),
+    }
     python = AIRFLOW_BIN.parent / "python"
     subprocess.run([str(AIRFLOW_BIN), "db", "migrate"], check=True, capture_output=True, env=airflow_env, timeout=300)
-    check = ("from airflow.models import DagBag; import os, json;"
-             "b = DagBag(os.environ['AIRFLOW__CORE__DAGS_FOLDER'], include_examples=False);"
-             "d = b.get_dag('deepfm_daily_ctr');"
-             "print(json.dumps({'errors': {k: str(v) for k, v in b.import_errors.items()},"
-             "'tasks': {t.task_id: sorted(t.downstream_task_ids) for t in d.tasks},"
-             "'catchup': d.catchup, 'schedule': str(d.schedule_interval), 'retries': d.default_args['retries']}))")
+    check = (
+        "from airflow.models import DagBag; import os, json;"
+        "b = DagBag(os.environ['AIRFLOW__CORE__DAGS_FOLDER'], include_examples=False);"
+        "d = b.get_dag('deepfm_daily_ctr');"
+        "print(json.dumps({'errors': {k: str(v) for k, v in b.import_errors.items()},"
+        "'tasks': {t.task_id: sorted(t.downstream_task_ids) for t in d.tasks},"
+        "'catchup': d.catchup, 'schedule': str(d.schedule_interval), 'retries': d.default_args['retries']}))"
+    )
     loaded = subprocess.run([str(python), "-c", check], capture_output=True, text=True, env=airflow_env, timeout=300)
     assert loaded.returncode == 0, loaded.stderr[-3000:]
     dag = json.loads(loaded.stdout.strip().splitlines()[-1])
@@ -146,8 +181,13 @@ def test_airflow_dag_loads_and_runs_the_next_day(workdir, pipeline_env, tmp_path
     assert dag["catchup"] is True and dag["schedule"] == "@daily" and dag["retries"] >= 1
 
     next_day = RUN_DATE + dt.timedelta(days=1)
-    run = subprocess.run([str(AIRFLOW_BIN), "dags", "test", "deepfm_daily_ctr", next_day.isoformat()],
-                         capture_output=True, text=True, env=airflow_env, timeout=900)
+    run = subprocess.run(
+        [str(AIRFLOW_BIN), "dags", "test", "deepfm_daily_ctr", next_day.isoformat()],
+        capture_output=True,
+        text=True,
+        env=airflow_env,
+        timeout=900,
+    )
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
     summary = markers(workdir, next_day)
     assert summary["score"]["scored"] == delta_day(spark, workdir, next_day).count() > 0

@@ -1,4 +1,5 @@
 """The pipeline's step mechanism: markers, fingerprints, failures, warm-start lookup (fast)."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -7,20 +8,22 @@ import sys
 
 import pytest
 
-from deepfm.config import load_conf
-from deepfm.pipeline import (
-    PipelineSettings, RunPaths, Step, StepFailed, build_steps, date_range, last_json_line, previous_bundle, run_step,
-)
+from deepfm.cli.config import load_defaults
+from deepfm.cli.pipeline import settings_from
+from deepfm.ops.pipeline import RunPaths, Step, StepFailed, build_steps, date_range, previous_bundle, run_step
 
 DAY = dt.date(2026, 11, 20)
 
 
 def counting_step(tmp_path, name="work", fail=False, input_dir=None):
-    """A real subprocess that appends to a counter file, prints a JSON summary, maybe fails."""
-    counter = tmp_path / f"{name}.count"
-    code = (f"import json,sys; open({str(counter)!r},'a').write('x'); print('working...');"
-            f"print(json.dumps({{'rows': 3}})); sys.exit({1 if fail else 0})")
-    return Step(name, [sys.executable, "-c", code], input_dirs=(input_dir,) if input_dir else ()), counter
+    """A real subprocess that appends to a counter file, writes a JSON summary file, maybe fails."""
+    counter, summary = tmp_path / f"{name}.count", tmp_path / f"{name}.json"
+    code = (
+        f"import json,sys; open({str(counter)!r},'a').write('x'); print('working...');"
+        f"open({str(summary)!r},'w').write(json.dumps({{'rows': 3}})); sys.exit({1 if fail else 0})"
+    )
+    step = Step(name, [sys.executable, "-c", code], summary_file=summary, input_dirs=(input_dir,) if input_dir else ())
+    return step, counter
 
 
 def test_finished_step_is_skipped_until_inputs_change(tmp_path):
@@ -56,7 +59,7 @@ def test_downstream_reruns_when_upstream_reran(tmp_path):
     paths = RunPaths(tmp_path, DAY)
     up, _ = counting_step(tmp_path, "up")
     down, down_counter = counting_step(tmp_path, "down")
-    down = Step(down.name, down.command, upstream=("up",))
+    down = Step(down.name, down.command, down.summary_file, upstream=("up",))
     run_step(up, paths)
     run_step(down, paths)
     run_step(up, paths, force=True)  # same fingerprint, so downstream stays done
@@ -78,10 +81,7 @@ def test_previous_bundle_is_newest_earlier_trained_date(tmp_path):
     assert previous_bundle(RunPaths(tmp_path, dt.date(2026, 11, 17))) is None
 
 
-def test_summary_line_and_date_range():
-    assert last_json_line(["{\"a\": 1}", "log line", "{\"b\": 2}", "done"]) == {"b": 2}
-    assert last_json_line(["{not json}"]) == {}
-    assert last_json_line(['[0]<stdout>:{"val_auc": 0.7}', "[1]<stderr>:done"]) == {"val_auc": 0.7}
+def test_date_range():
     assert date_range(DAY, DAY + dt.timedelta(days=2))[-1] == dt.date(2026, 11, 22)
     with pytest.raises(ValueError):
         date_range(DAY, DAY - dt.timedelta(days=1))
@@ -90,10 +90,14 @@ def test_summary_line_and_date_range():
 def test_spark_steps_start_the_driver_jvm_with_the_java_options_of_conf(tmp_path):
     """spark-submit starts the driver JVM before the job's session could set its options: without
     the JIT flag the jobs' wide generated code runs interpreted (~2-3x slower)."""
-    java_options = load_conf("spark")["spark.driver.extraJavaOptions"]
+    java_options = load_defaults("spark")["spark.driver.extraJavaOptions"]
     assert "-XX:-DontCompileHugeMethods" in java_options
-    steps = build_steps(PipelineSettings.from_conf(tmp_path), RunPaths(tmp_path, DAY))
+    settings = settings_from({**load_defaults("pipeline"), "workdir": str(tmp_path)})
+    steps = build_steps(settings, RunPaths(tmp_path, DAY))
     spark_steps = [s for s in steps if s.command[0].endswith("spark-submit")]
     assert [s.name for s in spark_steps] == ["preprocess", "score", "report"]
     for step in spark_steps:
         assert step.command[step.command.index("--driver-java-options") + 1] == java_options
+    train = next(s for s in steps if s.name == "train")
+    assert train.command[1:5] == ["-np", "2", "-H", "localhost:2"] and train.command[7:10] == ["-m", "deepfm", "train"]
+    assert all(s.summary_file for s in steps)  # every step's result is read from a file it writes

@@ -1,4 +1,5 @@
 """Raw-log parsing, feature encoding and the preprocessing job, on real Spark with small inputs."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -8,29 +9,31 @@ import math
 import shutil
 import struct
 import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 from pyspark.sql import functions as F
+from testkit import deepfm_command
 
-from deepfm.config import REPO_ROOT, deep_update, load_conf
-from deepfm.encoding import encode, fit
-from deepfm.features import FeatureSpec, FieldSpec
-from deepfm.preprocess import Options, run
-from deepfm.rawlogs import (
+from deepfm.cli.config import deep_update, load_defaults
+from deepfm.core.features import FeatureSpec, FieldSpec
+from deepfm.prep.encoding import FeatureConfig, encode, fit
+from deepfm.prep.preprocess import Options, run
+from deepfm.prep.rawlogs import (
     CATEGORICAL_FIELDS,
     INTEGER_FIELDS,
     InputDayError,
     day_paths,
     detect_layout,
-    parse,
+    parse_valid,
+    quarantined,
     read_raw_day,
     read_raw_days,
+    with_reason,
 )
-from deepfm.synthetic import write_logs
+from deepfm.prep.synthetic import write_logs
 
 END = dt.date(2026, 3, 4)  # test day; training days 2026-03-01..03
 TRAIN_DAYS = 3
@@ -39,7 +42,9 @@ ENCODED = ("label", *INTEGER_FIELDS, *CATEGORICAL_FIELDS)
 
 def line(label: str = "0", ints: dict[str, str] | None = None, cats: dict[str, str] | None = None) -> str:
     ints, cats = ints or {}, cats or {}
-    return "\t".join([label, *(ints.get(f, "1") for f in INTEGER_FIELDS), *(cats.get(f, "0000000a") for f in CATEGORICAL_FIELDS)])
+    return "\t".join(
+        [label, *(ints.get(f, "1") for f in INTEGER_FIELDS), *(cats.get(f, "0000000a") for f in CATEGORICAL_FIELDS)]
+    )
 
 
 def write_day(root: Path, day: dt.date, lines: list[str], name: str = "part-00000.tsv") -> None:
@@ -48,9 +53,25 @@ def write_day(root: Path, day: dt.date, lines: list[str], name: str = "part-0000
     (folder / name).write_text("".join(f"{x}\n" for x in lines))
 
 
-def options(raw: Path, out: Path, features: dict | None = None, **kw) -> Options:
-    conf = deep_update(load_conf("features"), features or {})
-    return Options(input=str(raw), output=str(out), end_date=END, train_days=TRAIN_DAYS, features=conf, **kw)
+def features(overrides: dict | None = None) -> FeatureConfig:
+    return FeatureConfig.from_dict(deep_update(load_defaults("features"), overrides or {}))
+
+
+def options(raw: Path, out: Path, features_overrides: dict | None = None, **kw) -> Options:
+    return Options(
+        input=str(raw),
+        output=str(out),
+        end_date=END,
+        train_days=TRAIN_DAYS,
+        features=features(features_overrides),
+        **kw,
+    )
+
+
+def parse(lines):
+    """Typed valid rows and quarantined rows of ``read_raw_days`` lines, as the jobs split them."""
+    checked = with_reason(lines)
+    return parse_valid(checked.where(F.col("reason").isNull())), quarantined(checked)
 
 
 def rows(out: Path, split: str) -> list[tuple]:
@@ -74,14 +95,21 @@ def test_one_scan_of_several_days_gives_each_line_its_files_day(tmp_path, spark)
 def generated(tmp_path_factory, spark):
     """Generated logs with malformed rows of every kind, preprocessed once."""
     root = tmp_path_factory.mktemp("generated")
-    manifest = write_logs(root / "raw", TRAIN_DAYS + 1, 1500, END - dt.timedelta(days=TRAIN_DAYS), seed=11,
-                          malformed_fraction=0.02)  # fmt: skip
+    manifest = write_logs(
+        root / "raw", TRAIN_DAYS + 1, 1500, END - dt.timedelta(days=TRAIN_DAYS), seed=11, malformed_fraction=0.02
+    )
     return root, manifest, run(spark, options(root / "raw", root / "out"))
 
 
 def test_parse_gives_each_malformed_line_its_reason_and_types_the_rest(tmp_path, spark):
     valid = {
-        line("1", {"I1": "-3", "I2": "", "I3": "123456789012345678"}, {"C1": ""}): (1, -3, None, 123456789012345678, None),
+        line("1", {"I1": "-3", "I2": "", "I3": "123456789012345678"}, {"C1": ""}): (
+            1,
+            -3,
+            None,
+            123456789012345678,
+            None,
+        ),
         line("0"): (0, 1, 1, 1, "0000000a"),
     }
     malformed = {
@@ -117,7 +145,10 @@ def test_day_files_in_both_layouts(tmp_path, spark):
     write_day(tmp_path / "dated", END, [line()], "part-1.tsv.gz")
     (tmp_path / "dated" / f"date={END}" / "_SUCCESS").touch()
     assert detect_layout(spark, str(tmp_path / "dated")) == "date"
-    assert sorted(Path(p).name for p in day_paths(spark, str(tmp_path / "dated"), END)) == ["part-0.tsv", "part-1.tsv.gz"]
+    assert sorted(Path(p).name for p in day_paths(spark, str(tmp_path / "dated"), END)) == [
+        "part-0.tsv",
+        "part-1.tsv.gz",
+    ]
 
     criteo = tmp_path / "criteo"
     criteo.mkdir()
@@ -125,7 +156,9 @@ def test_day_files_in_both_layouts(tmp_path, spark):
     (criteo / "day_3").write_text("")
     assert detect_layout(spark, str(criteo)) == "criteo"
     day0 = END - dt.timedelta(days=3)
-    assert [Path(p).name for p in day_paths(spark, str(criteo), END - dt.timedelta(days=1), "criteo", day0)] == ["day_2.gz"]
+    assert [Path(p).name for p in day_paths(spark, str(criteo), END - dt.timedelta(days=1), "criteo", day0)] == [
+        "day_2.gz"
+    ]
     with pytest.raises(InputDayError, match=f"input day {END}: input files .* are empty"):
         day_paths(spark, str(criteo), END, "criteo", day0)
     with pytest.raises(InputDayError, match=f"input day {day0}: no input files"):
@@ -151,7 +184,8 @@ def test_job_counts_reconcile_and_output_layout(generated, spark):
     assert quarantine.columns == ["raw_line", "reason", "day"]
     by_reason = quarantine.groupBy("reason").count().collect()
     assert {r.reason: r["count"] for r in by_reason} == {
-        reason: sum(d["malformed"][reason] for d in manifest["days"].values()) for reason in manifest["days"][str(END)]["malformed"]
+        reason: sum(d["malformed"][reason] for d in manifest["days"].values())
+        for reason in manifest["days"][str(END)]["malformed"]
     }
 
     spec = FeatureSpec.load(out)
@@ -167,9 +201,17 @@ def test_job_counts_reconcile_and_output_layout(generated, spark):
 
 
 def test_both_layouts_and_gzip_give_the_same_encoded_data(generated, tmp_path, spark):
-    root, manifest, summary = generated
-    write_logs(tmp_path / "raw", TRAIN_DAYS + 1, 1500, END - dt.timedelta(days=TRAIN_DAYS), seed=11,
-               layout="criteo", gz=True, malformed_fraction=0.02)  # fmt: skip
+    root, _, summary = generated
+    write_logs(
+        tmp_path / "raw",
+        TRAIN_DAYS + 1,
+        1500,
+        END - dt.timedelta(days=TRAIN_DAYS),
+        seed=11,
+        layout="criteo",
+        gz=True,
+        malformed_fraction=0.02,
+    )
     assert sorted(p.name for p in (tmp_path / "raw").glob("day_*")) == [f"day_{k}.gz" for k in range(4)]
     criteo = run(spark, options(tmp_path / "raw", tmp_path / "out", day0_date=END - dt.timedelta(days=TRAIN_DAYS)))
     assert criteo["layout"] == "criteo" and summary["layout"] == "date"
@@ -194,14 +236,22 @@ def test_vocabulary_comes_from_training_days_only_ranked_by_count(tmp_path, spar
     assert test_c1 == [0] * 10 + [3]  # bbbbbbbb (test day only) and missing -> 0
     # No line was malformed: every day still has its (empty) quarantine folder.
     quarantine = tmp_path / "out" / "quarantine"
-    assert sorted(p.name for p in quarantine.glob("day=*")) == [f"day={END - dt.timedelta(days=k)}" for k in (3, 2, 1, 0)]
+    assert sorted(p.name for p in quarantine.glob("day=*")) == [
+        f"day={END - dt.timedelta(days=k)}" for k in (3, 2, 1, 0)
+    ]
     assert all(pq.read_table(day).num_rows == 0 for day in quarantine.glob("day=*"))
 
 
 def xxh64(data: bytes, seed: int = 42) -> int:
     """Reference XXH64 (what Spark's xxhash64 computes) for inputs under 32 bytes, as a signed long."""
-    mask, p1, p2, p3, p4, p5 = (1 << 64) - 1, 11400714785074694791, 14029467366897019727, 1609587929392839161, \
-        9650029242287828579, 2870177450012600261  # fmt: skip
+    mask, p1, p2, p3, p4, p5 = (
+        (1 << 64) - 1,
+        11400714785074694791,
+        14029467366897019727,
+        1609587929392839161,
+        9650029242287828579,
+        2870177450012600261,
+    )
     rotl = lambda x, r: ((x << r) | (x >> (64 - r))) & mask  # noqa: E731
     h, i = (seed + p5 + len(data)) & mask, 0
     for i in range(0, len(data) - 7, 8):
@@ -220,7 +270,9 @@ def xxh64(data: bytes, seed: int = 42) -> int:
 def test_hash_index_is_the_documented_formula_so_it_is_stable_everywhere(spark):
     values = [("deadbeef", 7), ("0000000a", None), (None, 123), ("ffffffff", -1)]
     df = spark.createDataFrame(values, "C1 string, I1 bigint")
-    spec = FeatureSpec((FieldSpec("I1", "hash", 1000, hash_buckets=1000), FieldSpec("C1", "hash", 1000, hash_buckets=1000)), 7)
+    spec = FeatureSpec(
+        (FieldSpec("I1", "hash", 1000, hash_buckets=1000), FieldSpec("C1", "hash", 1000, hash_buckets=1000)), 7
+    )
     got = [(r.C1, r.I1) for r in encode(df, spec).collect()]
     seed = xxh64(struct.pack("<i", 7))  # xxhash64(7, value): the int seed is hashed first, then the value
     index = lambda v: 0 if v is None else 1 + xxh64(f"{v}".encode(), seed) % 999  # noqa: E731  (Python % is pmod)
@@ -231,18 +283,28 @@ def test_hash_index_is_the_documented_formula_so_it_is_stable_everywhere(spark):
 def test_log_raw_and_bucketize_math(spark):
     values = [-5, 0, 1, 3, 4, 9, None]
     df = spark.createDataFrame([(v, v, v, 1) for v in values], "I1 bigint, I2 bigint, I3 bigint, label int")
-    spec = FeatureSpec((FieldSpec("I1", "log"), FieldSpec("I2", "raw"), FieldSpec("I3", "bucketize", 4, boundaries=(1.0, 4.0))))
+    spec = FeatureSpec(
+        (FieldSpec("I1", "log"), FieldSpec("I2", "raw"), FieldSpec("I3", "bucketize", 4, boundaries=(1.0, 4.0)))
+    )
     got = encode(df, spec).collect()
-    assert [r.I1 for r in got] == pytest.approx([0, 0, math.log(2), math.log(4), math.log(5), math.log(10), 0], rel=1e-6)
+    assert [r.I1 for r in got] == pytest.approx(
+        [0, 0, math.log(2), math.log(4), math.log(5), math.log(10), 0], rel=1e-6
+    )
     assert [r.I2 for r in got] == [-5, 0, 1, 3, 4, 9, 0]
     assert [r.I3 for r in got] == [1, 1, 2, 2, 3, 3, 0]  # 0 missing; x < 1 -> 1; 1 <= x < 4 -> 2; x >= 4 -> 3
     assert [type(r.label) for r in got] == [float] * 7
 
     # Fitted boundaries: quantiles of the training values, deduplicated (mostly zeros here).
     train = spark.range(1, 101).select((F.col("id") * (F.col("id") > 60).cast("long")).alias("I6"))
-    conf = deep_update(load_conf("features"), {"fields": {"I6": {"transform": "bucketize", "buckets": 4}}})
-    i6 = fit(train.select("I6", *(F.lit(None).cast("string").alias(c) for c in CATEGORICAL_FIELDS),
-                          *(F.lit(1).alias(c) for c in INTEGER_FIELDS if c != "I6")), conf).field("I6")  # fmt: skip
+    conf = features({"fields": {"I6": {"transform": "bucketize", "buckets": 4}}})
+    i6 = fit(
+        train.select(
+            "I6",
+            *(F.lit(None).cast("string").alias(c) for c in CATEGORICAL_FIELDS),
+            *(F.lit(1).alias(c) for c in INTEGER_FIELDS if c != "I6"),
+        ),
+        conf,
+    ).field("I6")
     assert i6.boundaries == (0.0, 75.0) and i6.cardinality == 4
 
 
@@ -287,7 +349,10 @@ def test_day_cache_keeps_what_a_day_decides_and_a_rewritten_day_is_recomputed(tm
     }
     assert cold["day_cache"] is None
     assert cached["days"] == cold["days"] and cached["spec_version"] == cold["spec_version"]
-    assert FeatureSpec.load(tmp_path / "cached").field("C1").vocabulary == FeatureSpec.load(tmp_path / "cold").field("C1").vocabulary
+    assert (
+        FeatureSpec.load(tmp_path / "cached").field("C1").vocabulary
+        == FeatureSpec.load(tmp_path / "cold").field("C1").vocabulary
+    )
     same_output("cached", "cold")
 
     rewritten = END - dt.timedelta(days=2)
@@ -323,19 +388,49 @@ def test_unreadable_or_empty_day_fails_naming_it_unless_skipped(tmp_path, spark)
 
 @pytest.mark.slow
 def test_cli_help_and_run(generated, tmp_path):
-    job = [sys.executable, str(REPO_ROOT / "jobs" / "preprocess.py")]
+    job = deepfm_command("preprocess")
     help_text = subprocess.run([*job, "--help"], capture_output=True, text=True, check=True).stdout
-    for option in ("--end-date", "--input", "--output", "--train-days", "--test-days", "--layout", "--day0-date",
-                   "--skip-missing-days", "--row-group-rows", "--min-row-groups-per-day", "--features",
-                   "--categorical-transform", "--min-count", "--hash-buckets", "--day-cache"):  # fmt: skip
+    for option in (
+        "--end-date",
+        "--input",
+        "--output",
+        "--train-days",
+        "--test-days",
+        "--layout",
+        "--day0-date",
+        "--skip-missing-days",
+        "--row-group-rows",
+        "--min-row-groups-per-day",
+        "--config",
+        "--set",
+        "--categorical-transform",
+        "--min-count",
+        "--hash-buckets",
+        "--day-cache",
+    ):
         assert option in help_text
     root, _, summary = generated
     result = subprocess.run(
-        [*job, "--input", str(root / "raw"), "--output", str(tmp_path / "{end_date}"), "--end-date", str(END),
-         "--train-days", str(TRAIN_DAYS), "--categorical-transform", "hash", "--hash-buckets", "5000",
-         "--day-cache", str(tmp_path / "day_cache")],
-        capture_output=True, text=True,
-    )  # fmt: skip
+        [
+            *job,
+            "--input",
+            str(root / "raw"),
+            "--output",
+            str(tmp_path / "{end_date}"),
+            "--end-date",
+            str(END),
+            "--train-days",
+            str(TRAIN_DAYS),
+            "--categorical-transform",
+            "hash",
+            "--hash-buckets",
+            "5000",
+            "--day-cache",
+            str(tmp_path / "day_cache"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     printed = json.loads(result.stdout)
     assert printed["days"] == summary["days"] and printed["output"] == str(tmp_path / str(END))

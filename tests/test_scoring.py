@@ -5,6 +5,7 @@ transform of the real encoder, and a DeepFM bundle saved in the real bundle form
 days are scored concurrently into one table (two threads here, one ``spark-submit``); the
 other tests read those runs, rerun a day, or try to break the job.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -21,28 +22,20 @@ import numpy as np
 import pytest
 import torch
 from pyspark.sql import functions as F
+from testkit import model_for_spec
 
-from deepfm.bundle import BundleError, load_bundle, save_bundle
-from deepfm.config import REPO_ROOT
-from deepfm.encoding import encode
-from deepfm.features import FeatureSpec, FeatureSpecError, FieldSpec
-from deepfm.models import build_model_for_spec
-from deepfm.rawlogs import CATEGORICAL_FIELDS, INTEGER_FIELDS, parse, read_raw_day
-from deepfm.scoring import (
-    METRICS_SCHEMA,
-    _metrics_vector,
-    _StateSum,
-    SCORES_SCHEMA,
-    ScoreOptions,
-    ScoringError,
-    TableRef,
-    day_metrics,
-    ensure_table,
-    run,
-)
-from deepfm.spark import spark_submit_args
-from deepfm.metrics import BinaryMetrics, auc
-from deepfm.synthetic import write_logs
+from deepfm import ENTRY_POINT
+from deepfm.cli.config import spark_conf
+from deepfm.core.features import FeatureSpec, FeatureSpecError, FieldSpec
+from deepfm.core.metrics import BinaryMetrics, auc
+from deepfm.models.bundle import BundleError, load_bundle, save_bundle
+from deepfm.ops.spark import spark_submit_args
+from deepfm.prep.encoding import encode
+from deepfm.prep.rawlogs import CATEGORICAL_FIELDS, INTEGER_FIELDS, parse_valid, read_raw_day, with_reason
+from deepfm.prep.synthetic import write_logs
+from deepfm.serving.delta import TableError, TableRef, ensure_table
+from deepfm.serving.predict import MetricsSum, day_metrics, metrics_vector
+from deepfm.serving.score import METRICS_SCHEMA, SCORES_SCHEMA, ScoreOptions, run
 
 pytestmark = pytest.mark.slow
 
@@ -55,33 +48,44 @@ def small_spec(raw_day: Path) -> FeatureSpec:
     """Every transform the encoder has: vocab (C1's frequent values), hash, bucketize, log, raw."""
     rows = [line.split("\t") for line in (raw_day / "part-00000.tsv").read_text().splitlines()[:500]]
     c1 = Counter(r[14] for r in rows if len(r) == 40 and r[14])
-    numeric = {"I2": FieldSpec("I2", "raw"),
-               "I6": FieldSpec("I6", "bucketize", 8, boundaries=(1.0, 2.0, 4.0, 8.0, 16.0, 64.0))}  # fmt: skip
-    return FeatureSpec(fields=(
-        *(numeric.get(name, FieldSpec(name, "log")) for name in INTEGER_FIELDS),
-        FieldSpec("C1", "vocab", 4, vocabulary=tuple(v for v, _ in c1.most_common(3))),
-        *(FieldSpec(name, "hash", 500, hash_buckets=500) for name in CATEGORICAL_FIELDS[1:]),
-    ), hash_seed=3)  # fmt: skip
+    numeric = {
+        "I2": FieldSpec("I2", "raw"),
+        "I6": FieldSpec("I6", "bucketize", 8, boundaries=(1.0, 2.0, 4.0, 8.0, 16.0, 64.0)),
+    }
+    return FeatureSpec(
+        fields=(
+            *(numeric.get(name, FieldSpec(name, "log")) for name in INTEGER_FIELDS),
+            FieldSpec("C1", "vocab", 4, vocabulary=tuple(v for v, _ in c1.most_common(3))),
+            *(FieldSpec(name, "hash", 500, hash_buckets=500) for name in CATEGORICAL_FIELDS[1:]),
+        ),
+        hash_seed=3,
+    )
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """Raw logs, their generator manifest, and a DeepFM bundle with spread-out predictions."""
     root = tmp_path_factory.mktemp("scoring")
-    manifest = write_logs(root / "raw", days=len(DAYS), rows_per_day=ROWS_PER_DAY, start_date=DAY0,
-                          seed=7, malformed_fraction=0.02)  # fmt: skip
+    manifest = write_logs(
+        root / "raw", days=len(DAYS), rows_per_day=ROWS_PER_DAY, start_date=DAY0, seed=7, malformed_fraction=0.02
+    )
     spec = small_spec(root / "raw" / f"date={DAY0.isoformat()}")
     torch.manual_seed(0)
-    model = build_model_for_spec("deepfm", spec, {"embedding_dim": 4, "hidden_units": [16, 16],
-                                                  "embedding_init_std": 0.1})  # fmt: skip
-    save_bundle(root / "bundle", model, "deepfm", model.config, spec)
+    model = model_for_spec("deepfm", spec, {"embedding_dim": 4, "hidden_units": [16, 16], "embedding_init_std": 0.1})
+    save_bundle(root / "bundle", model, spec)
     return {"root": root, "manifest": manifest, "bundle": root / "bundle"}
 
 
 def options(world, day: dt.date, table: str, **kwargs) -> ScoreOptions:
     root = world["root"]
-    return ScoreOptions(date=day, model=str(kwargs.pop("model", world["bundle"])), table=str(root / table),
-                        input_root=str(root / "raw"), batch_size=512, **kwargs)  # fmt: skip
+    return ScoreOptions(
+        date=day,
+        model=str(kwargs.pop("model", world["bundle"])),
+        table=str(root / table),
+        input_root=str(root / "raw"),
+        batch_size=512,
+        **kwargs,
+    )
 
 
 def day_rows(spark, table: Path, day: dt.date):
@@ -93,12 +97,17 @@ def history(spark, table: Path):
 
 
 def score_cli(*args: str) -> subprocess.Popen:
-    """Start ``spark-submit jobs/score.py ARGS``, as the pipeline and users run it."""
+    """Start ``spark-submit $(deepfm submit-args) score ARGS``, as the pipeline and users run it."""
     python = sys.executable
     env = {**os.environ, "PYSPARK_PYTHON": python, "PYSPARK_DRIVER_PYTHON": python}
-    command = [str(Path(python).parent / "spark-submit"), *spark_submit_args(),
-               "--conf", "spark.sql.shuffle.partitions=2",
-               str(REPO_ROOT / "jobs" / "score.py")]  # fmt: skip
+    command = [
+        str(Path(python).parent / "spark-submit"),
+        *spark_submit_args(spark_conf({})),
+        "--conf",
+        "spark.sql.shuffle.partitions=2",
+        ENTRY_POINT,
+        "score",
+    ]
     return subprocess.Popen([*command, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
@@ -108,16 +117,34 @@ def scored(spark, world):
     threads of this session, day 2 by a ``spark-submit`` of the CLI (a second JVM)."""
     root = world["root"]
     ensure_table(spark, TableRef.of(str(root / "scores")), SCORES_SCHEMA, ["date"])
-    cli = score_cli("--date", DAYS[2].isoformat(), "--model", str(world["bundle"]), "--input", str(root / "raw"),
-                    "--table", str(root / "scores"), "--summary", str(root / "cli_summary.json"))  # fmt: skip
-    refused = score_cli("--date", DAYS[2].isoformat(), "--model", str(root / "no_bundle"), "--input", str(root / "raw"),
-                        "--table", str(root / "refused"))  # fmt: skip
+    cli = score_cli(
+        "--date",
+        DAYS[2].isoformat(),
+        "--model",
+        str(world["bundle"]),
+        "--input",
+        str(root / "raw"),
+        "--table",
+        str(root / "scores"),
+        "--summary",
+        str(root / "cli_summary.json"),
+    )
+    refused = score_cli(
+        "--date",
+        DAYS[2].isoformat(),
+        "--model",
+        str(root / "no_bundle"),
+        "--input",
+        str(root / "raw"),
+        "--table",
+        str(root / "refused"),
+    )
     results: dict[dt.date, object] = {}
 
     def score(day: dt.date) -> None:
         try:
             results[day] = run(spark, options(world, day, "scores"))
-        except Exception as exc:  # noqa: BLE001 - reported by the assertion below
+        except Exception as exc:
             results[day] = exc
 
     threads = [threading.Thread(target=score, args=(day,)) for day in DAYS[:2]]
@@ -159,7 +186,7 @@ def test_cli_refusal_exits_2_with_the_reason_and_writes_nothing(world, scored):
 
 
 def test_metastore_table_needs_a_rejects_directory(spark, world):
-    with pytest.raises(ScoringError, match="--rejects"):
+    with pytest.raises(TableError, match="--rejects"):
         run(spark, ScoreOptions(date=DAY0, model=str(world["bundle"]), table="ctr_scores", input_root="raw"))
 
 
@@ -168,10 +195,10 @@ def test_runs_racing_to_create_a_table_both_succeed(spark, tmp_path):
         ref = TableRef.of(str(tmp_path / f"t{trial}"))
         errors: list[Exception] = []
 
-        def create() -> None:
+        def create(ref: TableRef = ref, errors: list[Exception] = errors) -> None:
             try:
                 ensure_table(spark, ref, METRICS_SCHEMA, [])
-            except Exception as exc:  # noqa: BLE001 - reported by the assertion below
+            except Exception as exc:
                 errors.append(exc)
 
         threads = [threading.Thread(target=create) for _ in range(2)]
@@ -188,7 +215,8 @@ def test_scores_equal_the_bundle_applied_in_torch(spark, world, first_run):
     scored = day_rows(spark, table, DAY0).select("impression_id", "ctr").toPandas()
     bundle = load_bundle(world["bundle"])
     spec = bundle.spec
-    valid, _ = parse(read_raw_day(spark, str(world["root"] / "raw"), DAY0))
+    checked = with_reason(read_raw_day(spark, str(world["root"] / "raw"), DAY0))
+    valid = parse_valid(checked.where(F.col("reason").isNull()))
     encoded = encode(valid, spec).toPandas()
     with torch.no_grad():
         logits = bundle.model.eval()(
@@ -247,11 +275,11 @@ def test_day_metrics_match_numpy_and_land_in_the_metrics_table(spark, world, fir
 def test_day_metrics_sum_per_task_states_like_one_pass():
     rng = np.random.default_rng(0)
     p, y = rng.uniform(0.01, 0.99, 1000).astype(np.float32), (rng.uniform(size=1000) < 0.3).astype(np.float32)
-    total = _StateSum().zero(None)
+    total = MetricsSum().zero(None)
     for part in np.array_split(np.arange(1000), 3):  # three tasks' updates, summed as the driver does
         metrics = BinaryMetrics()
         metrics.update(p[part], y[part])
-        total = _StateSum().addInPlace(total, _metrics_vector(metrics, len(part), float(p[part].sum(dtype=np.float64))))
+        total = MetricsSum().addInPlace(total, metrics_vector(metrics, len(part), float(p[part].sum(dtype=np.float64))))
     whole = BinaryMetrics()
     whole.update(p, y)
     expected = whole.compute()
@@ -260,8 +288,15 @@ def test_day_metrics_sum_per_task_states_like_one_pass():
     assert got["mean_ctr"] == pytest.approx(p.mean(dtype=np.float64), rel=1e-12)
     for key, name in (("auc", "auc"), ("logloss", "logloss"), ("calibration", "calibration")):
         assert got[key] == pytest.approx(expected[name], rel=1e-12)
-    assert day_metrics(None) == {"scored": 0, "mean_ctr": None, "labeled": 0, "observed_ctr": None, "auc": None,
-                                 "logloss": None, "calibration": None}  # fmt: skip
+    assert day_metrics(None) == {
+        "scored": 0,
+        "mean_ctr": None,
+        "labeled": 0,
+        "observed_ctr": None,
+        "auc": None,
+        "logloss": None,
+        "calibration": None,
+    }
 
 
 def test_rerun_replaces_the_day_and_leaves_other_days(spark, world, first_run):
@@ -316,7 +351,7 @@ def test_incompatible_table_is_refused_unless_evolution_allowed(spark, world):
     empty = spark.createDataFrame([], "impression_id long, date date, ctr double")
     empty.write.format("delta").partitionBy("date").save(str(table))
     version = len(history(spark, table))
-    with pytest.raises(ScoringError, match="ctr is double"):
+    with pytest.raises(TableError, match="ctr is double"):
         run(spark, options(world, DAY0, "narrow", allow_schema_evolution=True))
     assert len(history(spark, table)) == version and not (world["root"] / "narrow_rejects").exists()
 
@@ -324,7 +359,7 @@ def test_incompatible_table_is_refused_unless_evolution_allowed(spark, world):
     without_ctr = [f for f in SCORES_SCHEMA.fields if f.name != "ctr"]
     empty = spark.createDataFrame([], ", ".join(f"{f.name} {f.dataType.simpleString()}" for f in without_ctr))
     empty.write.format("delta").partitionBy("date").save(str(evolving))
-    with pytest.raises(ScoringError, match="lacks column ctr"):
+    with pytest.raises(TableError, match="lacks column ctr"):
         run(spark, options(world, DAY0, "evolving"))
     summary = run(spark, options(world, DAY0, "evolving", allow_schema_evolution=True))
     assert summary["reconciled"] and "ctr" in spark.read.format("delta").load(str(evolving)).columns

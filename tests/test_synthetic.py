@@ -1,4 +1,5 @@
 """The click-log generator: deterministic, Criteo's raw layout, malformed rows of each kind, a learnable signal."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -6,13 +7,12 @@ import gzip
 import json
 import re
 import subprocess
-import sys
 
 import numpy as np
+from testkit import deepfm_command
 
-from deepfm.config import REPO_ROOT
-from deepfm.rawlogs import CATEGORICAL_FIELDS, INTEGER_FIELDS, N_COLUMNS, REASONS, VALID_LINE
-from deepfm.synthetic import MANIFEST, build_world, generate_day, write_logs
+from deepfm.prep.rawlogs import CATEGORICAL_FIELDS, INTEGER_FIELDS, N_COLUMNS, REASONS, VALID_LINE
+from deepfm.prep.synthetic import MANIFEST, build_world, generate_day, write_logs
 
 START = dt.date(2026, 3, 1)
 
@@ -54,8 +54,24 @@ def test_planted_signal_is_learnable_and_ctr_realistic():
 
 
 def test_cli_writes_criteo_gzip_layout_and_manifest(tmp_path):
-    args = [sys.executable, str(REPO_ROOT / "jobs" / "generate_logs.py"), "--output", str(tmp_path), "--days", "2", "--rows-per-day", "300", "--start-date", "2026-03-01",
-            "--layout", "criteo", "--gzip", "--malformed-fraction", "0.05", "--seed", "9"]  # fmt: skip
+    args = [
+        *deepfm_command("generate-logs"),
+        "--output",
+        str(tmp_path),
+        "--days",
+        "2",
+        "--rows-per-day",
+        "300",
+        "--start-date",
+        "2026-03-01",
+        "--layout",
+        "criteo",
+        "--gzip",
+        "--malformed-fraction",
+        "0.05",
+        "--seed",
+        "9",
+    ]
     result = subprocess.run(args, capture_output=True, text=True, check=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["day_0.gz", "day_1.gz", MANIFEST]
     with gzip.open(tmp_path / "day_1.gz", "rt") as fh:

@@ -5,6 +5,7 @@ Spark): three training days and one test day. Integration tests share one uninte
 run (module fixture); the resume test repeats its exact command, kills it mid-epoch, reruns
 it, and must end bit-identical.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -22,27 +23,42 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
+from testkit import ENV as BASE_ENV
+from testkit import MODEL_DEFAULTS, REPO, VENV_BIN, deepfm_command, model_for_spec
 
-from deepfm.bundle import load_bundle
-from deepfm.data import Batch, Columns, parquet_files
-from deepfm.features import FeatureSpec, FieldSpec
-from deepfm.models import build_model_for_spec, make_optimizers, model_names
+from deepfm.cli.config import apply_sets
+from deepfm.core.features import FeatureSpec, FieldSpec
+from deepfm.models import make_optimizers, model_names
+from deepfm.models.bundle import load_bundle
 from deepfm.models.layers import FieldEmbedding
-from deepfm.train import (TrainConfig, apply_overrides, embedding_row_map, resolve_device, train, train_step,
-                          warm_start)
+from deepfm.models.surgery import embedding_row_map, warm_start
+from deepfm.training.artifacts import read_summary
+from deepfm.training.feed import Batch, Columns, parquet_files
+from deepfm.training.launch import horovodrun_command
+from deepfm.training.trainer import TrainConfig, resolve_device, train, train_step
 
-REPO = Path(__file__).resolve().parent.parent
-VENV_BIN = Path(sys.executable).parent
-ENV = {**os.environ, "PATH": f"{VENV_BIN}:{os.environ['PATH']}", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
-       "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}
+ENV = {**BASE_ENV, "OMP_NUM_THREADS": "1"}
 # Small and quick, but several checkpoints per epoch and a model that learns: one epoch of ~45 steps.
-TRAIN_ARGS = ["--model", "deepfm", "--epochs", "1", "--batch-size", "128", "--checkpoint-every", "15",
-              "--log-every", "30", "--early-stopping-patience", "0", "--config-override", "shuffle_buffer=2000"]
+TRAIN_ARGS = [
+    "--model",
+    "deepfm",
+    "--epochs",
+    "1",
+    "--batch-size",
+    "128",
+    "--checkpoint-every",
+    "15",
+    "--log-every",
+    "30",
+    "--early-stopping-patience",
+    "0",
+    "--set",
+    "shuffle_buffer=2000",
+]
 
 
 def _horovodrun(args: list[str]) -> list[str]:
-    return [str(VENV_BIN / "horovodrun"), "-np", "2", "-H", "localhost:2", "--gloo",
-            sys.executable, str(REPO / "jobs" / "train.py"), *args]
+    return horovodrun_command(2, "localhost:2", args)
 
 
 def _run(command: list[str]) -> subprocess.CompletedProcess:
@@ -69,11 +85,21 @@ def _summary(stdout: str) -> dict:
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("ctr")
-    for job, args in (("generate_logs", ["--output", root / "raw", "--days", "4", "--rows-per-day", "4000"]),
-                      ("preprocess", ["--input", root / "raw", "--output", root / "processed",
-                                      "--end-date", "2024-01-04", "--train-days", "3"])):
-        result = subprocess.run([sys.executable, str(REPO / "jobs" / f"{job}.py"), *map(str, args)],
-                                capture_output=True, text=True, env=ENV, cwd=REPO, timeout=300)
+    for job, args in (
+        ("generate_logs", ["--output", root / "raw", "--days", "4", "--rows-per-day", "4000"]),
+        (
+            "preprocess",
+            ["--input", root / "raw", "--output", root / "processed", "--end-date", "2024-01-04", "--train-days", "3"],
+        ),
+    ):
+        result = subprocess.run(
+            [sys.executable, str(REPO / "jobs" / f"{job}.py"), *map(str, args)],
+            capture_output=True,
+            text=True,
+            env=ENV,
+            cwd=REPO,
+            timeout=300,
+        )
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return root / "processed"
 
@@ -96,9 +122,11 @@ def test_two_ranks_train_identical_weights_and_learn(two_rank_run, data):
     for epoch in metrics["epochs"]:
         assert epoch["train_loss"] > 0 and 0 < epoch["val_logloss"] < 1 and epoch["wall_s"] > 0
         assert len(epoch["samples_per_s_per_rank"]) == 2 and all(r > 0 for r in epoch["samples_per_s_per_rank"])
-    assert metrics["summary"] == summary
-    bundle = load_bundle(summary["bundle"], expected_spec=FeatureSpec.load(data))
+    assert metrics["summary"] == summary == read_summary(out)
+    bundle = load_bundle(summary["bundle"])
+    assert bundle.spec == FeatureSpec.load(data)
     assert bundle.name == "deepfm" and bundle.meta["extra"]["validation"]["auc"] == summary["val_auc"]
+    assert bundle.validation is not None and bundle.validation.compute()["auc"] == summary["val_auc"]
     log = (out / "train.log").read_text()
     assert "samples/s/rank ETA" in log and "validation at step" in log
 
@@ -107,15 +135,35 @@ def test_two_ranks_train_identical_weights_and_learn(two_rank_run, data):
 def test_ranks_read_disjoint_shards_whose_union_is_the_split(data, tmp_path):
     """Every row of the split is read by exactly one rank (as a multiset: rows may repeat)."""
     script = Path(__file__).parent / "scripts" / "dump_shard_rows.py"
-    result = subprocess.run([str(VENV_BIN / "horovodrun"), "-np", "2", "-H", "localhost:2", "--gloo",
-                             sys.executable, str(script), str(data), str(tmp_path)],
-                            capture_output=True, text=True, env=ENV, cwd=REPO, timeout=120)
+    result = subprocess.run(
+        [
+            str(VENV_BIN / "horovodrun"),
+            "-np",
+            "2",
+            "-H",
+            "localhost:2",
+            "--gloo",
+            sys.executable,
+            str(script),
+            str(data),
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        cwd=REPO,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     shards = [Counter(map(bytes, np.load(tmp_path / f"rank{r}.npy"))) for r in range(2)]
     columns = Columns.from_spec(FeatureSpec.load(data))
     order = [*columns.categorical, *columns.numeric, columns.label]  # the dump's column order
-    split = np.concatenate([np.column_stack([t.column(c).to_numpy() for c in order]).astype(np.float64)
-                            for t in (pq.read_table(f, columns=order) for f in parquet_files(data / "train"))])
+    split = np.concatenate(
+        [
+            np.column_stack([t.column(c).to_numpy() for c in order]).astype(np.float64)
+            for t in (pq.read_table(f, columns=order) for f in parquet_files(data / "train"))
+        ]
+    )
     assert all(shards) and shards[0] + shards[1] == Counter(map(bytes, split))
 
 
@@ -124,8 +172,9 @@ def test_killed_run_resumes_to_the_same_weights(two_rank_run, data, tmp_path):
     reference, _ = two_rank_run
     out = tmp_path / "killed"
     command = _horovodrun(["--data", str(data), "--output", str(out), *TRAIN_ARGS])
-    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV, cwd=REPO,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV, cwd=REPO, start_new_session=True
+    )
     checkpoint = out / "checkpoints" / "latest.pt"
     try:
         state = {}
@@ -160,8 +209,23 @@ def test_one_rank_reaches_the_auc_of_two(two_rank_run, data, tmp_path):
     """A plain ``python jobs/train.py`` (no Horovod) with the arrow feeder, same global batch."""
     _, two = two_rank_run
     args = [a if a != "128" else "256" for a in TRAIN_ARGS]
-    result = _run([sys.executable, str(REPO / "jobs" / "train.py"), "--data", str(data), "--output",
-                   str(tmp_path / "one"), "--loader", "arrow", "--lr-scaling", "none", "--lr", "0.002", *args])
+    result = _run(
+        [
+            sys.executable,
+            str(REPO / "jobs" / "train.py"),
+            "--data",
+            str(data),
+            "--output",
+            str(tmp_path / "one"),
+            "--loader",
+            "arrow",
+            "--lr-scaling",
+            "none",
+            "--lr",
+            "0.002",
+            *args,
+        ]
+    )
     one = _summary(result.stdout)
     assert one["world_size"] == 1 and one["loader"] == "arrow"
     assert abs(one["val_auc"] - two["val_auc"]) < 0.02, (one, two)
@@ -178,27 +242,50 @@ def test_fnn_is_initialised_from_a_pretrained_fm(data, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(set(model_names()) - {"deepfm", "fnn"}))
 def test_every_model_of_the_library_trains(name, data, tmp_path):
-    summary = _in_process(data, tmp_path, model=name, epochs=1, batch_size=256, learning_rate=0.003,
-                          model_config={"hidden_units": [32, 32]})
+    summary = _in_process(
+        data,
+        tmp_path,
+        model=name,
+        epochs=1,
+        batch_size=256,
+        learning_rate=0.003,
+        model_config={"hidden_units": [32, 32]},
+    )
     assert load_bundle(summary["bundle"]).name == name and summary["val_auc"] > 0.6
 
 
 def _in_process(data: Path, output: Path, **values) -> dict:
     """``train()`` in this process (no launcher: the single-process fallback), arrow feeder."""
-    return train(TrainConfig.from_dict({"data": data, "output": output, "loader": "arrow", "cpu_threads": 1,
-                                        "tracking": {}, **values}))
+    values = {"data": data, "output": output, "loader": "arrow", "cpu_threads": 1, "tracking": {}, **values}
+    return train(TrainConfig.from_dict(values, MODEL_DEFAULTS))
 
 
 @pytest.mark.slow
 def test_early_stopping_and_warm_start(data, tmp_path):
     # min_delta 1.0: only the first validation can improve, so patience 2 stops at the third.
-    stopped = _in_process(data, tmp_path / "stop", model="fm", epochs=3, batch_size=256, validate_every=10,
-                          early_stopping_patience=2, early_stopping_min_delta=1.0)
+    stopped = _in_process(
+        data,
+        tmp_path / "stop",
+        model="fm",
+        epochs=3,
+        batch_size=256,
+        validate_every=10,
+        early_stopping_patience=2,
+        early_stopping_min_delta=1.0,
+    )
     metrics = json.loads(Path(stopped["metrics"]).read_text())
     assert stopped["stopped_early"] and [v["global_step"] for v in metrics["validations"]] == [10, 20, 30]
     assert stopped["best_epoch"] == 1 and stopped["epochs_run"] == 1
-    warm = _in_process(data, tmp_path / "warm", model="fm", epochs=1, batch_size=512,
-                       warm_start=Path(stopped["bundle"]), validate_every=1, early_stopping_patience=0)
+    warm = _in_process(
+        data,
+        tmp_path / "warm",
+        model="fm",
+        epochs=1,
+        batch_size=512,
+        warm_start=Path(stopped["bundle"]),
+        validate_every=1,
+        early_stopping_patience=0,
+    )
     first = json.loads(Path(warm["metrics"]).read_text())["validations"][0]
     assert first["auc"] == pytest.approx(metrics["validations"][0]["auc"], abs=0.02)  # starts where it left
     with pytest.raises(ValueError, match="holds a fm, not a deepfm"):
@@ -213,25 +300,38 @@ def test_mlflow_receives_params_metrics_and_artifacts(data, tmp_path, monkeypatc
         def __getattr__(self, name):
             if name.startswith("__"):
                 raise AttributeError(name)
-            return lambda *args, **kwargs: calls.setdefault(name, []).append((args, kwargs)) or types.SimpleNamespace(
-                info=types.SimpleNamespace(run_id="run-1"))
+            return lambda *args, **kwargs: (
+                calls.setdefault(name, []).append((args, kwargs))
+                or types.SimpleNamespace(info=types.SimpleNamespace(run_id="run-1"))
+            )
 
     monkeypatch.setitem(sys.modules, "mlflow", FakeMlflow("mlflow"))
-    _in_process(data, tmp_path, model="lr", epochs=1, batch_size=1024,
-                tracking={"mlflow": {"enabled": True, "experiment": "test"}})
+    _in_process(
+        data,
+        tmp_path,
+        model="lr",
+        epochs=1,
+        batch_size=1024,
+        tracking={"mlflow": {"enabled": True, "experiment": "test"}},
+    )
     assert calls["set_tracking_uri"][0][0][0] == (tmp_path.resolve() / "mlruns").as_uri()
     assert calls["set_experiment"][0][0][0] == "test"
     assert calls["log_params"][0][0][0]["model"] == "lr"
     assert any("val_auc" in args[0] for args, _ in calls["log_metrics"])
-    assert {Path(args[0]).name for args, _ in calls["log_artifacts"] + calls["log_artifact"]} == {"bundle", "metrics.json"}
+    assert {Path(args[0]).name for args, _ in calls["log_artifacts"] + calls["log_artifact"]} == {
+        "bundle",
+        "metrics.json",
+    }
     assert "end_run" in calls
     checkpoint = torch.load(tmp_path / "checkpoints" / "latest.pt", weights_only=True)
     assert checkpoint["state"]["mlflow_run_id"] == "run-1"  # a resumed run reopens it
 
 
 def _vocab_spec(values: tuple[str, ...], numeric: int = 1) -> FeatureSpec:
-    fields = [FieldSpec("C1", "vocab", cardinality=len(values) + 1, vocabulary=values),
-              FieldSpec("C2", "hash", cardinality=5, hash_buckets=5)]
+    fields = [
+        FieldSpec("C1", "vocab", cardinality=len(values) + 1, vocabulary=values),
+        FieldSpec("C2", "hash", cardinality=5, hash_buckets=5),
+    ]
     return FeatureSpec(tuple(fields + [FieldSpec(f"I{i}", "raw") for i in range(numeric)]))
 
 
@@ -239,9 +339,11 @@ def test_warm_start_keeps_old_rows_by_value_and_initialises_new_ones():
     old_spec, new_spec = _vocab_spec(("a", "b", "c")), _vocab_spec(("c", "d", "a", "e"))
     assert embedding_row_map(new_spec, old_spec).tolist() == [0, 3, -1, 1, -1, 4, 5, 6, 7, 8]
     torch.manual_seed(0)
-    old = build_model_for_spec("deepfm", old_spec, {"hidden_units": [8]})
-    new = build_model_for_spec("deepfm", new_spec, {"hidden_units": [8]})
-    tables = {f"{name}.categorical.weight" for name, module in new.named_modules() if isinstance(module, FieldEmbedding)}
+    old = model_for_spec("deepfm", old_spec, {"hidden_units": [8]})
+    new = model_for_spec("deepfm", new_spec, {"hidden_units": [8]})
+    tables = {
+        f"{name}.categorical.weight" for name, module in new.named_modules() if isinstance(module, FieldEmbedding)
+    }
     fresh = {name: new.state_dict()[name].clone() for name in tables}
     counts = warm_start(new, new_spec, old, old_spec)
     assert counts == {"kept_rows": 8, "new_rows": 2}
@@ -251,8 +353,9 @@ def test_warm_start_keeps_old_rows_by_value_and_initialises_new_ones():
             assert torch.equal(table[new_row], old_table[old_row])
         for new_row in (2, 4):  # "d" and "e": new vocabulary keeps its initialisation
             assert torch.equal(table[new_row], fresh[name][new_row])
-    assert all(torch.equal(tensor, old.state_dict()[name]) for name, tensor in new.state_dict().items()
-               if name not in tables)
+    assert all(
+        torch.equal(tensor, old.state_dict()[name]) for name, tensor in new.state_dict().items() if name not in tables
+    )
     with pytest.raises(ValueError, match="same fields"):
         warm_start(new, _vocab_spec(("a",), numeric=2), old, old_spec)
 
@@ -260,7 +363,7 @@ def test_warm_start_keeps_old_rows_by_value_and_initialises_new_ones():
 def test_amp_and_device_auto_on_cpu():
     spec = _vocab_spec(("a", "b"))
     assert resolve_device("auto") == (torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu"))
-    model = build_model_for_spec("deepfm", spec, {"hidden_units": [16]})
+    model = model_for_spec("deepfm", spec, {"hidden_units": [16]})
     optimizers = make_optimizers(model, 1e-2)
     batch = Batch(torch.randint(0, 3, (64, 2)), torch.rand(64, 1), torch.randint(0, 2, (64,)).float())
     losses = [train_step(model, optimizers, batch, amp=True).item() for _ in range(20)]
@@ -268,17 +371,33 @@ def test_amp_and_device_auto_on_cpu():
 
 
 def test_config_overrides_nest_and_parse_yaml():
-    conf = apply_overrides({"model_config": {}, "epochs": 1}, ["model_config.hidden_units=[8, 8]", "epochs=3"])
+    conf = apply_sets({"model_config": {}, "epochs": 1}, ["model_config.hidden_units=[8, 8]", "epochs=3"])
     assert conf == {"model_config": {"hidden_units": [8, 8]}, "epochs": 3}
     with pytest.raises(ValueError, match="unknown training settings"):
-        TrainConfig.from_dict({"data": ".", "output": ".", "epoch": 3})
+        TrainConfig.from_dict({"data": ".", "output": ".", "model": "lr", "epoch": 3}, MODEL_DEFAULTS)
+    cfg = TrainConfig.from_dict({"data": ".", "output": ".", "model": "lr", "epochs": 3}, MODEL_DEFAULTS)
+    assert TrainConfig.from_dict(cfg.to_dict(), MODEL_DEFAULTS) == cfg  # what a launcher passes on rebuilds it
 
 
 def test_cli_help_explains_every_option():
-    result = subprocess.run([sys.executable, str(REPO / "jobs" / "train.py"), "--help"], capture_output=True,
-                            text=True, check=True)
-    for option in ("--data", "--output", "--model", "--epochs", "--batch-size", "--lr", "--loader",
-                   "--warm-start", "--device", "--amp", "--seed", "--checkpoint-every", "--validate-every",
-                   "--early-stopping-patience", "--config-override"):
+    result = subprocess.run(deepfm_command("train", "--help"), capture_output=True, text=True, check=True)
+    for option in (
+        "--data",
+        "--output",
+        "--model",
+        "--epochs",
+        "--batch-size",
+        "--lr",
+        "--loader",
+        "--warm-start",
+        "--device",
+        "--amp",
+        "--seed",
+        "--checkpoint-every",
+        "--validate-every",
+        "--early-stopping-patience",
+        "--config",
+        "--set",
+    ):
         assert option in result.stdout
     assert "deepfm_p" in result.stdout and "petastorm" in result.stdout

@@ -1,29 +1,23 @@
-"""CTR models of the DeepFM paper, their optimizers, and the registry the jobs build them from.
+"""CTR models of the DeepFM paper: layers, the model zoo, their optimizers, typed configs, bundles.
 
 Input contract: ``cat [B, n_categorical]`` long indices (0 = missing/OOV) and
 ``num [B, n_numeric]`` float (already transformed), in ``FeatureSpec`` field order;
 output: logits ``[B]``.
 """
+
+from deepfm.models.config import ModelConfig, ModelDefaults
 from deepfm.models.optim import Optimizers, make_optimizers, split_sparse_parameters
-from deepfm.models.zoo import (
-    MODEL_BUILDERS,
-    CTRModel,
-    build_model,
-    build_model_for_spec,
-    model_names,
-    pretrain_init,
-    resolve_model_config,
-)
+from deepfm.models.zoo import MODEL_BUILDERS, CTRModel, build_model, build_model_for_spec, model_names
 
 __all__ = [
     "MODEL_BUILDERS",
     "CTRModel",
+    "ModelConfig",
+    "ModelDefaults",
     "Optimizers",
     "build_model",
     "build_model_for_spec",
     "make_optimizers",
     "model_names",
-    "pretrain_init",
-    "resolve_model_config",
     "split_sparse_parameters",
 ]

@@ -3,6 +3,7 @@
 Notation (shapes in docstrings): ``B`` batch, ``C`` categorical fields, ``N`` numeric fields,
 ``m = C + N`` fields, ``k`` embedding dimension.
 """
+
 from __future__ import annotations
 
 import torch
@@ -21,6 +22,8 @@ class FieldEmbedding(nn.Module):
     field's vector is its value times a learned per-field vector (the paper's "value itself"),
     held as a small dense ``[N, dim]`` parameter.
     """
+
+    offsets: torch.Tensor  # [C] first row of each categorical field in the shared table
 
     def __init__(self, cardinalities: list[int], n_numeric: int, dim: int, init_std: float) -> None:
         super().__init__()
@@ -104,6 +107,8 @@ class MLP(nn.Module):
 class InnerProducts(nn.Module):
     """IPNN's product signals: ``<e_i, e_j>`` for every field pair ``i < j``."""
 
+    pair_index: torch.Tensor  # [m(m-1)/2] flat positions of the pairs i < j in an m x m matrix
+
     def __init__(self, num_fields: int) -> None:
         super().__init__()
         rows, cols = torch.triu_indices(num_fields, num_fields, offset=1)
@@ -155,7 +160,7 @@ class ProductNetwork(nn.Module):
         super().__init__()
         if product not in PRODUCT_KINDS:
             raise ValueError(f"unknown product {product!r}; choose from {PRODUCT_KINDS}")
-        products: list[nn.Module] = []
+        products: list[InnerProducts | OuterProducts] = []
         if product in ("inner", "both"):
             products.append(InnerProducts(num_fields))
         if product in ("outer", "both"):

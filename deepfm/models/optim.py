@@ -10,6 +10,7 @@ Horovod: wrap each optimizer separately, e.g.
 Horovod reduces sparse gradients by allgather of their (index, value) pairs, which is what we
 want here: the traffic grows with the batch, not the table.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
@@ -36,11 +37,6 @@ class Optimizers:
     def __len__(self) -> int:
         return len(self.optimizers)
 
-    @property
-    def param_groups(self) -> list[dict[str, Any]]:
-        """All parameter groups of all optimizers (e.g. to set ``lr`` for warm-up)."""
-        return [group for optimizer in self.optimizers for group in optimizer.param_groups]
-
     def zero_grad(self) -> None:
         # No arguments: Horovod's DistributedOptimizer.zero_grad takes none (torch's default
         # already sets gradients to None, which the sparse tables need anyway).
@@ -61,9 +57,7 @@ class Optimizers:
         for optimizer, optimizer_state in zip(self.optimizers, states):
             optimizer.load_state_dict(optimizer_state)
 
-    def wrap(
-        self, wrapper: Callable[[torch.optim.Optimizer, NamedParameters], torch.optim.Optimizer]
-    ) -> "Optimizers":
+    def wrap(self, wrapper: Callable[[torch.optim.Optimizer, NamedParameters], torch.optim.Optimizer]) -> Optimizers:
         """A new ``Optimizers`` with ``wrapper(optimizer, its named parameters)`` applied to each."""
         return Optimizers(
             [wrapper(opt, named) for opt, named in zip(self.optimizers, self.named_parameters)],
@@ -73,9 +67,7 @@ class Optimizers:
 
 def split_sparse_parameters(model: nn.Module) -> tuple[NamedParameters, NamedParameters]:
     """``(sparse, dense)`` named parameters: weights of ``nn.Embedding(sparse=True)`` vs the rest."""
-    sparse_ids = {
-        id(module.weight) for module in model.modules() if isinstance(module, nn.Embedding) and module.sparse
-    }
+    sparse_ids = {id(module.weight) for module in model.modules() if isinstance(module, nn.Embedding) and module.sparse}
     sparse: NamedParameters = []
     dense: NamedParameters = []
     for name, param in model.named_parameters():
@@ -85,18 +77,9 @@ def split_sparse_parameters(model: nn.Module) -> tuple[NamedParameters, NamedPar
 
 
 def make_optimizers(
-    model: nn.Module, lr: float | None = None, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8
+    model: nn.Module, lr: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8
 ) -> Optimizers:
-    """SparseAdam for the sparse embedding tables, Adam for everything else (same ``lr``/``betas``).
-
-    ``lr`` defaults to the model's ``config["learning_rate"]`` (``conf/models.yaml``).
-    """
-    config = getattr(model, "config", {})
-    if config.get("optimizer", "adam") != "adam":
-        raise ValueError(f"only the paper's Adam is implemented, config asks for {config['optimizer']!r}")
-    lr = lr if lr is not None else config.get("learning_rate")
-    if lr is None:
-        raise ValueError("lr is required for a model without config['learning_rate']")
+    """SparseAdam for the sparse embedding tables, Adam for everything else (same ``lr``/``betas``)."""
     sparse, dense = split_sparse_parameters(model)
     optimizers: list[torch.optim.Optimizer] = []
     groups: list[NamedParameters] = []

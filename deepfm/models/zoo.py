@@ -22,21 +22,20 @@ First-order weights live in the same table rows as the latent vectors ``v`` (see
     deepfm_p  yes          yes       PNN (``product``)  the FM's (shared)
 
 FNN is trained in two stages: train an ``fm`` on the same spec, then
-``pretrain_init(fnn, fm)`` copies its latent vectors into the FNN before the FNN is trained.
+``deepfm.models.surgery.pretrain_init(fnn, fm)`` copies its latent vectors into the FNN before
+the FNN is trained.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import torch
 from torch import nn
 
-from deepfm.config import deep_update, load_conf
-from deepfm.features import FeatureSpec
+from deepfm.core.features import FeatureSpec
+from deepfm.models.config import ModelConfig
 from deepfm.models.layers import DNN, FieldEmbedding, FirstOrderEmbedding, FMInteraction, ProductNetwork
-
-CONF_NAME = "models"
 
 
 class CTRModel(nn.Module):
@@ -47,14 +46,14 @@ class CTRModel(nn.Module):
       ``fm``              the pairwise term over ``v``,
       ``deep``            an MLP/PNN over ``deep_embedding``'s vectors, or over ``v`` when
                           ``deep_embedding`` is None (the shared embedding of DeepFM).
-    ``name`` and ``config`` (the fully resolved model config) are what ``build_model`` needs
-    to rebuild the same architecture, e.g. from a bundle.
+    ``name`` and ``config`` are what ``build_model`` needs to rebuild the same architecture, e.g.
+    from a bundle.
     """
 
     def __init__(
         self,
         name: str,
-        config: dict[str, Any],
+        config: ModelConfig,
         cardinalities: list[int],
         n_numeric: int,
         *,
@@ -90,41 +89,41 @@ class CTRModel(nn.Module):
         return sum(terms[1:], terms[0])
 
 
-Builder = Callable[[str, dict[str, Any], list[int], int], CTRModel]
-DeepFactory = Callable[[dict[str, Any], int], nn.Module]
+Builder = Callable[[str, ModelConfig, list[int], int], CTRModel]
+DeepFactory = Callable[[ModelConfig, int], nn.Module]
 
 
-def _wide(cfg: dict[str, Any], cardinalities: list[int], n_numeric: int, latent: bool) -> FirstOrderEmbedding:
-    latent_dim = cfg["embedding_dim"] if latent else 0
-    return FirstOrderEmbedding(cardinalities, n_numeric, latent_dim, cfg["embedding_init_std"])
+def _wide(cfg: ModelConfig, cardinalities: list[int], n_numeric: int, latent: bool) -> FirstOrderEmbedding:
+    latent_dim = cfg.embedding_dim if latent else 0
+    return FirstOrderEmbedding(cardinalities, n_numeric, latent_dim, cfg.embedding_init_std)
 
 
-def _embedding(cfg: dict[str, Any], cardinalities: list[int], n_numeric: int) -> FieldEmbedding:
-    return FieldEmbedding(cardinalities, n_numeric, cfg["embedding_dim"], cfg["embedding_init_std"])
+def _embedding(cfg: ModelConfig, cardinalities: list[int], n_numeric: int) -> FieldEmbedding:
+    return FieldEmbedding(cardinalities, n_numeric, cfg.embedding_dim, cfg.embedding_init_std)
 
 
-def _dnn(cfg: dict[str, Any], num_fields: int) -> DNN:
-    return DNN(num_fields, cfg["embedding_dim"], cfg["hidden_units"], cfg["dropout"], cfg["activation"])
+def _dnn(cfg: ModelConfig, num_fields: int) -> DNN:
+    return DNN(num_fields, cfg.embedding_dim, list(cfg.hidden_units), cfg.dropout, cfg.activation)
 
 
-def _pnn(cfg: dict[str, Any], num_fields: int) -> ProductNetwork:
+def _pnn(cfg: ModelConfig, num_fields: int) -> ProductNetwork:
     return ProductNetwork(
-        num_fields, cfg["embedding_dim"], cfg["product"], cfg["hidden_units"], cfg["dropout"], cfg["activation"]
+        num_fields, cfg.embedding_dim, cfg.product, list(cfg.hidden_units), cfg.dropout, cfg.activation
     )
 
 
-def _build_lr(name: str, cfg: dict[str, Any], cards: list[int], n_num: int) -> CTRModel:
+def _build_lr(name: str, cfg: ModelConfig, cards: list[int], n_num: int) -> CTRModel:
     return CTRModel(name, cfg, cards, n_num, wide=_wide(cfg, cards, n_num, latent=False))
 
 
-def _build_fm(name: str, cfg: dict[str, Any], cards: list[int], n_num: int) -> CTRModel:
+def _build_fm(name: str, cfg: ModelConfig, cards: list[int], n_num: int) -> CTRModel:
     return CTRModel(name, cfg, cards, n_num, wide=_wide(cfg, cards, n_num, latent=True), fm=FMInteraction())
 
 
 def _build_deep_only(deep: DeepFactory) -> Builder:
     """FNN and the PNNs: a deep part over their own embedding, nothing else."""
 
-    def build(name: str, cfg: dict[str, Any], cards: list[int], n_num: int) -> CTRModel:
+    def build(name: str, cfg: ModelConfig, cards: list[int], n_num: int) -> CTRModel:
         embedding = _embedding(cfg, cards, n_num)
         return CTRModel(name, cfg, cards, n_num, deep=deep(cfg, embedding.num_fields), deep_embedding=embedding)
 
@@ -139,9 +138,12 @@ def _build_wide_deep(*, fm: bool, shared: bool, deep: DeepFactory) -> Builder:
     columns stored next to the LR weights, which are parameters of the deep part alone.
     """
 
-    def build(name: str, cfg: dict[str, Any], cards: list[int], n_num: int) -> CTRModel:
+    def build(name: str, cfg: ModelConfig, cards: list[int], n_num: int) -> CTRModel:
         return CTRModel(
-            name, cfg, cards, n_num,
+            name,
+            cfg,
+            cards,
+            n_num,
             wide=_wide(cfg, cards, n_num, latent=True),
             fm=FMInteraction() if fm else None,
             deep=deep(cfg, len(cards) + n_num),
@@ -169,58 +171,16 @@ def model_names() -> list[str]:
     return list(MODEL_BUILDERS)
 
 
-def resolve_model_config(name: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """``conf/models.yaml`` ``defaults``, then its ``<name>`` section, then ``overrides``.
-
-    Unknown keys in ``overrides`` are rejected so a typo cannot silently fall back to a default.
-    """
+def build_model(name: str, cardinalities: list[int], n_numeric: int, config: ModelConfig) -> CTRModel:
+    """Build registry model ``name`` for ``cardinalities`` (rows per categorical field, index 0
+    included) and ``n_numeric`` numeric fields; ``model.config`` is ``config``."""
     if name not in MODEL_BUILDERS:
         raise ValueError(f"unknown model {name!r}; choose from {model_names()}")
-    conf = load_conf(CONF_NAME)
-    resolved = deep_update(conf["defaults"], conf.get(name) or {})
-    unknown = sorted(set(overrides or {}) - set(resolved))
-    if unknown:
-        raise ValueError(f"unknown config keys for model {name!r}: {unknown}; known: {sorted(resolved)}")
-    return deep_update(resolved, overrides or {})
-
-
-def build_model(
-    name: str, cardinalities: list[int], n_numeric: int, config: dict[str, Any] | None = None
-) -> CTRModel:
-    """Build registry model ``name`` for ``cardinalities`` (per categorical field) and ``n_numeric``.
-
-    ``config`` overrides keys of the resolved ``conf/models.yaml`` config (e.g.
-    ``{"embedding_dim": 16}``); ``model.config`` holds the full resolved result.
-    """
-    cfg = resolve_model_config(name, config)
     if any(c < 1 for c in cardinalities):
         raise ValueError(f"cardinalities must be >= 1, got {cardinalities}")
-    return MODEL_BUILDERS[name](name, cfg, list(cardinalities), n_numeric)
+    return MODEL_BUILDERS[name](name, config, list(cardinalities), n_numeric)
 
 
-def build_model_for_spec(name: str, spec: FeatureSpec, config: dict[str, Any] | None = None) -> CTRModel:
+def build_model_for_spec(name: str, spec: FeatureSpec, config: ModelConfig) -> CTRModel:
     """``build_model`` for the field layout of ``spec``."""
     return build_model(name, spec.cardinalities, len(spec.numeric_fields), config)
-
-
-@torch.no_grad()
-def pretrain_init(fnn: CTRModel, fm: CTRModel) -> CTRModel:
-    """Stage two of FNN: copy a trained FM's latent vectors ``v_i`` into ``fnn``'s embedding.
-
-    Usage: train ``build_model("fm", ...)``; build the ``fnn`` for the same spec and
-    ``embedding_dim``; call ``pretrain_init(fnn, fm)``; then train the FNN end to end.
-    Returns ``fnn``.
-    """
-    if fnn.name != "fnn" or fm.name != "fm":
-        raise ValueError(f"pretrain_init needs an fnn and an fm, got {fnn.name!r} and {fm.name!r}")
-    source, target = fm.wide.rows, fnn.deep_embedding
-    pairs = [(source.categorical.weight, target.categorical.weight), (source.numeric, target.numeric)]
-    for fm_rows, fnn_vectors in pairs:
-        if fm_rows[:, 1:].shape != fnn_vectors.shape:
-            raise ValueError(
-                f"FM latent vectors {tuple(fm_rows[:, 1:].shape)} do not fit FNN embedding "
-                f"{tuple(fnn_vectors.shape)}: build both for the same spec and embedding_dim"
-            )
-    for fm_rows, fnn_vectors in pairs:
-        fnn_vectors.copy_(fm_rows[:, 1:])
-    return fnn

@@ -3,25 +3,36 @@
 Writes the rows each rank received, as float64 ``[cat..., num..., label]`` (exact for the
 int32 and float32 columns), to ``<out>/rank<r>.npy``. Usage: ``dump_shard_rows.py DATA OUT``.
 """
+
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from deepfm import distributed as dist
-from deepfm.config import load_conf
-from deepfm.data import make_loader
-from deepfm.features import FeatureSpec
+from deepfm.cli.config import load_defaults
+from deepfm.core.features import FeatureSpec
+from deepfm.training import distributed as dist
+from deepfm.training.feed import make_loader
 
 
 def main(data: str, out: str) -> None:
     dist.init()
-    conf, spec = load_conf("train"), FeatureSpec.load(data)
-    loader = make_loader(conf["loader"], Path(data) / "train", spec, conf["batch_size"], shard=dist.rank(),
-                         shard_count=dist.size(), shuffle_buffer=conf["shuffle_buffer"], seed=conf["seed"],
-                         pool_type=conf["petastorm_pool"], workers=conf["petastorm_workers"])
-    rows = [np.column_stack([b.cat.numpy(), b.num.numpy(), b.label.numpy()]).astype(np.float64)
-            for b in loader.epoch(0)]
+    conf, spec = load_defaults("train"), FeatureSpec.load(data)
+    loader = make_loader(
+        conf["loader"],
+        Path(data) / "train",
+        spec,
+        conf["batch_size"],
+        shard=dist.rank(),
+        shard_count=dist.size(),
+        shuffle_buffer=conf["shuffle_buffer"],
+        seed=conf["seed"],
+        pool_type=conf["petastorm_pool"],
+        workers=conf["petastorm_workers"],
+    )
+    rows = [
+        np.column_stack([b.cat.numpy(), b.num.numpy(), b.label.numpy()]).astype(np.float64) for b in loader.epoch(0)
+    ]
     np.save(Path(out) / f"rank{dist.rank()}.npy", np.concatenate(rows))
 
 

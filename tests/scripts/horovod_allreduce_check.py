@@ -2,6 +2,7 @@
 
 Writes each rank's final weights to ``<out>/rank<r>.pt`` so the test can compare them.
 """
+
 import sys
 
 import horovod.torch as hvd
@@ -15,8 +16,9 @@ def main(out_dir: str) -> None:
 
     torch.manual_seed(hvd.rank())  # different init per rank: broadcast must make them equal
     model = torch.nn.Linear(4, 1)
-    optimizer = hvd.DistributedOptimizer(torch.optim.SGD(model.parameters(), lr=0.1),
-                                         named_parameters=model.named_parameters())
+    optimizer = hvd.DistributedOptimizer(
+        torch.optim.SGD(model.parameters(), lr=0.1), named_parameters=model.named_parameters()
+    )
     hvd.broadcast_parameters(model.state_dict(), root_rank=0)
     hvd.broadcast_optimizer_state(optimizer, root_rank=0)
     data = torch.randn(16, 4) * (hvd.rank() + 1)  # each rank sees different data

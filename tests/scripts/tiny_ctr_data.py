@@ -9,6 +9,7 @@ swamp the model), so tests can check which rows a shard read.
 
 Usage: ``python tests/scripts/tiny_ctr_data.py OUT [--rows N]``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from deepfm.features import FeatureSpec, FieldSpec
+from deepfm.core.features import FeatureSpec, FieldSpec
 
 CARDINALITIES = {"C1": 8, "C2": 50, "C3": 200, "C4": 20}
 NUMERIC = ("row_id", "I1")
@@ -31,15 +32,24 @@ def spec() -> FeatureSpec:
     return FeatureSpec(tuple(fields))
 
 
-def write_dataset(root: str | Path, train_rows: int = 6000, test_rows: int = 2000, files_per_day: int = 3,
-                  row_group_rows: int = 250, seed: int = 0) -> FeatureSpec:
+def write_dataset(
+    root: str | Path,
+    train_rows: int = 6000,
+    test_rows: int = 2000,
+    files_per_day: int = 3,
+    row_group_rows: int = 250,
+    seed: int = 0,
+) -> FeatureSpec:
     """Write two train days and one test day under ``root``; return the spec (also saved there)."""
     root = Path(root)
     rng = np.random.default_rng(seed)
     weights = {name: rng.normal(0, 1.0, card) for name, card in CARDINALITIES.items()}
     pair = rng.normal(0, 1.0, (CARDINALITIES["C1"], CARDINALITIES["C4"]))
     next_id = 0
-    for split, days, rows in (("train", ("2024-01-01", "2024-01-02"), train_rows), ("test", ("2024-01-03",), test_rows)):
+    for split, days, rows in (
+        ("train", ("2024-01-01", "2024-01-02"), train_rows),
+        ("test", ("2024-01-03",), test_rows),
+    ):
         for day in days:
             for part in range(files_per_day):
                 n = rows // (len(days) * files_per_day)

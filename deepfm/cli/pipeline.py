@@ -1,0 +1,145 @@
+"""The daily CTR pipeline: preprocess -> train -> score -> report for a run date, a backfill, or the demo.
+
+  deepfm pipeline run --date 2026-11-22                 # one run date
+  deepfm pipeline run --from 2026-11-01 --to 2026-11-07 # backfill, in date order
+  deepfm pipeline run --date 2026-11-22 --step train    # one step (what Airflow calls)
+  deepfm pipeline demo                                  # generate logs, run, summarise
+
+Finished steps are skipped on a rerun (markers keyed on a fingerprint of command and inputs)
+unless --force; a failed step stops the run with its log tail and exit code 1. Defaults:
+deepfm/conf/pipeline.yaml (relative paths are relative to the current directory).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from deepfm.cli.config import JobParser, load_defaults, spark_conf
+from deepfm.cli.logs import setup_logging
+from deepfm.ops.pipeline import STEPS, PipelineSettings, RunPaths, StepFailed, date_range, run_date
+from deepfm.ops.spark import get_spark, spark_submit_args
+from deepfm.prep.synthetic import write_logs
+
+log = logging.getLogger(__name__)
+
+
+def parser() -> JobParser:
+    p = JobParser("pipeline", __doc__ or "", load_defaults("pipeline"))
+    p.option("--workdir", key="workdir", help="root of raw logs, processed data, models, Delta tables, logs")
+    p.option("--raw-dir", key="raw_dir", help="raw click logs root (default: WORKDIR/raw)")
+    p.option("--model", key="model", help="model to train")
+    p.add_argument("--quiet", action="store_true", help="do not echo the steps' output, only progress lines")
+    sub = p.parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the pipeline for one date or a range of dates")
+    when = run.add_mutually_exclusive_group(required=True)
+    when.add_argument("--date", type=dt.date.fromisoformat, help="run date D (the newest day of logs)")
+    when.add_argument("--from", dest="first", type=dt.date.fromisoformat, help="backfill: first run date")
+    run.add_argument("--to", dest="last", type=dt.date.fromisoformat, help="backfill: last run date (inclusive)")
+    run.add_argument("--step", choices=STEPS, help="run only this step (the scheduler runs one task per step)")
+    run.add_argument("--force", action="store_true", help="rerun steps even when their markers say done")
+    demo = sub.add_parser("demo", help="generate click logs, run the pipeline for the demo date, print a summary")
+    demo.add_argument("--date", type=dt.date.fromisoformat, help="run date of the demo (default: demo.run_date)")
+    demo.add_argument("--rows-per-day", type=int, help="generated impressions per day (default: demo.rows_per_day)")
+    demo.add_argument("--force", action="store_true", help="rerun steps even when their markers say done")
+    return p
+
+
+def settings_from(values: Mapping[str, Any]) -> PipelineSettings:
+    root = Path(values["workdir"]).resolve()
+    return PipelineSettings(
+        workdir=root,
+        raw_dir=Path(values.get("raw_dir") or root / "raw").resolve(),
+        model=values["model"],
+        train_days=int(values["train_days"]),
+        num_workers=int(values["num_workers"]),
+        hosts=values["hosts"],
+        train_args=tuple(values.get("train_args") or ()),
+        preprocess_args=tuple(values.get("preprocess_args") or ()),
+        score_args=tuple(values.get("score_args") or ()),
+        spark_submit=tuple(spark_submit_args(spark_conf({}))),
+    )
+
+
+def generate_demo_logs(
+    settings: PipelineSettings, run_day: dt.date, rows_per_day: int, demo: Mapping[str, Any]
+) -> None:
+    """Write train_days + 2 days of generated logs ending at the run date, unless present."""
+    days = settings.train_days + 2
+    first = run_day - dt.timedelta(days=days - 1)
+    wanted = [settings.raw_dir / f"date={(first + dt.timedelta(days=i)).isoformat()}" for i in range(days)]
+    if all(d.exists() for d in wanted):
+        log.info("demo logs already in %s", settings.raw_dir)
+        return
+    write_logs(
+        settings.raw_dir,
+        days,
+        rows_per_day,
+        first,
+        seed=int(demo["seed"]),
+        layout="date",
+        malformed_fraction=float(demo["malformed_fraction"]),
+    )
+
+
+def delta_rows_for_day(paths: RunPaths) -> dict[str, int]:
+    """Rows and distinct impressions of the run date in the Delta table (duplicates would differ)."""
+    from pyspark.sql import functions as F
+
+    spark = get_spark("pipeline-summary", spark_conf({}))
+    day = spark.read.format("delta").load(str(paths.scores_table)).where(F.col("date") == F.lit(paths.day).cast("date"))
+    row = day.agg(F.count("*").alias("rows"), F.countDistinct("impression_id").alias("distinct")).first()
+    assert row is not None  # an aggregation without grouping has one row
+    return {"rows": int(row["rows"]), "distinct_impressions": int(row["distinct"])}
+
+
+def print_summary(paths: RunPaths, results: dict[str, dict[str, Any]]) -> None:
+    pre, train, score, report = (results.get(s, {}) for s in STEPS)
+    totals = pre.get("totals", {})
+    delta = delta_rows_for_day(paths)
+
+    def pick(summary: dict[str, Any], keys: tuple[str, ...]) -> str:
+        return json.dumps({k: summary.get(k) for k in keys if k in summary})
+
+    lines = [
+        f"== DeepFM daily pipeline, run date {paths.day} ==",
+        f"preprocess: {pick(totals, ('rows_read', 'rows_written', 'rows_quarantined'))}",
+        f"train:      {pick(train, ('model', 'val_auc', 'val_logloss', 'val_calibration', 'samples_per_s'))}",
+        f"score:      {pick(score, ('rows_in', 'scored', 'rejected', 'mean_ctr', 'auc'))}",
+        f"delta:      {delta['rows']} rows for {paths.day} ({delta['distinct_impressions']} distinct impressions) "
+        f"in {paths.scores_table}",
+        f"report:     {report.get('report', paths.report / 'report.html')}",
+        f"artifacts:  data {paths.processed} | model {paths.bundle} | logs {paths.logs}",
+    ]
+    print("\n".join(lines))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = parser()
+    args, values = p.parse(argv)
+    if args.command == "run" and args.first and not args.last:
+        p.parser.error("--from needs --to")
+    setup_logging()
+    settings = settings_from(values)
+    echo = (lambda line: None) if args.quiet else (lambda line: print(f"  | {line}", flush=True))
+    try:
+        if args.command == "demo":
+            demo = values["demo"]
+            day = args.date or dt.date.fromisoformat(str(demo["run_date"]))
+            generate_demo_logs(settings, day, args.rows_per_day or int(demo["rows_per_day"]), demo)
+            results = run_date(settings, day, force=args.force, echo=echo)
+            print_summary(RunPaths(settings.workdir, day), results)
+            return 0
+        dates = [args.date] if args.date else date_range(args.first, args.last)
+        for day in dates:
+            results = run_date(settings, day, force=args.force, only=args.step, echo=echo)
+            print(json.dumps({"date": day.isoformat(), **results}))
+    except StepFailed as failure:
+        print(str(failure), file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,173 @@
+"""The feature spec: the one source of truth for how raw log fields become model inputs.
+
+Preprocessing fits it on the training days and saves it next to the encoded data; training
+saves it inside every model bundle; scoring encodes with the bundle's copy. Its ``version``
+is a hash of everything that changes the encoding, so two specs that encode differently can
+never share a version.
+
+Encoded layout (what the Parquet holds and the models read):
+  - ``label``: float32 (0/1),
+  - each categorical field (``vocab``, ``hash`` or ``bucketize``): int32 index in
+    ``[0, cardinality)``, index 0 meaning missing / out-of-vocabulary,
+  - each numeric field (``log`` or ``raw``): float32 value, missing as 0.
+Models take ``cat: LongTensor[batch, n_categorical]`` and ``num: FloatTensor[batch, n_numeric]``
+with columns in ``FeatureSpec.categorical_fields`` / ``numeric_fields`` order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from deepfm.core import fs
+
+SPEC_FILENAME = "feature_spec.json"
+# 2: the hash index is 1 + pmod(xxhash64(<seed int>, value), buckets - 1) (1 hashed
+# concat('<seed>:', value)); a spec of format 1 is refused rather than encoded differently.
+FORMAT_VERSION = 2
+
+CATEGORICAL_TRANSFORMS = ("vocab", "hash", "bucketize")
+NUMERIC_TRANSFORMS = ("log", "raw")
+
+
+class FeatureSpecError(ValueError):
+    """A spec is missing, corrupt, or does not match the data or model it is used with."""
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    """How one raw field is encoded.
+
+    ``name`` is both the raw column and the encoded column. ``cardinality`` counts index 0.
+    """
+
+    name: str
+    transform: str
+    cardinality: int = 0
+    vocabulary: tuple[str, ...] = ()
+    boundaries: tuple[float, ...] = ()
+    hash_buckets: int = 0
+
+    def __post_init__(self) -> None:
+        if self.transform not in CATEGORICAL_TRANSFORMS + NUMERIC_TRANSFORMS:
+            raise FeatureSpecError(f"field {self.name}: unknown transform {self.transform!r}")
+        if self.is_categorical and self.cardinality < 2:
+            raise FeatureSpecError(f"field {self.name}: categorical cardinality must be >= 2")
+
+    @property
+    def is_categorical(self) -> bool:
+        return self.transform in CATEGORICAL_TRANSFORMS
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["vocabulary"] = list(self.vocabulary)
+        d["boundaries"] = list(self.boundaries)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> FieldSpec:
+        return cls(
+            name=d["name"],
+            transform=d["transform"],
+            cardinality=int(d.get("cardinality", 0)),
+            vocabulary=tuple(d.get("vocabulary", ())),
+            boundaries=tuple(float(b) for b in d.get("boundaries", ())),
+            hash_buckets=int(d.get("hash_buckets", 0)),
+        )
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """Ordered fields plus everything needed to reproduce the encoding.
+
+    ``metadata`` (source days, row counts, creation time) documents the fit and is not part
+    of ``version``.
+    """
+
+    fields: tuple[FieldSpec, ...]
+    hash_seed: int = 0
+    label: str = "label"
+    metadata: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @property
+    def categorical_fields(self) -> list[FieldSpec]:
+        return [f for f in self.fields if f.is_categorical]
+
+    @property
+    def numeric_fields(self) -> list[FieldSpec]:
+        return [f for f in self.fields if not f.is_categorical]
+
+    @property
+    def cardinalities(self) -> list[int]:
+        """Rows of each categorical field's embedding, in ``categorical_fields`` order."""
+        return [f.cardinality for f in self.categorical_fields]
+
+    @property
+    def version(self) -> str:
+        """Content hash of the encoding (fields, hash seed, label); 16 hex digits."""
+        payload = json.dumps(self._encoding_dict(), sort_keys=True).encode()
+        return hashlib.sha256(payload).hexdigest()[:16]
+
+    def field(self, name: str) -> FieldSpec:
+        for f in self.fields:
+            if f.name == name:
+                return f
+        raise KeyError(name)
+
+    def _encoding_dict(self) -> dict[str, Any]:
+        return {
+            "fields": [f.to_dict() for f in self.fields],
+            "hash_seed": self.hash_seed,
+            "label": self.label,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format_version": FORMAT_VERSION,
+            "version": self.version,
+            **self._encoding_dict(),
+            "metadata": self.metadata,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> FeatureSpec:
+        try:
+            if d.get("format_version") != FORMAT_VERSION:
+                raise FeatureSpecError(
+                    f"unsupported feature spec format {d.get('format_version')!r} (this version reads format "
+                    f"{FORMAT_VERSION}): preprocess and train again with this version"
+                )
+            spec = cls(
+                fields=tuple(FieldSpec.from_dict(f) for f in d["fields"]),
+                hash_seed=int(d["hash_seed"]),
+                label=d["label"],
+                metadata=dict(d.get("metadata", {})),
+            )
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise FeatureSpecError(f"corrupt feature spec: missing or malformed {exc}") from exc
+        if "version" in d and d["version"] != spec.version:
+            raise FeatureSpecError(f"corrupt feature spec: stored version {d['version']} != recomputed {spec.version}")
+        return spec
+
+    def save(self, directory: str | os.PathLike[str]) -> Path:
+        """Write ``<directory>/feature_spec.json`` atomically and return its path."""
+        return fs.write_json(Path(directory) / SPEC_FILENAME, self.to_dict(), indent=None)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> FeatureSpec:
+        """Load from a spec file or a directory holding ``feature_spec.json``."""
+        path = Path(path)
+        if path.is_dir():
+            path = path / SPEC_FILENAME
+        if not path.exists():
+            raise FeatureSpecError(f"feature spec not found: {path}")
+        try:
+            data = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise FeatureSpecError(f"corrupt feature spec {path}: {exc}") from exc
+        return cls.from_dict(data)

@@ -1,0 +1,292 @@
+"""The DeepFM paper's model comparison (Guo et al., IJCAI 2017) on your own preprocessed logs.
+
+  - Table 2: each chosen model trained by the production trainer (``deepfm.training.trainer``, in
+    this process, or on N ranks through ``deepfm.training.launch``) with the paper's settings
+    (``deepfm/conf/models.yaml``), once per seed; seed ``s`` gives every model the same data order.
+    Each run's metrics are those of the validation that selected its bundle (the trainer saves
+    that state with the bundle: nothing is scored twice); the table shows mean ± std over seeds,
+    the relative gain over LR, calibration, time and parameters.
+  - Figure 6: training seconds per epoch relative to LR (FNN's FM pre-training counted, as
+    the paper does).
+  - Figures 7-11 (``study``): one-at-a-time sweeps of activation, dropout, neurons per
+    layer, hidden layers and network shape around the paper's settings, per deep model.
+
+Layout of ``<output>``::
+
+    runs/<model>-s<seed>-<key>/   one training (the trainer's output) and its result.json
+    results.json                  settings, data size, every run's numbers (the report's input)
+    table.csv, report.html, *.png written by ``compare_report.render`` from results.json alone
+
+``key`` hashes everything the training depends on, so a finished run is reused: the study
+shares the comparison's runs where settings coincide, and an interrupted comparison resumes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from deepfm.core import fs
+from deepfm.evaluation.curves import calibration_points, roc_curve, roc_on_grid
+from deepfm.models import ModelConfig, ModelDefaults, model_names
+from deepfm.models.bundle import load_bundle
+from deepfm.training.feed import row_groups
+from deepfm.training.launch import run_horovod
+from deepfm.training.trainer import TrainConfig, train
+
+log = logging.getLogger(__name__)
+
+# The paper's Figure 11 keeps the total of hidden neurons fixed across shapes (3 layers, n on average).
+SHAPES: dict[str, Callable[[int], list[int]]] = {
+    "constant": lambda n: [n, n, n],
+    "increasing": lambda n: [n // 2, n, 3 * n // 2],
+    "decreasing": lambda n: [3 * n // 2, n, n // 2],
+    "diamond": lambda n: [3 * n // 4, 3 * n // 2, 3 * n // 4],
+}
+
+
+@dataclass(frozen=True)
+class Study:
+    """One sweep of the paper: its figure, x-axis label, and value -> model-config overrides."""
+
+    figure: int
+    x_label: str
+    overrides: Callable[[Any, ModelConfig, int], dict[str, Any]]  # (value, model's config, shape_neurons)
+
+
+STUDIES: dict[str, Study] = {
+    "activation": Study(7, "activation function", lambda v, cfg, n: {"activation": v}),
+    # The paper's axis is the keep probability; the models' ``dropout`` is the drop rate.
+    "dropout": Study(8, "dropout (keep probability)", lambda v, cfg, n: {"dropout": round(1.0 - float(v), 6)}),
+    "neurons": Study(9, "neurons per layer", lambda v, cfg, n: {"hidden_units": [int(v)] * len(cfg.hidden_units)}),
+    "layers": Study(10, "hidden layers", lambda v, cfg, n: {"hidden_units": [cfg.hidden_units[0]] * int(v)}),
+    "shape": Study(11, "network shape", lambda v, cfg, n: {"hidden_units": SHAPES[v](n)}),
+}
+
+
+@dataclass(frozen=True)
+class StudySettings:
+    models: tuple[str, ...]
+    grids: dict[str, list[Any]]
+    epochs: int = 1
+    seed: int = 42
+    shape_neurons: int = 200
+
+
+@dataclass(frozen=True)
+class Settings:
+    """One comparison; the command line fills it from ``deepfm/conf/compare.yaml``.
+
+    ``train`` holds the training settings every run shares (``train.yaml``'s layout, with the
+    comparison's ``train`` section on top); ``model_defaults`` resolves each model's config.
+    """
+
+    data: Path
+    output: Path
+    train: Mapping[str, Any]
+    model_defaults: ModelDefaults
+    models: tuple[str, ...] = tuple(model_names())
+    seeds: tuple[int, ...] = (42, 43, 44, 45, 46)
+    epochs: int = 10
+    np: int = 1  # ranks per training: 1 in this process, more through horovodrun
+    hosts: str | None = None  # horovodrun -H (default localhost:<np>)
+    baseline: str = "lr"
+    roc_points: int = 201
+    calibration_groups: int = 10
+    study: StudySettings | None = None
+    note: str = ""
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.models) - set(model_names()))
+        if unknown:
+            raise ValueError(f"unknown models {unknown}; choose from {model_names()}")
+        if self.study:
+            bad = sorted(set(self.study.grids) - set(STUDIES))
+            if bad:
+                raise ValueError(f"unknown studies {bad}; choose from {sorted(STUDIES)}")
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any], train: Mapping[str, Any], model_defaults: ModelDefaults) -> Settings:
+        """From compare.yaml's layout (``seeds``: a count from ``base_seed``; ``study``: None, or its
+        section with ``seed`` null meaning ``base_seed``; the ``train`` section is ``train``)."""
+        values = {k: v for k, v in values.items() if k != "train"}
+        base_seed = values.pop("base_seed")
+        study = values.pop("study", None)
+        if study:
+            seed = base_seed if study.get("seed") is None else study["seed"]
+            study = StudySettings(**{**study, "models": tuple(study["models"]), "seed": seed})
+        return cls(
+            **{
+                **values,
+                "data": Path(values["data"]),
+                "output": Path(values["output"]),
+                "models": tuple(values["models"]),
+                "seeds": tuple(range(base_seed, base_seed + int(values["seeds"]))),
+                "study": study,
+                "train": dict(train),
+                "model_defaults": model_defaults,
+            }
+        )
+
+
+def train_config(
+    settings: Settings, model: str, seed: int, epochs: int, model_config: Mapping[str, Any]
+) -> TrainConfig:
+    """The run's TrainConfig; its output folder is named by a hash of everything else."""
+    values = {
+        **settings.train,
+        "data": str(settings.data),
+        "output": ".",
+        "model": model,
+        "seed": seed,
+        "epochs": epochs,
+        "model_config": dict(model_config),
+    }
+    cfg = TrainConfig.from_dict(values, settings.model_defaults)
+    key = {k: v for k, v in cfg.to_dict().items() if k != "output"}
+    digest = hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    return dataclasses.replace(cfg, output=settings.output / "runs" / f"{model}-s{seed}-{digest}")
+
+
+def run(settings: Settings, model: str, seed: int, epochs: int, model_config: Mapping[str, Any]) -> dict[str, Any]:
+    """Train one model (or reuse its finished run) and measure it; returns the run's record."""
+    cfg = train_config(settings, model, seed, epochs, model_config)
+    done = cfg.output / "result.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    shutil.rmtree(cfg.output, ignore_errors=True)  # a half-finished run restarts, so its time is whole
+    log.info("training %s seed %d %s -> %s", model, seed, dict(model_config) or "(paper settings)", cfg.output)
+    started = time.perf_counter()
+    summary = train(cfg) if settings.np == 1 else run_horovod(cfg, settings.np, settings.hosts)
+    record = measure(cfg, summary, time.perf_counter() - started, settings)
+    record["model_config_overrides"] = dict(model_config)
+    fs.write_json(done, record, indent=1)
+    log.info(
+        "%s seed %d: AUC %.4f logloss %.4f, %.1f s",
+        model,
+        seed,
+        record["auc"],
+        record["logloss"],
+        record["wall_seconds"],
+    )
+    return record
+
+
+def _train_seconds(metrics_json: Path) -> float:
+    return sum(e["train_seconds"] for e in json.loads(metrics_json.read_text())["epochs"])
+
+
+def measure(cfg: TrainConfig, summary: dict[str, Any], wall_seconds: float, settings: Settings) -> dict[str, Any]:
+    """The run's numbers: its bundle's validation metrics and curves, per-epoch history, time, size."""
+    bundle = load_bundle(cfg.output / "bundle")
+    if bundle.validation is None:
+        raise RuntimeError(f"{cfg.output / 'bundle'} holds no validation metrics")
+    metrics = bundle.validation
+    scores = metrics.compute()
+    history = json.loads((cfg.output / "metrics.json").read_text())["epochs"]
+    pretraining = cfg.output / "fnn_pretrain_fm" / "metrics.json"
+    train_seconds = _train_seconds(cfg.output / "metrics.json")
+    if pretraining.exists():
+        train_seconds += _train_seconds(pretraining)
+    fpr, tpr = roc_curve(metrics)
+    grid = np.linspace(0.0, 1.0, settings.roc_points)
+    return {
+        "model": cfg.model,
+        "seed": cfg.seed,
+        "model_config": bundle.config.to_dict(),
+        "run_dir": str(cfg.output),
+        **{k: scores[k] for k in ("auc", "logloss", "calibration", "ctr_observed", "ctr_predicted", "n")},
+        "best_epoch": summary["best_epoch"],
+        "epochs_run": len(history),
+        "world_size": summary["world_size"],
+        "final_val_auc": history[-1]["val_auc"],
+        "final_val_logloss": history[-1]["val_logloss"],
+        "train_seconds": train_seconds,
+        "train_seconds_per_epoch": train_seconds / len(history),
+        "wall_seconds": wall_seconds,
+        "params": sum(p.numel() for p in bundle.model.parameters()),
+        "history": [
+            {k: e[k] for k in ("epoch", "train_loss", "val_auc", "val_logloss", "train_seconds")} for e in history
+        ],
+        "roc_tpr": np.round(roc_on_grid(fpr, tpr, grid), 6).tolist(),
+        "calibration_points": calibration_points(metrics, settings.calibration_groups),
+    }
+
+
+def study_points(study: StudySettings, model_defaults: ModelDefaults) -> list[tuple[str, Any, str, dict[str, Any]]]:
+    """``(study, value, model, model-config overrides)`` for every point of every sweep."""
+    points = []
+    for name, values in study.grids.items():
+        for model in study.models:
+            base = model_defaults.resolve(model)
+            points += [
+                (name, value, model, STUDIES[name].overrides(value, base, study.shape_neurons)) for value in values
+            ]
+    return points
+
+
+def compare(settings: Settings) -> dict[str, Any]:
+    """Run (or reuse) every training of the comparison and the study; write and return results.json."""
+    runs = [run(settings, model, seed, settings.epochs, {}) for seed in settings.seeds for model in settings.models]
+    studies: dict[str, Any] = {}
+    if settings.study:
+        for name, value, model, overrides in study_points(settings.study, settings.model_defaults):
+            record = run(settings, model, settings.study.seed, settings.study.epochs, overrides)
+            entry = studies.setdefault(
+                name,
+                {
+                    "figure": STUDIES[name].figure,
+                    "x_label": STUDIES[name].x_label,
+                    "values": settings.study.grids[name],
+                    "points": [],
+                },
+            )
+            entry["points"].append(
+                {
+                    "model": model,
+                    "value": value,
+                    "overrides": overrides,
+                    **{k: record[k] for k in ("auc", "logloss", "calibration", "run_dir")},
+                }
+            )
+    recorded = {k: v for k, v in dataclasses.asdict(settings).items() if k != "model_defaults"}
+    results = {
+        "settings": json.loads(json.dumps(recorded, default=str)),
+        "data": data_size(settings.data),
+        "machine": machine(),
+        "roc_fpr": np.linspace(0.0, 1.0, settings.roc_points).tolist(),
+        "runs": runs,
+        "studies": studies,
+    }
+    fs.write_json(settings.output / "results.json", results, indent=1)
+    return results
+
+
+def machine() -> dict[str, Any]:
+    """What the timings were measured on: a shared or busy host inflates them all."""
+    return {
+        "cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.is_available(),
+        "load_average_1m": round(os.getloadavg()[0], 2),
+    }
+
+
+def data_size(data: Path) -> dict[str, Any]:
+    """Rows of each split, from the Parquet footers."""
+    return {
+        "path": str(data),
+        **{f"{split}_rows": sum(g.num_rows for g in row_groups(data / split)) for split in ("train", "test")},
+    }

@@ -1,0 +1,132 @@
+"""The comparison's report: table.csv, the PNGs and report.html, drawn from results.json alone."""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from deepfm.evaluation import plots
+from deepfm.evaluation.aggregate import closing_note, mean_calibration, mean_history, study_series, summarize
+from deepfm.evaluation.html import Column, fmt, html_image, html_table, write_html
+
+TABLE_COLUMNS: list[Column] = [
+    ("rank", "rank", str),
+    ("model", "model", str),
+    ("runs", "seeds", str),
+    ("auc", "AUC (mean ± std)", str),
+    ("logloss", "logloss (mean ± std)", str),
+    ("auc_gain_pct", "AUC vs LR (%)", fmt(2)),
+    ("logloss_gain_pct", "logloss vs LR (% lower)", fmt(2)),
+    ("calibration", "calibration (pred/obs)", fmt(3)),
+    ("time_vs_baseline", "time/epoch vs LR", fmt(2)),
+    ("train_s_per_epoch", "s/epoch", fmt(1)),
+    ("epochs_run", "epochs", fmt(1)),
+    ("params", "parameters", fmt(0)),
+]
+
+
+def _display(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        **row,
+        "auc": f"{row['auc_mean']:.4f} ± {row['auc_std']:.4f}",
+        "logloss": f"{row['logloss_mean']:.4f} ± {row['logloss_std']:.4f}",
+    }
+
+
+def render(results: dict[str, Any], output: Path) -> dict[str, Any]:
+    """table.csv, the PNGs and report.html, all computed from ``results`` (results.json)."""
+    output.mkdir(parents=True, exist_ok=True)
+    s = results["settings"]
+    rows = summarize(results["runs"], s["baseline"])
+    pd.DataFrame(rows).to_csv(output / "table.csv", index=False)
+    by_model = {r["model"]: [x for x in results["runs"] if x["model"] == r["model"]] for r in rows}
+    fpr = np.asarray(results["roc_fpr"])
+    curves = {
+        f"{r['model']} (AUC {r['auc_mean']:.4f})": (fpr, np.mean([x["roc_tpr"] for x in by_model[r["model"]]], axis=0))
+        for r in rows
+    }
+    reference = next((label for label in curves if label.split(" ")[0] == s["baseline"]), None)
+    images = [
+        (
+            "ROC curves of all models on the test day (averaged over seeds)",
+            plots.plot_roc(curves, output / "roc.png", reference=reference),
+        ),
+        (
+            "Calibration on the test day (equal-count score groups, averaged over seeds)",
+            plots.plot_calibration({m: mean_calibration(rs) for m, rs in by_model.items()}, output / "calibration.png"),
+        ),
+        (
+            "Train and validation curves per epoch (mean over seeds)",
+            plots.plot_history({m: mean_history(rs) for m, rs in by_model.items()}, output / "history.png"),
+        ),
+        _efficiency(rows, s["baseline"], output),
+    ]
+    for name, entry in results.get("studies", {}).items():
+        title = f"Figure {entry['figure']}: {name}"
+        images.append(
+            (
+                title,
+                plots.plot_sweep(
+                    title,
+                    entry["x_label"],
+                    [str(v) for v in entry["values"]],
+                    study_series(entry),
+                    output / f"study_{name}.png",
+                ),
+            )
+        )
+    note = closing_note(rows, results)
+    parts = [
+        _setup(results),
+        html_table([_display(r) for r in rows], TABLE_COLUMNS, highlight=lambda r: r["model"] == "deepfm"),
+        READING,
+        *(f"<h2>{html.escape(title)}</h2>{html_image(path, output, title)}" for title, path in images),
+        f"<h2>Closing note</h2><p class=note>{html.escape(note)}"
+        + (f"<br>{html.escape(s['note'])}" if s.get("note") else "")
+        + "</p>",
+    ]
+    page = write_html(output / "report.html", "Model comparison (DeepFM paper, Table 2)", parts)
+    ranking = [r["model"] for r in sorted(rows, key=lambda r: r["rank"])]
+    return {
+        "report": str(page),
+        "results": str(output / "results.json"),
+        "table": str(output / "table.csv"),
+        "ranking": ranking,
+        "auc": {r["model"]: round(r["auc_mean"], 5) for r in rows},
+        "note": note,
+    }
+
+
+READING = """<ul>
+<li>AUC and logloss: each run's best-validation bundle on the test day, mean ± sample std over seeds.</li>
+<li>AUC vs LR: relative change of the mean AUC; logloss vs LR: relative reduction of the mean logloss.</li>
+<li>calibration: mean predicted CTR / observed CTR on the test day (1 is calibrated).</li>
+<li>time/epoch vs LR (the paper's Figure 6): training seconds per epoch (reading + steps, validation
+excluded; FNN's FM pre-training included) relative to LR's, wall-clock on the machine named above.</li>
+</ul>"""
+
+
+def _setup(results: dict[str, Any]) -> str:
+    s, data, m = results["settings"], results["data"], results.get("machine", {})
+    return (
+        f"<p>Data <code>{html.escape(data['path'])}</code>: {data['train_rows']:,} training rows, "
+        f"{data['test_rows']:,} test rows (the test day). Every model trained by the production trainer "
+        f"with the paper's settings (deepfm/conf/models.yaml) and the same training settings; seeds {s['seeds']} "
+        f"(a seed fixes the data order for every model), at most {s['epochs']} epoch(s) with early stopping, "
+        f"{s['np']} rank(s) per training. Machine: {m.get('cpus', '?')} CPUs, CUDA {m.get('cuda', '?')}, "
+        f"1-minute load average {m.get('load_average_1m', '?')} when the comparison ended.</p>"
+    )
+
+
+def _efficiency(rows: list[dict[str, Any]], baseline: str, output: Path) -> tuple[str, Path]:
+    """Figure 6: training time per epoch relative to the baseline (absolute seconds without one)."""
+    relative = rows[0]["time_vs_baseline"] is not None
+    key, unit = ("time_vs_baseline", f"x {baseline}") if relative else ("train_s_per_epoch", "seconds")
+    title = f"Training time per epoch ({unit})"
+    return title, plots.plot_bars(
+        {r["model"]: r[key] for r in rows}, output / "efficiency.png", unit, title, reference=1.0 if relative else None
+    )

@@ -1,0 +1,170 @@
+"""Model bundles: everything scoring needs to rebuild a trained model, in one directory.
+
+    <bundle>/weights.pt              the model's state_dict (CPU tensors; loaded with weights_only=True)
+    <bundle>/bundle.json             format, model name, the complete model config, feature spec,
+                                     created time, version, torch version and the caller's ``extra``
+    <bundle>/validation_metrics.pt   optional: the ``BinaryMetrics`` state of the validation that
+                                     selected these weights (reports draw ROC and calibration from it)
+
+A bundle rebuilds its model from its own contents alone: ``bundle.json`` holds the whole
+``ModelConfig``, so later changes of the defaults cannot change or break it. ``version`` is a
+content hash of the weights, model name, config and feature-spec version: two bundles share it
+only if they score identically. ``load_bundle`` recomputes it, so a truncated or edited bundle is
+refused rather than half-loaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from deepfm.core import fs
+from deepfm.core.features import FeatureSpec, FeatureSpecError
+from deepfm.core.metrics import BinaryMetrics
+from deepfm.models.config import ModelConfig
+from deepfm.models.zoo import CTRModel, build_model
+
+BUNDLE_FORMAT = 1
+WEIGHTS_FILENAME = "weights.pt"
+META_FILENAME = "bundle.json"
+VALIDATION_FILENAME = "validation_metrics.pt"
+
+
+class BundleError(ValueError):
+    """A bundle is missing, corrupt, or cannot be saved as asked."""
+
+
+@dataclass(frozen=True)
+class Bundle:
+    model: CTRModel  # in eval mode, on the ``map_location`` device
+    spec: FeatureSpec
+    name: str
+    config: ModelConfig
+    version: str
+    meta: dict[str, Any]  # all of bundle.json, including ``extra`` and ``created``
+    validation: BinaryMetrics | None  # the validation that selected the weights, when saved
+
+
+def state_digest(state: Mapping[str, torch.Tensor], header: Any = None) -> str:
+    """16 hex digits of SHA-256 over ``header`` (JSON) and every tensor's name, dtype, shape and
+    bytes: equal digests mean bit-identical weights."""
+    digest = hashlib.sha256(json.dumps(header, sort_keys=True).encode()) if header is not None else hashlib.sha256()
+    for key in sorted(state):
+        tensor = state[key].detach().cpu().contiguous()
+        digest.update(f"{key}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def bundle_version(state: Mapping[str, torch.Tensor], name: str, config: ModelConfig, spec: FeatureSpec) -> str:
+    """The bundle's content hash: weights, model name, config and feature-spec version."""
+    return state_digest(state, [name, config.to_dict(), spec.version])
+
+
+def save_bundle(
+    path: str | os.PathLike[str],
+    model: CTRModel,
+    spec: FeatureSpec,
+    extra: dict[str, Any] | None = None,
+    validation: BinaryMetrics | None = None,
+) -> str:
+    """Write ``model`` (trained on ``spec``'s layout) as a bundle at ``path``, replacing any bundle
+    there whole (``fs.staged_dir``: readers see the old bundle or the new one); return its version.
+
+    ``validation`` is the metrics state of the validation that selected these weights.
+    """
+    layout = (spec.cardinalities, len(spec.numeric_fields))
+    if layout != (model.cardinalities, model.n_numeric):
+        raise BundleError(
+            f"feature spec {spec.version} has cardinalities/numeric count {layout}, "
+            f"the model {(model.cardinalities, model.n_numeric)}"
+        )
+    state = {key: tensor.detach().cpu() for key, tensor in model.state_dict().items()}
+    version = bundle_version(state, model.name, model.config, spec)
+    meta = {
+        "bundle_format": BUNDLE_FORMAT,
+        "model_name": model.name,
+        "model_config": model.config.to_dict(),
+        "version": version,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "torch_version": torch.__version__,
+        "feature_spec": spec.to_dict(),
+        "extra": extra or {},
+    }
+    try:
+        meta_text = json.dumps(meta, indent=2, sort_keys=True)
+    except (TypeError, ValueError) as exc:
+        raise BundleError(f"bundle metadata is not JSON-serialisable (check extra): {exc}") from exc
+    with fs.staged_dir(path) as staging:
+        torch.save(state, staging / WEIGHTS_FILENAME)
+        (staging / META_FILENAME).write_text(meta_text)
+        if validation is not None:
+            torch.save(validation.to_tensor(), staging / VALIDATION_FILENAME)
+    return version
+
+
+def load_bundle(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> Bundle:
+    """Load and verify a bundle; the model comes back in eval mode.
+
+    Raises ``BundleError`` if the bundle is missing, corrupt or inconsistent, and
+    ``FeatureSpecError`` if its spec is corrupt.
+    """
+    path = Path(path)
+    meta = _read_meta(path)
+    try:
+        spec = FeatureSpec.from_dict(meta["feature_spec"])
+    except FeatureSpecError as exc:
+        raise FeatureSpecError(f"bundle {path}: {exc}") from exc
+    name = meta["model_name"]
+    try:
+        config = ModelConfig.from_dict(meta["model_config"])
+    except (ValueError, TypeError) as exc:
+        raise BundleError(f"bundle {path} is corrupt: {META_FILENAME}: {exc}") from exc
+    state = _read_tensors(path / WEIGHTS_FILENAME, map_location)
+    if not isinstance(state, dict) or not all(isinstance(t, torch.Tensor) for t in state.values()):
+        raise BundleError(f"bundle {path} is corrupt: {WEIGHTS_FILENAME} is not a state_dict")
+    if bundle_version(state, name, config, spec) != meta["version"]:
+        raise BundleError(f"bundle {path} is corrupt: its content does not hash to version {meta['version']}")
+    try:
+        model = build_model(name, spec.cardinalities, len(spec.numeric_fields), config)
+        model.load_state_dict(state)
+    except (ValueError, KeyError, RuntimeError) as exc:
+        raise BundleError(f"bundle {path}: cannot rebuild model {name!r} from its config and weights: {exc}") from exc
+    validation = None
+    if (path / VALIDATION_FILENAME).is_file():
+        validation = BinaryMetrics.from_tensor(_read_tensors(path / VALIDATION_FILENAME, "cpu"))
+    return Bundle(model.to(map_location).eval(), spec, name, config, meta["version"], meta, validation)
+
+
+def _read_meta(path: Path) -> dict[str, Any]:
+    meta_path = path / META_FILENAME
+    if not meta_path.is_file():
+        raise BundleError(f"no model bundle at {path} ({META_FILENAME} missing)")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BundleError(f"bundle {path} is corrupt: {META_FILENAME}: {exc}") from exc
+    required = {"bundle_format", "model_name", "model_config", "version", "feature_spec"}
+    missing = sorted(required - set(meta)) if isinstance(meta, dict) else sorted(required)
+    if missing:
+        raise BundleError(f"bundle {path} is corrupt: {META_FILENAME} lacks {missing}")
+    if meta["bundle_format"] != BUNDLE_FORMAT:
+        raise BundleError(f"bundle {path} has format {meta['bundle_format']!r}, this code reads {BUNDLE_FORMAT}")
+    return meta
+
+
+def _read_tensors(file: Path, map_location: str | torch.device) -> Any:
+    if not file.is_file():
+        raise BundleError(f"bundle {file.parent} is incomplete: {file.name} missing")
+    try:
+        return torch.load(file, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch.load raises many types on a damaged file (zip, pickle, EOF)
+        raise BundleError(f"bundle {file.parent} is corrupt: cannot read {file.name}: {exc}") from exc

@@ -1,0 +1,93 @@
+"""Typed model settings: what ``build_model`` needs besides the feature layout.
+
+A ``ModelConfig`` is complete and self-describing: a bundle stores it whole, so a model is rebuilt
+from the bundle alone, whatever the defaults say by then. ``ModelDefaults`` holds the defaults
+table (``deepfm/conf/models.yaml``: a ``defaults`` section, then one section per model) that the
+command line reads and resolves a model's config from; nothing below the command line opens it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from deepfm.models.layers import ACTIVATIONS, PRODUCT_KINDS
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture and optimizer settings of one model (every model reads the keys it needs).
+
+    Args:
+        embedding_dim: latent dimension ``k`` of every field's vector.
+        hidden_units: widths of the deep part's hidden layers.
+        dropout: drop rate after each hidden layer.
+        activation: ``relu`` | ``tanh`` | ``sigmoid``.
+        product: PNN product layer, ``inner`` | ``outer`` | ``both``.
+        embedding_init_std: standard deviation of the normal initialisation of embeddings.
+        optimizer: ``adam`` (SparseAdam on the tables, Adam elsewhere).
+        learning_rate: base step size before any scaling by the number of ranks.
+    """
+
+    embedding_dim: int
+    hidden_units: tuple[int, ...]
+    dropout: float
+    activation: str
+    product: str
+    embedding_init_std: float
+    optimizer: str
+    learning_rate: float
+
+    def __post_init__(self) -> None:
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {self.activation!r}; choose from {sorted(ACTIVATIONS)}")
+        if self.product not in PRODUCT_KINDS:
+            raise ValueError(f"unknown product {self.product!r}; choose from {PRODUCT_KINDS}")
+        if self.optimizer != "adam":
+            raise ValueError(f"only the paper's Adam is implemented, config asks for {self.optimizer!r}")
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> ModelConfig:
+        """A config from a complete mapping (a bundle's, or resolved defaults); unknown or missing
+        keys are refused, so a typo never falls back to a default."""
+        known = [f.name for f in dataclasses.fields(cls)]
+        unknown, missing = sorted(set(values) - set(known)), sorted(set(known) - set(values))
+        if unknown or missing:
+            raise ValueError(f"model config: unknown keys {unknown}, missing keys {missing}; known: {known}")
+        return cls(
+            embedding_dim=int(values["embedding_dim"]),
+            hidden_units=tuple(int(u) for u in values["hidden_units"]),
+            dropout=float(values["dropout"]),
+            activation=str(values["activation"]),
+            product=str(values["product"]),
+            embedding_init_std=float(values["embedding_init_std"]),
+            optimizer=str(values["optimizer"]),
+            learning_rate=float(values["learning_rate"]),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready (``hidden_units`` as a list)."""
+        return {**dataclasses.asdict(self), "hidden_units": list(self.hidden_units)}
+
+    def replace(self, **overrides: Any) -> ModelConfig:
+        """A copy with ``overrides`` applied (validated like ``from_dict``)."""
+        return ModelConfig.from_dict({**self.to_dict(), **overrides})
+
+
+@dataclass(frozen=True)
+class ModelDefaults:
+    """The defaults table: ``defaults``, then the model's own section, then the caller's overrides."""
+
+    table: Mapping[str, Any]
+
+    def resolve(self, name: str, overrides: Mapping[str, Any] | None = None) -> ModelConfig:
+        if name not in self.table or name == "defaults":
+            models = sorted(k for k in self.table if k != "defaults")
+            raise ValueError(f"no defaults for model {name!r}; the table has {models}")
+        base = {**self.table["defaults"], **(self.table[name] or {})}
+        unknown = sorted(set(overrides or {}) - set(base))
+        if unknown:
+            raise ValueError(f"unknown config keys for model {name!r}: {unknown}; known: {sorted(base)}")
+        return ModelConfig.from_dict({**base, **(overrides or {})})

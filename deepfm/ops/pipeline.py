@@ -1,0 +1,328 @@
+"""The daily pipeline: preprocess → train → score → report for one run date, as real subprocesses.
+
+For run date D (the newest day of logs): preprocess with D-1 as the test day and the
+``train_days`` before it for training, train (warm-started from the newest earlier bundle),
+then score day D into the Delta table, and write the day's model report. Each step is the
+command a user would type (``spark-submit``, ``horovodrun``), run with its own log; each writes
+a JSON summary file that the pipeline reads back. A step that finished writes a marker holding a
+fingerprint of its command and inputs; a rerun skips it while the fingerprint matches (``force``
+reruns everything). A failed step stops the run with its log tail, and the next run starts again
+from that step.
+
+Work directory layout::
+
+    raw/date=YYYY-MM-DD/...         raw click logs (input)
+    processed/<D>/                  preprocessing output for run date D
+    day_cache/                      each raw day's validation and value counts, kept between runs
+    models/<D>/bundle/              the model trained for D; models/CURRENT names the newest
+    delta/ctr_scores/               scored impressions (Delta, partitioned by date)
+    delta/ctr_scores_metrics/       one row per scoring run (Delta)
+    rejects/<D>/                    rows scoring could not parse
+    reports/<D>/report.html         the model's ROC and calibration, daily metrics over time
+    logs/<D>/<step>.log             each step's full output (and score.json, scoring's summary)
+    markers/<D>/<step>.json         success markers (fingerprint + the step's JSON summary)
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from deepfm import ENTRY_POINT
+from deepfm.core import fs
+from deepfm.core.features import FORMAT_VERSION
+from deepfm.training.artifacts import SUMMARY
+from deepfm.training.launch import horovodrun_command
+
+log = logging.getLogger(__name__)
+
+STEPS = ("preprocess", "train", "score", "report")
+LOG_TAIL_LINES = 40
+
+
+class StepFailed(RuntimeError):
+    """A pipeline step exited non-zero; the message carries its log tail."""
+
+
+@dataclass(frozen=True)
+class PipelineSettings:
+    """What a run needs besides the date; the command line fills it from ``deepfm/conf/pipeline.yaml``."""
+
+    workdir: Path
+    raw_dir: Path
+    model: str = "deepfm"
+    train_days: int = 7
+    num_workers: int = 2
+    hosts: str = "localhost:2"
+    train_args: tuple[str, ...] = ()
+    preprocess_args: tuple[str, ...] = ()
+    score_args: tuple[str, ...] = ()
+    spark_submit: tuple[str, ...] = ()  # spark-submit's own arguments (ops.spark.spark_submit_args)
+    python: str = sys.executable
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """Where run date ``date``'s inputs and outputs live under the work directory."""
+
+    root: Path
+    date: dt.date
+
+    @property
+    def day(self) -> str:
+        return self.date.isoformat()
+
+    @property
+    def processed(self) -> Path:
+        return self.root / "processed" / self.day
+
+    @property
+    def models(self) -> Path:
+        return self.root / "models"
+
+    @property
+    def model_run(self) -> Path:
+        return self.models / self.day
+
+    @property
+    def bundle(self) -> Path:
+        return self.model_run / "bundle"
+
+    @property
+    def scores_table(self) -> Path:
+        return self.root / "delta" / "ctr_scores"
+
+    @property
+    def metrics_table(self) -> Path:
+        return self.root / "delta" / "ctr_scores_metrics"
+
+    @property
+    def rejects(self) -> Path:
+        return self.root / "rejects"
+
+    @property
+    def report(self) -> Path:
+        return self.root / "reports" / self.day
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs" / self.day
+
+    def marker(self, step: str) -> Path:
+        return self.root / "markers" / self.day / f"{step}.json"
+
+
+@dataclass(frozen=True)
+class Step:
+    """One subprocess of the run: its command, the summary file it writes, and what its
+    fingerprint depends on."""
+
+    name: str
+    command: list[str]
+    summary_file: Path
+    input_dirs: tuple[Path, ...] = ()
+    upstream: tuple[str, ...] = ()
+    env: dict[str, str] = field(default_factory=dict)
+
+
+def previous_bundle(paths: RunPaths) -> Path | None:
+    """The newest bundle trained for a date before ``paths.date`` (for warm starts)."""
+    candidates = []
+    for marker in (paths.root / "markers").glob("*/train.json"):
+        day = dt.date.fromisoformat(marker.parent.name)
+        bundle = paths.models / day.isoformat() / "bundle"
+        if day < paths.date and bundle.exists():
+            candidates.append((day, bundle))
+    return max(candidates)[1] if candidates else None
+
+
+def build_steps(settings: PipelineSettings, paths: RunPaths) -> list[Step]:
+    """The steps of run date ``paths.date``, as the commands a user would type."""
+    venv_bin = Path(settings.python).parent
+    test_day = paths.date - dt.timedelta(days=1)
+    spark_submit = [str(venv_bin / "spark-submit"), *settings.spark_submit, ENTRY_POINT]
+    preprocess = Step(
+        "preprocess",
+        [
+            *spark_submit,
+            "preprocess",
+            "--input",
+            str(settings.raw_dir),
+            "--output",
+            str(paths.processed),
+            "--end-date",
+            test_day.isoformat(),
+            "--train-days",
+            str(settings.train_days),
+            "--day-cache",
+            str(paths.root / "day_cache"),
+            *settings.preprocess_args,
+        ],
+        summary_file=paths.processed / "summary.json",
+        input_dirs=tuple(
+            settings.raw_dir / f"date={(test_day - dt.timedelta(days=i)).isoformat()}"
+            for i in range(settings.train_days + 1)
+        ),
+    )
+    warm = previous_bundle(paths)
+    train_args = [
+        "--data",
+        str(paths.processed),
+        "--output",
+        str(paths.model_run),
+        "--model",
+        settings.model,
+        *(["--warm-start", str(warm)] if warm else []),
+        *settings.train_args,
+    ]
+    train = Step(
+        "train",
+        horovodrun_command(settings.num_workers, settings.hosts, train_args, settings.python),
+        summary_file=paths.model_run / SUMMARY,
+        upstream=("preprocess",),
+    )
+    score = Step(
+        "score",
+        [
+            *spark_submit,
+            "score",
+            "--date",
+            paths.day,
+            "--model",
+            str(paths.bundle),
+            "--input",
+            str(settings.raw_dir),
+            "--table",
+            str(paths.scores_table),
+            "--metrics-table",
+            str(paths.metrics_table),
+            "--rejects",
+            str(paths.rejects),
+            "--summary",
+            str(paths.logs / "score.json"),
+            *settings.score_args,
+        ],
+        summary_file=paths.logs / "score.json",
+        input_dirs=(settings.raw_dir / f"date={paths.day}",),
+        upstream=("train",),
+    )
+    report = Step(
+        "report",
+        [
+            *spark_submit,
+            "report",
+            "--bundle",
+            str(paths.bundle),
+            "--metrics-table",
+            str(paths.metrics_table),
+            "--output",
+            str(paths.report),
+            "--date",
+            paths.day,
+        ],
+        summary_file=paths.report / "summary.json",
+        upstream=("score",),
+    )
+    return [preprocess, train, score, report]
+
+
+def _listing(directory: Path) -> list[tuple[str, int]]:
+    if not directory.exists():
+        return []
+    return sorted((str(p.relative_to(directory)), p.stat().st_size) for p in directory.rglob("*") if p.is_file())
+
+
+def fingerprint(step: Step, paths: RunPaths) -> str:
+    """Hash of the command, the input files (names and sizes), the upstream fingerprints and the
+    feature-spec format (outputs of an older format, which this code refuses to read, are redone)."""
+    upstream = [read_marker(paths, name).get("fingerprint") for name in step.upstream]
+    payload = json.dumps([FORMAT_VERSION, step.command, [_listing(d) for d in step.input_dirs], upstream])
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def read_marker(paths: RunPaths, step: str) -> dict[str, Any]:
+    marker = paths.marker(step)
+    return json.loads(marker.read_text()) if marker.exists() else {}
+
+
+def run_command(step: Step, log_path: Path, echo: Callable[[str], None]) -> None:
+    """Run ``step.command``, streaming its output to ``log_path`` and to ``echo``; a failure raises
+    ``StepFailed`` with the output's tail."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    tail: deque[str] = deque(maxlen=400)
+    env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "PYTHONUNBUFFERED": "1", **step.env}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    with (
+        log_path.open("w") as log_file,
+        subprocess.Popen(step.command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) as proc,
+    ):
+        log_file.write("$ " + " ".join(step.command) + "\n")
+        for line in proc.stdout:  # type: ignore[union-attr]
+            log_file.write(line)
+            tail.append(line.rstrip("\n"))
+            echo(line.rstrip("\n"))
+    if proc.returncode != 0:
+        excerpt = "\n".join(list(tail)[-LOG_TAIL_LINES:])
+        raise StepFailed(f"step {step.name} failed (exit {proc.returncode}); log {log_path}:\n{excerpt}")
+
+
+def run_step(
+    step: Step, paths: RunPaths, force: bool = False, echo: Callable[[str], None] = lambda line: None
+) -> dict[str, Any]:
+    """Run one step unless its marker says it already finished with the same fingerprint."""
+    fp = fingerprint(step, paths)
+    marker = read_marker(paths, step.name)
+    if not force and marker.get("fingerprint") == fp:
+        log.info("[%s] %s: already done (marker %s), skipping", paths.day, step.name, paths.marker(step.name))
+        return {**marker.get("summary", {}), "skipped": True}
+    paths.marker(step.name).unlink(missing_ok=True)
+    log.info("[%s] %s: running (log %s)", paths.day, step.name, paths.logs / f"{step.name}.log")
+    started = time.time()
+    run_command(step, paths.logs / f"{step.name}.log", echo)
+    summary = {**json.loads(step.summary_file.read_text()), "seconds": round(time.time() - started, 1)}
+    fs.write_json(paths.marker(step.name), {"fingerprint": fp, "summary": summary})
+    if step.name == "train":
+        _update_current_pointer(paths)
+    log.info("[%s] %s: done in %.0f s", paths.day, step.name, summary["seconds"])
+    return summary
+
+
+def _update_current_pointer(paths: RunPaths) -> None:
+    """``models/CURRENT`` names the newest trained date: the registry's production model."""
+    pointer = paths.models / "CURRENT"
+    current = pointer.read_text().strip() if pointer.exists() else ""
+    if paths.day >= current:
+        fs.write_text(pointer, paths.day + "\n")
+
+
+def run_date(
+    settings: PipelineSettings,
+    date: dt.date,
+    force: bool = False,
+    only: str | None = None,
+    echo: Callable[[str], None] = lambda line: None,
+) -> dict[str, dict[str, Any]]:
+    """Run (or resume) every step of one run date; returns each step's summary."""
+    paths = RunPaths(settings.workdir, date)
+    results: dict[str, dict[str, Any]] = {}
+    for step in build_steps(settings, paths):
+        if only is None or step.name == only:
+            results[step.name] = run_step(step, paths, force=force, echo=echo)
+    return results
+
+
+def date_range(first: dt.date, last: dt.date) -> list[dt.date]:
+    if last < first:
+        raise ValueError(f"--to {last} is before --from {first}")
+    return [first + dt.timedelta(days=i) for i in range((last - first).days + 1)]

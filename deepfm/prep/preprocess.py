@@ -1,0 +1,453 @@
+"""The daily preprocessing job: raw click logs in, encoded train/test Parquet and feature spec out.
+
+For an end date D the test days are the ``test_days`` days ending on D and the training days the
+``train_days`` days before them. Stages, each logged with its duration and recorded in the
+summary:
+  discover  find each day's files (a missing or empty day fails the job, or is skipped),
+  validate  count each day's lines and write malformed ones to quarantine (one job, all days),
+  fit       fit the feature spec on the training days' valid rows only,
+  encode    encode all days with the spec in one Parquet write, partitioned by split and day,
+  finalize  reconcile counts per day, save the spec and the summary, swap the output in.
+Each stage reads the days it needs in one scan (``rawlogs.read_raw_days``).
+
+With a day cache (``Options.day_cache``, ``deepfm.prep.day_cache``), what a day's input alone decides
+(its line counts, quarantined lines and value counts) is kept between runs: a daily run, whose
+window shares all but one day with yesterday's, validates and counts only its new days. The
+vocabularies are then summed from the kept counts, and all days are encoded as always.
+
+Output directory (built in a staging folder, then swapped in over ``<output>`` by
+``deepfm.core.fs.staged_dir``: a failed run leaves the previous output untouched, a rerun replaces
+it whole):
+  train/day=YYYY-MM-DD/part-*.parquet   label float32, then the spec's fields (int32 / float32)
+  test/day=YYYY-MM-DD/part-*.parquet
+  quarantine/day=YYYY-MM-DD/part-*.parquet   raw_line, reason
+  feature_spec.json                     the fitted FeatureSpec (deepfm.core.features)
+  summary.json                          per-day counts, stage timings, spec version, days
+Every Parquet file holds one row group of at most ``row_group_rows`` rows (Petastorm shards by
+row group), and each day gets at least ``min_row_groups_per_day`` of them even when small.
+
+The output is written through the driver's filesystem (spec, summary, renames), so it must be a
+local path or a mount shared with the executors; the input may be any Hadoop path.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import math
+import shutil
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from py4j.protocol import Py4JJavaError
+from pyspark.errors import PySparkException
+from pyspark.sql import Column, DataFrame, Observation, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql.pandas.types import to_arrow_schema
+
+from deepfm.core import fs
+from deepfm.core.features import FeatureSpec
+from deepfm.core.timing import Stages
+from deepfm.prep import encoding, rawlogs
+from deepfm.prep.day_cache import DayCache
+from deepfm.prep.encoding import FeatureConfig
+
+log = logging.getLogger(__name__)
+
+SUMMARY_FILENAME = "summary.json"
+SPLITS = ("train", "test")
+QUARANTINE = "quarantine"
+QUARANTINE_SCHEMA = pa.schema([("raw_line", pa.string()), ("reason", pa.string())])
+
+
+@dataclass(frozen=True)
+class Options:
+    """One run of the job (the command line's options, defaults from deepfm/conf/preprocess.yaml)."""
+
+    input: str
+    output: str
+    end_date: dt.date
+    features: FeatureConfig
+    train_days: int = 7
+    test_days: int = 1
+    layout: str = "auto"
+    day0_date: dt.date | None = None
+    skip_missing_days: bool = False
+    row_group_rows: int = 131_072
+    min_row_groups_per_day: int = 4
+    day_cache: str | None = None  # driver-local folder of per-day results kept between runs (None: off)
+
+
+@dataclass
+class DayCounts:
+    split: str
+    rows_read: int = 0
+    rows_quarantined: int = 0
+    quarantined_by_reason: dict[str, int] = field(default_factory=dict)
+    rows_written: int = 0
+
+    @classmethod
+    def validated(cls, split: str, rows_read: int, quarantined_by_reason: Mapping[str, int]) -> DayCounts:
+        """A day's counts after validation (``rows_quarantined`` is the sum over reasons)."""
+        by_reason = {reason: int(n) for reason, n in quarantined_by_reason.items()}
+        return cls(split, int(rows_read), sum(by_reason.values()), by_reason)
+
+    @property
+    def rows_valid(self) -> int:
+        return self.rows_read - self.rows_quarantined
+
+
+def day_window(end_date: dt.date, train_days: int, test_days: int) -> tuple[list[dt.date], list[dt.date]]:
+    """(training days, test days): the ``test_days`` days ending on ``end_date``, and the
+    ``train_days`` days before them."""
+    if train_days < 1 or test_days < 1:
+        raise ValueError("train_days and test_days must be >= 1")
+    first_test = end_date - dt.timedelta(days=test_days - 1)
+    train = [first_test - dt.timedelta(days=k) for k in range(train_days, 0, -1)]
+    test = [first_test + dt.timedelta(days=k) for k in range(test_days)]
+    return train, test
+
+
+def _skip_or_raise(error: rawlogs.InputDayError, skip: bool, skipped: dict[str, str]) -> None:
+    if not skip:
+        raise error
+    log.warning("skipping %s", error)
+    skipped[error.day.isoformat()] = error.problem
+
+
+def discover(
+    spark: SparkSession, opts: Options, days: list[dt.date], skipped: dict[str, str]
+) -> tuple[str, dict[dt.date, list[str]]]:
+    """The input layout and each available day's files (``rawlogs.day_paths``)."""
+    layout = rawlogs.detect_layout(spark, opts.input) if opts.layout == "auto" else opts.layout
+    files = {}
+    for day in days:
+        try:
+            files[day] = rawlogs.day_paths(spark, opts.input, day, layout, opts.day0_date)
+        except rawlogs.InputDayError as error:
+            _skip_or_raise(error, opts.skip_missing_days, skipped)
+    log.info("input %s (%s layout): %d of %d days found", opts.input, layout, len(files), len(days))
+    return layout, files
+
+
+def _split(day: dt.date, test_days: list[dt.date]) -> str:
+    return "test" if day in test_days else "train"
+
+
+def _rows_per_day(days: list[dt.date], where: Column | None = None, suffix: str = "") -> list[Column]:
+    """Observation metrics: each day's rows (meeting ``where``), named ``<day><suffix>``."""
+    where = F.lit(True) if where is None else where  # the optimizer drops "AND true"
+    return [F.count_if((F.col("day") == F.lit(d)) & where).alias(f"{d.isoformat()}{suffix}") for d in days]
+
+
+def validate_days(
+    spark: SparkSession, files: dict[dt.date, list[str]], test_days: list[dt.date], quarantine_dir: Path
+) -> dict[dt.date, DayCounts]:
+    """Count every day's lines and write the malformed ones (raw_line, reason) to
+    ``<quarantine_dir>/day=<day>/``, in one Spark job over all days.
+
+    Lines read per day are counted before the filter and quarantined ones per day and reason
+    after it, both observed during the one write. A day without a malformed line gets an empty
+    Parquet file, so every validated day has its folder. Raises ``Py4JJavaError`` /
+    ``PySparkException`` when some file cannot be read (``validate`` then finds which).
+    """
+    days = sorted(files)
+    read, kept = Observation("read"), Observation("quarantined")
+    lines = rawlogs.read_raw_days(spark, files)
+    checked = rawlogs.with_reason(lines.observe(read, F.count(F.lit(1)).alias("all"), *_rows_per_day(days)))
+    by_reason = (c for r in rawlogs.REASONS for c in _rows_per_day(days, F.col("reason") == r, f" {r}"))
+    # Appended: the day-by-day fallback adds one day's folder per job (the folder is new each run).
+    rawlogs.quarantined(checked).observe(kept, *by_reason).write.partitionBy("day").mode("append").parquet(
+        _local_uri(quarantine_dir)
+    )
+    rows_read, rows_kept = read.get, kept.get  # each .get converts the whole row from the JVM
+    if rows_read["all"] != sum(rows_read[d.isoformat()] for d in days):  # a file whose day was not found
+        raise RuntimeError(f"lines read {rows_read} do not add up to the total: a file without a day")
+    counts = {}
+    for day in days:
+        reasons = {r: rows_kept[f"{day.isoformat()} {r}"] for r in rawlogs.REASONS}
+        counts[day] = DayCounts.validated(_split(day, test_days), rows_read[day.isoformat()], reasons)
+        if not _day_dir(quarantine_dir, day).exists():
+            _write_empty_parquet(_day_dir(quarantine_dir, day), QUARANTINE_SCHEMA)
+        log.info(
+            "validated %s: %d lines, %d quarantined %s",
+            day,
+            counts[day].rows_read,
+            counts[day].rows_quarantined,
+            counts[day].quarantined_by_reason,
+        )
+    return counts
+
+
+def _write_empty_parquet(directory: Path, schema: pa.Schema) -> None:
+    directory.mkdir(parents=True)
+    pq.write_table(schema.empty_table(), directory / "part-00000-empty.parquet")
+
+
+def validate(
+    spark: SparkSession,
+    files: dict[dt.date, list[str]],
+    test_days: list[dt.date],
+    quarantine_dir: Path,
+    skip: bool,
+    skipped: dict[str, str],
+    cache: DayCache | None = None,
+) -> dict[dt.date, DayCounts]:
+    """Validate every day (``validate_days``); a day without a line, or that cannot be read,
+    fails the job naming it or, with ``skip``, is skipped.
+
+    Days whose validation ``cache`` keeps are taken from it; the others are validated in one job,
+    and kept. Only when that job fails are the days validated one by one, to name the unreadable
+    one.
+    """
+    counts = {}
+    if cache:
+        for day in files:
+            if kept := cache.validation(day, _day_dir(quarantine_dir, day)):
+                counts[day] = DayCounts.validated(_split(day, test_days), *kept)
+    fresh = {day: day_files for day, day_files in files.items() if day not in counts}
+    log.info("validating %d days%s", len(fresh), f" ({len(counts)} kept in the day cache)" if cache else "")
+    try:
+        results: Mapping[dt.date, DayCounts | rawlogs.InputDayError] = (
+            validate_days(spark, fresh, test_days, quarantine_dir) if fresh else {}
+        )
+    except (Py4JJavaError, PySparkException) as exc:
+        log.warning(
+            "validating all days in one job failed (%s); validating day by day to find the unreadable one",
+            str(exc).strip().splitlines()[0][:300],
+        )
+        for day in fresh:
+            shutil.rmtree(_day_dir(quarantine_dir, day), ignore_errors=True)
+        results = _validate_day_by_day(spark, fresh, test_days, quarantine_dir)
+    for day, result in results.items():
+        if isinstance(result, DayCounts) and result.rows_read == 0:
+            result = rawlogs.InputDayError(day, "no lines")
+        if isinstance(result, rawlogs.InputDayError):
+            _skip_or_raise(result, skip, skipped)
+            shutil.rmtree(_day_dir(quarantine_dir, day), ignore_errors=True)
+            continue
+        counts[day] = result
+        if cache:
+            cache.store_validation(day, result.rows_read, result.quarantined_by_reason, _day_dir(quarantine_dir, day))
+    return counts
+
+
+def _validate_day_by_day(
+    spark: SparkSession, files: dict[dt.date, list[str]], test_days: list[dt.date], quarantine_dir: Path
+) -> dict[dt.date, DayCounts | rawlogs.InputDayError]:
+    """``validate_days`` of one day at a time, each day's counts or the error naming it."""
+    results: dict[dt.date, DayCounts | rawlogs.InputDayError] = {}
+    for day, day_files in files.items():
+        try:
+            results.update(validate_days(spark, {day: day_files}, test_days, quarantine_dir))
+        except (Py4JJavaError, PySparkException) as exc:
+            results[day] = rawlogs.InputDayError(day, f"unreadable: {str(exc).strip().splitlines()[0]}")
+    return results
+
+
+def _local_uri(path: Path) -> str:
+    """``file://`` URI of a driver-local path, unescaped (``Path.as_uri`` escapes the ``=`` of
+    partition folders, and Hadoop does not unescape it)."""
+    return f"file://{path.resolve()}"
+
+
+def _day_dir(root: Path, day: dt.date) -> Path:
+    return root / f"day={day.isoformat()}"
+
+
+def valid_rows(
+    spark: SparkSession,
+    files: dict[dt.date, list[str]],
+    counts: dict[dt.date, DayCounts],
+    days: list[dt.date],
+    quarantine_dir: Path,
+) -> DataFrame:
+    """Typed valid rows of ``days``: their lines (one scan) minus the quarantined ones."""
+    lines = rawlogs.read_raw_days(spark, {d: files[d] for d in days})
+    quarantined = sum(counts[d].rows_quarantined for d in days)
+    return rawlogs.parse_valid(rawlogs.without_quarantined(lines, _local_uri(quarantine_dir), quarantined))
+
+
+def fit_spec(
+    spark: SparkSession,
+    files: dict[dt.date, list[str]],
+    counts: dict[dt.date, DayCounts],
+    quarantine_dir: Path,
+    features: FeatureConfig,
+    end_date: dt.date,
+    cache: DayCache | None = None,
+) -> FeatureSpec:
+    """Fit the feature spec on the valid rows of the training days (never the test days); with a
+    ``cache``, the vocabularies from the days' value counts kept there (``day_value_counts``)."""
+    train_days = [d for d in sorted(counts) if counts[d].split == "train"]
+    if not train_days:
+        raise RuntimeError(f"no training day available for end date {end_date}")
+    metadata = {
+        "end_date": end_date.isoformat(),
+        "source_days": [d.isoformat() for d in train_days],
+        "test_days": [d.isoformat() for d in sorted(counts) if counts[d].split == "test"],
+        "train_rows": sum(counts[d].rows_valid for d in train_days),
+        "rows_per_day": {d.isoformat(): counts[d].rows_valid for d in train_days},
+        "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    }
+    rows_of = partial(valid_rows, spark, files, counts, quarantine_dir=quarantine_dir)
+    fields = features.vocabulary_fields
+    value_counts = day_value_counts(spark, rows_of, train_days, fields, cache) if cache and fields else None
+    return encoding.fit(rows_of(train_days), features, metadata, value_counts)
+
+
+def day_value_counts(
+    spark: SparkSession,
+    rows_of: Callable[[list[dt.date]], DataFrame],
+    days: list[dt.date],
+    fields: list[str],
+    cache: DayCache,
+) -> DataFrame:
+    """``encoding.value_counts`` of ``fields`` on each of ``days`` (one row per day and value),
+    read from ``cache``; the days not kept there are counted first, on ``rows_of(those days)``
+    (``valid_rows``, one job), and kept."""
+    missing = [day for day in days if not cache.has_values(day, fields)]
+    log.info("counting values of %d days (%d kept in the day cache)", len(missing), len(days) - len(missing))
+    if missing:
+        staging = cache.scratch_dir()
+        try:
+            per_day = encoding.value_counts(rows_of(missing), fields, by=["day"])
+            per_day.write.partitionBy("day").parquet(_local_uri(staging))
+            for day in missing:
+                if not _day_dir(staging, day).exists():  # no value at all that day
+                    _write_empty_parquet(_day_dir(staging, day), to_arrow_schema(per_day.drop("day").schema))
+                cache.store_values(day, fields, _day_dir(staging, day))
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return spark.read.parquet(*(_local_uri(cache.values_path(d, fields)) for d in days))
+
+
+def rows_per_file(counts: dict[dt.date, DayCounts], row_group_rows: int, min_row_groups_per_day: int) -> int:
+    """File (= row group) size cap: ``row_group_rows``, lowered so the smallest day still gets
+    ``min_row_groups_per_day`` row groups."""
+    smallest = min((c.rows_valid for c in counts.values() if c.rows_valid), default=row_group_rows)
+    return max(1, min(row_group_rows, math.ceil(smallest / max(1, min_row_groups_per_day))))
+
+
+def encode_days(
+    spark: SparkSession,
+    files: dict[dt.date, list[str]],
+    counts: dict[dt.date, DayCounts],
+    spec: FeatureSpec,
+    out_dir: Path,
+    max_rows_per_file: int,
+) -> None:
+    """Encode every day with ``spec`` and write ``<out_dir>/<split>/day=<day>/``.
+
+    One Spark job for all days (the vocabularies are broadcast once), written partitioned by
+    split and day, then the ``split=`` folders renamed to plain ``train/`` and ``test/``.
+    Sets ``rows_written`` in ``counts`` from rows observed on their way to the writer.
+    """
+    days = sorted(counts)
+    test_days = [d for d in days if counts[d].split == "test"]
+    written = Observation("written")
+    encoded = encoding.encode(valid_rows(spark, files, counts, days, out_dir / QUARANTINE), spec)
+    columns = [spec.label, *(f.name for f in spec.fields)]
+    staging = out_dir / "_encoded"
+    (
+        encoded.select(*columns, "day", F.when(F.col("day").isin(test_days), "test").otherwise("train").alias("split"))
+        .observe(written, *_rows_per_day(days))
+        .write.partitionBy("split", "day")
+        .option("maxRecordsPerFile", max_rows_per_file)
+        .mode("overwrite")
+        .parquet(_local_uri(staging))
+    )
+    for day, n in written.get.items():
+        counts[dt.date.fromisoformat(day)].rows_written = int(n)
+    for split in SPLITS:
+        if (staging / f"split={split}").exists():
+            (staging / f"split={split}").rename(out_dir / split)
+    shutil.rmtree(staging)
+
+
+def reconcile(counts: dict[dt.date, DayCounts]) -> None:
+    """Require rows read = rows written + rows quarantined, for every day."""
+    for day, c in sorted(counts.items()):
+        log.info(
+            "%s %-5s read %d = written %d + quarantined %d %s",
+            day,
+            c.split,
+            c.rows_read,
+            c.rows_written,
+            c.rows_quarantined,
+            c.quarantined_by_reason,
+        )
+    broken = [d.isoformat() for d, c in counts.items() if c.rows_read != c.rows_written + c.rows_quarantined]
+    if broken:
+        raise RuntimeError(f"row counts do not reconcile (read != written + quarantined) for days {broken}")
+
+
+def summarize(
+    opts: Options,
+    layout: str,
+    spec: FeatureSpec,
+    counts: dict[dt.date, DayCounts],
+    skipped: dict[str, str],
+    stage_seconds: dict[str, float],
+    max_rows_per_file: int,
+    cache: DayCache | None = None,
+) -> dict[str, Any]:
+    days = {d.isoformat(): asdict(c) for d, c in sorted(counts.items())}
+    totals = {k: sum(c[k] for c in days.values()) for k in ("rows_read", "rows_written", "rows_quarantined")}
+    return {
+        "end_date": opts.end_date.isoformat(),
+        "train_days": [d for d, c in days.items() if c["split"] == "train"],
+        "test_days": [d for d, c in days.items() if c["split"] == "test"],
+        "skipped_days": skipped,
+        "input": opts.input,
+        "layout": layout,
+        "output": opts.output,
+        "spec_version": spec.version,
+        "days": days,
+        "totals": totals,
+        "stage_seconds": stage_seconds,
+        "rows_per_file": max_rows_per_file,
+        "day_cache": {"root": str(cache.root), "reused": cache.reused} if cache else None,
+        "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    }
+
+
+def run(spark: SparkSession, opts: Options) -> dict[str, Any]:
+    """Run the job for ``opts.end_date``; return the summary (also saved as summary.json)."""
+    stages = Stages(log)
+    train_days, test_days = day_window(opts.end_date, opts.train_days, opts.test_days)
+    skipped: dict[str, str] = {}
+    output = Path(opts.output)
+    log.info(
+        "preprocess %s: train %s..%s, test %s..%s -> %s",
+        opts.end_date,
+        train_days[0],
+        train_days[-1],
+        test_days[0],
+        test_days[-1],
+        output,
+    )
+    with fs.staged_dir(output) as tmp:
+        with stages("discover"):
+            layout, files = discover(spark, opts, train_days + test_days, skipped)
+            cache = DayCache.open(spark, opts.day_cache, files) if opts.day_cache else None
+        with stages("validate"):
+            counts = validate(spark, files, test_days, tmp / QUARANTINE, opts.skip_missing_days, skipped, cache)
+        with stages("fit"):
+            spec = fit_spec(spark, files, counts, tmp / QUARANTINE, opts.features, opts.end_date, cache)
+        with stages("encode"):
+            max_rows = rows_per_file(counts, opts.row_group_rows, opts.min_row_groups_per_day)
+            encode_days(spark, files, counts, spec, tmp, max_rows)
+        with stages("finalize"):
+            reconcile(counts)
+            spec.save(tmp)
+        summary = summarize(opts, layout, spec, counts, skipped, stages.seconds, max_rows, cache)
+        (tmp / SUMMARY_FILENAME).write_text(json.dumps(summary, indent=2))
+    log.info("preprocess %s done: %s, spec %s", opts.end_date, summary["totals"], spec.version)
+    return summary

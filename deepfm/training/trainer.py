@@ -1,0 +1,533 @@
+"""The training job: data-parallel training of one model over Petastorm (or pyarrow) shards.
+
+One process per rank (``horovodrun -np N ... python -m deepfm train``) or a single plain process.
+Each epoch every rank reads its own shard of ``<data>/train`` (``deepfm.training.feed``), takes
+the same number of steps as every other rank (the smallest shard's batch count: no rank waits at
+an allreduce another rank never reaches), and the distributed optimizer averages the gradients.
+Validation on ``<data>/test`` merges per-rank statistics with one allreduce; early stopping
+watches its AUC and the best validation's weights become the bundle. Rank 0 writes the run's
+files (``deepfm.training.artifacts``).
+
+Rerunning the same command resumes from the checkpoint: same step, optimizer state and data
+order (the order is a function of seed, epoch and shard; dropout noise of seed, rank and
+step), so a resumed run ends with the weights an uninterrupted one would have.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from deepfm.core.features import FeatureSpec
+from deepfm.core.metrics import BinaryMetrics
+from deepfm.models import CTRModel, ModelConfig, ModelDefaults, Optimizers, build_model_for_spec, make_optimizers
+from deepfm.models.bundle import load_bundle, state_digest
+from deepfm.models.surgery import pretrain_init, warm_start
+from deepfm.training import distributed as dist
+from deepfm.training.artifacts import RunArtifacts, TrainState
+from deepfm.training.early_stopping import EarlyStopping
+from deepfm.training.evaluate import autocast, evaluate
+from deepfm.training.feed import LOADERS, Batch, ShardLoader, make_loader, prefetch
+from deepfm.training.throughput import Throughput
+from deepfm.training.tracking import Tracker, TrackingSettings
+
+log = logging.getLogger(__name__)
+
+Init = Callable[[CTRModel], None]  # rank 0's initialisation of a fresh run (warm start, FNN)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a run depends on; the command line fills it from ``deepfm/conf/train.yaml``."""
+
+    data: Path
+    output: Path
+    model: str
+    model_config: ModelConfig
+    epochs: int = 10
+    batch_size: int = 2048
+    learning_rate: float | None = None  # None: the model config's
+    lr_scaling: str = "linear"
+    seed: int = 42
+    loader: str = "petastorm"
+    shuffle_buffer: int = 100_000
+    prefetch: int = 2
+    petastorm_pool: str = "dummy"
+    petastorm_workers: int = 1
+    eval_batch_size: int = 16384
+    device: str = "auto"
+    cpu_threads: int = 0
+    amp: bool = False
+    sparse_as_dense: bool = False
+    validate_every: int = 0
+    checkpoint_every: int = 500
+    early_stopping_patience: int = 2
+    early_stopping_min_delta: float = 1e-4
+    log_every: int = 50
+    fnn_pretrain_epochs: int = 1
+    warm_start: Path | None = None
+    tracking: TrackingSettings = field(default_factory=TrackingSettings)
+
+    def __post_init__(self) -> None:
+        if self.lr_scaling not in ("linear", "none"):
+            raise ValueError(f"lr_scaling must be 'linear' or 'none', not {self.lr_scaling!r}")
+        if self.loader not in LOADERS:
+            raise ValueError(f"loader must be one of {LOADERS}, not {self.loader!r}")
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any], model_defaults: ModelDefaults) -> TrainConfig:
+        """From ``train.yaml``'s layout: ``model_config`` holds overrides of the model's defaults."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown training settings {unknown}; known: {sorted(known)}")
+        return cls(
+            **{
+                **values,
+                "data": Path(values["data"]),
+                "output": Path(values["output"]),
+                "model_config": model_defaults.resolve(values["model"], values.get("model_config") or {}),
+                "warm_start": Path(values["warm_start"]) if values.get("warm_start") else None,
+                "tracking": TrackingSettings.from_dict(values.get("tracking") or {}),
+            }
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The values ``from_dict`` rebuilds this config from (paths as strings)."""
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return {
+            **values,
+            "data": str(self.data),
+            "output": str(self.output),
+            "model_config": self.model_config.to_dict(),
+            "warm_start": str(self.warm_start) if self.warm_start else None,
+            "tracking": {"mlflow": dataclasses.asdict(self.tracking)},
+        }
+
+
+@dataclass(frozen=True)
+class Parts:
+    """What the loop trains, built before it: the model on its device, its (distributed)
+    optimizers at the scaled learning rate, and this rank's loaders of the two splits."""
+
+    model: CTRModel
+    optimizers: Optimizers
+    train_loader: ShardLoader
+    val_loader: ShardLoader
+    device: torch.device
+    lr: float
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto``: this rank's GPU (``cuda:<local rank>``) when CUDA is available, else the CPU."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError("--device cuda but CUDA is not available")
+        torch.cuda.set_device(dist.local_rank())
+        return torch.device("cuda", dist.local_rank())
+    if name != "cpu":
+        raise ValueError(f"device must be auto, cpu or cuda, not {name!r}")
+    return torch.device("cpu")
+
+
+def cpu_threads(requested: int) -> int:
+    """Torch threads per rank: ``requested``, else ``$OMP_NUM_THREADS``, else this host's cores
+    divided among its ranks (oversubscribed cores spin: 10x slower on a loaded 2-core host)."""
+    if requested > 0:
+        return requested
+    if os.environ.get("OMP_NUM_THREADS", "").isdigit():
+        return int(os.environ["OMP_NUM_THREADS"])
+    return max(1, (os.cpu_count() or 1) // dist.local_size())
+
+
+def build_parts(cfg: TrainConfig, spec: FeatureSpec, model_config: ModelConfig) -> Parts:
+    """Model, optimizers and loaders of this rank (the model seeded by ``cfg.seed``)."""
+    device = resolve_device(cfg.device)
+    if device.type == "cpu":
+        torch.set_num_threads(cpu_threads(cfg.cpu_threads))
+    torch.manual_seed(cfg.seed)
+    model = build_model_for_spec(cfg.model, spec, model_config).to(device)
+    base_lr = cfg.learning_rate if cfg.learning_rate is not None else model_config.learning_rate
+    lr = base_lr * (dist.size() if cfg.lr_scaling == "linear" else 1)
+    optimizers = make_optimizers(model, lr).wrap(
+        lambda opt, named: dist.distributed_optimizer(opt, named, cfg.sparse_as_dense)
+    )
+    rank, world = dist.rank(), dist.size()
+    train_loader = make_loader(
+        cfg.loader,
+        cfg.data / "train",
+        spec,
+        cfg.batch_size,
+        shard=rank,
+        shard_count=world,
+        shuffle_buffer=cfg.shuffle_buffer,
+        seed=cfg.seed,
+        pool_type=cfg.petastorm_pool,
+        workers=cfg.petastorm_workers,
+    )
+    # Validation reads with pyarrow whatever --loader says: it is one unshuffled pass, and unlike
+    # Petastorm it copes with a validation day of fewer row groups than ranks (some ranks get none).
+    val_loader = make_loader(
+        "arrow", cfg.data / "test", spec, cfg.eval_batch_size, shard=rank, shard_count=world, shuffle=False
+    )
+    return Parts(model, optimizers, train_loader, val_loader, device, lr)
+
+
+def step_seed(seed: int, rank: int, global_step: int) -> int:
+    """The torch seed of one training step: dropout noise is reproducible on resume."""
+    return int(np.random.SeedSequence([seed, rank, global_step]).generate_state(1)[0])
+
+
+def train_step(model: nn.Module, optimizers: Optimizers, batch: Batch, amp: bool) -> torch.Tensor:
+    """One optimizer step on ``batch``; returns the mean loss (a detached 0-dim tensor)."""
+    with autocast(batch.cat.device, amp):
+        logits = model(batch.cat, batch.num)  # (B,)
+    loss = F.binary_cross_entropy_with_logits(logits.float(), batch.label)
+    optimizers.zero_grad()
+    loss.backward()
+    optimizers.step()  # a distributed optimizer waits for the averaged gradients first
+    return loss.detach()
+
+
+def train(cfg: TrainConfig) -> dict[str, Any]:
+    """The whole training job on this rank: optional FNN pre-training or warm start, then ``fit``.
+
+    Returns the summary (identical on every rank; rank 0 also writes it to ``summary.json``).
+    """
+    dist.init()
+    spec = FeatureSpec.load(cfg.data)
+    model_config, init = cfg.model_config, None
+    if cfg.warm_start:
+        model_config, init = _warm_start_init(cfg, spec)
+    elif cfg.model == "fnn":
+        init = _fnn_pretraining(cfg, spec)
+    return fit(cfg, spec, build_parts(cfg, spec, model_config), init)
+
+
+def fit(cfg: TrainConfig, spec: FeatureSpec, parts: Parts, init: Init | None = None) -> dict[str, Any]:
+    """Train ``parts.model`` until ``cfg.epochs`` or early stopping; returns the summary.
+
+    A checkpoint in ``cfg.output`` is resumed; otherwise rank 0 applies ``init`` (warm start,
+    FNN pre-training) and every rank starts from its weights.
+    """
+    run = _Run(cfg, spec, parts, init)
+    s, meter = run.state, run.meter
+    while s.epoch < cfg.epochs and not s.best.stopped:
+        meter.begin_epoch()
+        rows = 0
+        for batch in run.batches():
+            if meter.mark is None:  # the clock starts once the reader delivered
+                meter.start(s.global_step)
+            torch.manual_seed(step_seed(cfg.seed, dist.rank(), s.global_step))
+            run.loss.add(train_step(parts.model, parts.optimizers, batch, cfg.amp), len(batch))
+            rows += len(batch)
+            s.step_in_epoch += 1
+            s.global_step += 1
+            if cfg.log_every and s.global_step % cfg.log_every == 0:
+                log.info(meter.line(s.epoch, cfg.epochs, s.step_in_epoch, run.steps, s.global_step, run.loss.mean))
+            validate = cfg.validate_every and s.global_step % cfg.validate_every == 0 and s.step_in_epoch < run.steps
+            checkpoint = cfg.checkpoint_every and s.global_step % cfg.checkpoint_every == 0
+            if validate or checkpoint:  # not training time: excluded from samples/s
+                paused = time.perf_counter()
+                if validate:
+                    run.validate()
+                if checkpoint:
+                    run.checkpoint()
+                meter.add_pause(time.perf_counter() - paused)
+                meter.start(s.global_step)
+            if s.best.stopped:
+                break
+        run.end_epoch(rows)
+    return run.finish()
+
+
+class _LossMeter:
+    """This rank's train loss since the last sync, summed on the device (no host sync per step)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.total = torch.zeros((), dtype=torch.float64, device=device)
+        self.rows = 0
+
+    def add(self, loss: torch.Tensor, rows: int) -> None:
+        self.total += loss * rows
+        self.rows += rows
+
+    @property
+    def mean(self) -> float:
+        return (self.total / max(self.rows, 1)).item()
+
+    def sync_into(self, state: TrainState) -> None:
+        """Fold every rank's loss since the last sync into the (rank-identical) state."""
+        local = torch.stack([self.total.cpu(), torch.tensor(float(self.rows), dtype=torch.float64)])
+        total = dist.allreduce_sum(local, name="train_loss")
+        state.loss_sum += float(total[0])
+        state.loss_rows += int(total[1])
+        self.total.zero_()
+        self.rows = 0
+
+
+class _Run:
+    """The moving parts of one ``fit``: state (restored or fresh), early stopping, artifacts,
+    tracking, throughput and loss accounting; the loop itself is ``fit``."""
+
+    def __init__(self, cfg: TrainConfig, spec: FeatureSpec, parts: Parts, init: Init | None) -> None:
+        self.cfg, self.spec, self.parts = cfg, spec, parts
+        self.artifacts = RunArtifacts(cfg.output, dist.is_primary())
+        self.state = self._restore_or_init(init)
+        data_order = [dist.size(), cfg.batch_size, cfg.shuffle_buffer, cfg.seed]
+        if self.state.data_order != data_order and self.state.step_in_epoch:
+            log.warning(
+                "ranks, batch size, shuffle window or seed differ from the checkpoint's %s: "
+                "epoch %d restarts from its first batch",
+                self.state.data_order,
+                self.state.epoch + 1,
+            )
+            self.state.step_in_epoch, self.state.loss_sum, self.state.loss_rows = 0, 0.0, 0
+        self.state.data_order = data_order
+        # Equal steps on every rank: the smallest shard sets them; larger shards drop their tail
+        # (a different tail every epoch, as the row-group order is reshuffled).
+        self.steps = dist.allreduce_min(parts.train_loader.num_batches, name="steps_per_epoch")
+        if self.steps == 0:
+            raise ValueError(
+                f"a train shard is empty: {parts.train_loader.dataset_row_groups} row groups in "
+                f"{cfg.data / 'train'} for {dist.size()} ranks"
+            )
+        log.info(
+            "%s on %d rank(s), %s: shard of %d rows, %d steps of %d per epoch, lr %.3g, loader %s",
+            cfg.model,
+            dist.size(),
+            parts.device,
+            parts.train_loader.expected_rows,
+            self.steps,
+            cfg.batch_size,
+            parts.lr,
+            cfg.loader,
+        )
+        self.early = EarlyStopping(cfg.early_stopping_patience, cfg.early_stopping_min_delta, self.state.best)
+        self.meter = Throughput(self.steps * cfg.epochs, cfg.batch_size)
+        self.loss = _LossMeter(parts.device)
+        self.tracker = Tracker(cfg.tracking, cfg.output, enabled=dist.is_primary())
+        params = {**_flat_params(cfg), "world_size": dist.size(), "lr_scaled": parts.lr}
+        self.tracker.start(params, run_id=self.state.mlflow_run_id, run_name=f"{cfg.output.name}-{cfg.model}")
+        self.state.mlflow_run_id = self.tracker.run_id
+        self._clock = time.perf_counter()
+
+    def _restore_or_init(self, init: Init | None) -> TrainState:
+        model, optimizers = self.parts.model, self.parts.optimizers
+        state = TrainState()
+        checkpoint = self.artifacts.load_checkpoint(self.parts.device)
+        if checkpoint is not None:
+            if checkpoint["model_name"] != model.name or checkpoint["model_config"] != model.config.to_dict():
+                raise ValueError(
+                    f"{self.cfg.output} holds a checkpoint of a {checkpoint['model_name']} with another config: "
+                    "use a new --output to train a different model"
+                )
+            model.load_state_dict(checkpoint["model"])
+            optimizers.load_state_dict(checkpoint["optimizers"])
+            state = TrainState.from_dict(checkpoint["state"])
+            state.resumed_at_steps.append(state.global_step)
+            log.info(
+                "resuming from %s: epoch %d, step %d of the epoch, global step %d",
+                self.artifacts.checkpoint,
+                state.epoch + 1,
+                state.step_in_epoch,
+                state.global_step,
+            )
+        elif dist.is_primary() and init is not None:
+            init(model)
+        state = dist.broadcast_object(state)
+        dist.broadcast_parameters(model)
+        for optimizer in optimizers:
+            dist.broadcast_optimizer_state(optimizer, model=model)
+        return state
+
+    def batches(self) -> Iterator[Batch]:
+        """This epoch's remaining batches on the device (pinned and read ahead when on a GPU)."""
+        device = self.parts.device
+        batches: Iterator[Batch] = self.parts.train_loader.epoch(
+            self.state.epoch, steps=self.steps, skip=self.state.step_in_epoch
+        )
+        if device.type == "cuda":
+            batches = (Batch(*(t.pin_memory() for t in b)) for b in batches)
+        return (b.to(device, non_blocking=True) for b in prefetch(batches, self.cfg.prefetch))
+
+    def validate(self) -> dict[str, Any]:
+        """Every rank's shard of the validation split, merged; a new best becomes the bundle."""
+        s, parts = self.state, self.parts
+        local = evaluate(parts.model, parts.val_loader.epoch(0), parts.device, self.cfg.amp)
+        merged = BinaryMetrics.from_tensor(dist.allreduce_sum(local.to_tensor(), name="validation_metrics"))
+        metrics = merged.compute()
+        record = {"epoch": s.epoch + 1, "global_step": s.global_step, **metrics}
+        s.validations.append(record)
+        if self.early.update(metrics["auc"], s.epoch + 1, s.global_step):
+            extra = {
+                "validation": record,
+                "world_size": dist.size(),
+                "data": str(self.cfg.data),
+                "warm_start": str(self.cfg.warm_start) if self.cfg.warm_start else None,
+            }
+            version = self.artifacts.save_bundle(parts.model, self.spec, merged, extra)
+            if version:
+                log.info("bundle %s saved (validation AUC %.4f)", version, metrics["auc"])
+        log.info(
+            "validation at step %d: AUC %.4f logloss %.4f calibration %.3f (best AUC %.4f at step %d)%s",
+            s.global_step,
+            metrics["auc"],
+            metrics["logloss"],
+            metrics["calibration"],
+            s.best.auc,
+            s.best.step,
+            "; early stop" if s.best.stopped else "",
+        )
+        scalars = {f"val_{k}": float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+        self.tracker.log_metrics(scalars, step=s.global_step)
+        return record
+
+    def checkpoint(self) -> None:
+        """All ranks fold their loss in; rank 0 writes the checkpoint and the metrics so far."""
+        self.loss.sync_into(self.state)
+        self._tick()
+        self.artifacts.save_checkpoint(self.parts.model, self.parts.optimizers, self.state)
+        self.artifacts.write_metrics(self._metrics())
+
+    def end_epoch(self, rows: int) -> None:
+        s, meter = self.state, self.meter
+        self.loss.sync_into(s)
+        train_seconds = meter.train_seconds
+        rates = dist.allgather_object(rows / train_seconds if train_seconds > 0 else 0.0)
+        val = s.validations[-1] if s.best.stopped else self.validate()
+        entry = {
+            "epoch": s.epoch + 1,
+            "steps": s.step_in_epoch,
+            "global_step": s.global_step,
+            "train_loss": s.loss_sum / max(s.loss_rows, 1),
+            **{f"val_{k}": v for k, v in val.items() if k not in ("epoch", "global_step", "reliability")},
+            "samples_per_s_per_rank": [round(r, 1) for r in rates],
+            "samples_per_s": round(sum(rates), 1),
+            "train_seconds": round(train_seconds, 2),
+            "wall_s": round(meter.wall_seconds, 2),
+        }
+        s.history.append(entry)
+        s.epoch += 1
+        s.step_in_epoch, s.loss_sum, s.loss_rows = 0, 0.0, 0
+        log.info(
+            "epoch %d/%d: train loss %.4f, val AUC %.4f logloss %.4f, %s samples/s (%s per rank), %.1f s",
+            entry["epoch"],
+            self.cfg.epochs,
+            entry["train_loss"],
+            entry.get("val_auc", float("nan")),
+            entry.get("val_logloss", float("nan")),
+            f"{entry['samples_per_s']:,.0f}",
+            ", ".join(f"{r:,.0f}" for r in rates),
+            entry["wall_s"],
+        )
+        self.tracker.log_metrics(
+            {"train_loss": entry["train_loss"], "samples_per_s": entry["samples_per_s"]}, step=s.global_step
+        )
+        self.checkpoint()
+
+    def finish(self) -> dict[str, Any]:
+        s, cfg = self.state, self.cfg
+        self._tick()
+        digests = dist.allgather_object(state_digest(self.parts.model.state_dict()))
+        if len(set(digests)) != 1:
+            log.error("ranks ended with different weights: %s", digests)
+        best = next((v for v in s.validations if v["global_step"] == s.best.step), {})
+        last = s.history[-1] if s.history else {}
+        summary = {
+            "model": cfg.model,
+            "val_auc": best.get("auc"),
+            "val_logloss": best.get("logloss"),
+            "val_calibration": best.get("calibration"),
+            "best_epoch": s.best.epoch,
+            "epochs_run": len(s.history),
+            "global_step": s.global_step,
+            "stopped_early": s.best.stopped,
+            "samples_per_s": last.get("samples_per_s"),
+            "world_size": dist.size(),
+            "loader": cfg.loader,
+            "bundle": str(self.artifacts.bundle),
+            "metrics": str(self.artifacts.metrics),
+            "output": str(cfg.output),
+            "wall_time_s": round(s.wall_seconds, 1),
+        }
+        self.artifacts.write_metrics(self._metrics(summary, digests))
+        self.artifacts.write_summary(summary)
+        for artifact in (self.artifacts.bundle, self.artifacts.metrics):
+            self.tracker.log_artifact(artifact)
+        self.tracker.finish()
+        return summary
+
+    def _tick(self) -> None:
+        now = time.perf_counter()
+        self.state.wall_seconds += now - self._clock
+        self._clock = now
+
+    def _metrics(self, summary: dict[str, Any] | None = None, digests: list[str] | None = None) -> dict[str, Any]:
+        s, cfg = self.state, self.cfg
+        return {
+            "model": cfg.model,
+            "loader": cfg.loader,
+            "world_size": dist.size(),
+            "batch_size_per_rank": cfg.batch_size,
+            "learning_rate": self.parts.lr,
+            "steps_per_epoch": self.steps,
+            "epochs": s.history,
+            "validations": s.validations,
+            "resumed_at_steps": s.resumed_at_steps,
+            "wall_time_s": round(s.wall_seconds, 1),
+            "weight_digests": digests,
+            "summary": summary,
+        }
+
+
+def _flat_params(cfg: TrainConfig) -> dict[str, Any]:
+    return {k: v for k, v in cfg.to_dict().items() if k != "tracking"}
+
+
+def _warm_start_init(cfg: TrainConfig, spec: FeatureSpec) -> tuple[ModelConfig, Init]:
+    """The bundle's model config (read on rank 0, shared), and the rank-0 ``init`` copying its weights."""
+    bundle = load_bundle(cfg.warm_start) if dist.is_primary() and cfg.warm_start else None
+    name, config = dist.broadcast_object((bundle.name, bundle.config) if bundle else None)
+    if name != cfg.model:
+        raise ValueError(f"--warm-start {cfg.warm_start} holds a {name}, not a {cfg.model}")
+
+    def init(model: CTRModel) -> None:
+        assert bundle is not None  # init runs on rank 0, which loaded the bundle
+        counts = warm_start(model, spec, bundle.model, bundle.spec)
+        log.info(
+            "warm start from %s (spec %s -> %s): %d embedding rows kept, %d new",
+            cfg.warm_start,
+            bundle.spec.version,
+            spec.version,
+            counts["kept_rows"],
+            counts["new_rows"],
+        )
+
+    return config, init
+
+
+def _fnn_pretraining(cfg: TrainConfig, spec: FeatureSpec) -> Init:
+    """Stage one of FNN: train an FM (its own resumable run in ``<output>/fnn_pretrain_fm``)."""
+    stage = dataclasses.replace(cfg, model="fm", epochs=cfg.fnn_pretrain_epochs, output=cfg.output / "fnn_pretrain_fm")
+    log.info("FNN stage 1: training an FM for %d epoch(s) in %s", stage.epochs, stage.output)
+    fit(stage, spec, build_parts(stage, spec, stage.model_config))
+
+    def init(model: CTRModel) -> None:
+        pretrain_init(model, load_bundle(stage.output / "bundle").model)
+        log.info("FNN stage 2: embeddings initialised from %s", stage.output / "bundle")
+
+    return init

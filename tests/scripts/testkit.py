@@ -1,0 +1,44 @@
+"""What the tests share: models from the packaged defaults, paths and the environment of subprocesses."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from deepfm.cli.config import load_defaults
+from deepfm.core.features import FeatureSpec
+from deepfm.models import CTRModel, ModelConfig, ModelDefaults, build_model, build_model_for_spec
+
+REPO = Path(__file__).resolve().parent.parent.parent
+PYTHON = sys.executable
+VENV_BIN = Path(PYTHON).parent
+MODEL_DEFAULTS = ModelDefaults(load_defaults("models"))
+# Subprocesses (spark-submit, horovodrun, the CLI) use this virtualenv's tools and interpreter.
+ENV = {
+    **os.environ,
+    "PATH": f"{VENV_BIN}:{os.environ['PATH']}",
+    "PYTHONUNBUFFERED": "1",
+    "PYSPARK_PYTHON": PYTHON,
+    "PYSPARK_DRIVER_PYTHON": PYTHON,
+}
+
+
+def model_config(name: str = "deepfm", overrides: Mapping[str, Any] | None = None) -> ModelConfig:
+    """``name``'s packaged defaults with ``overrides``."""
+    return MODEL_DEFAULTS.resolve(name, overrides)
+
+
+def model(name: str, cardinalities: list[int], n_numeric: int, overrides: Mapping[str, Any] | None = None) -> CTRModel:
+    return build_model(name, cardinalities, n_numeric, model_config(name, overrides))
+
+
+def model_for_spec(name: str, spec: FeatureSpec, overrides: Mapping[str, Any] | None = None) -> CTRModel:
+    return build_model_for_spec(name, spec, model_config(name, overrides))
+
+
+def deepfm_command(*args: str) -> list[str]:
+    """``python -m deepfm ARGS`` with this interpreter."""
+    return [PYTHON, "-m", "deepfm", *args]
