@@ -43,34 +43,9 @@ import torch
 from deepfm.core.features import FeatureSpec, FieldSpec
 from deepfm.training.feed import LOADERS, Batch, Columns, make_loader, parquet_files, prefetch
 
-CARDINALITIES = (
-    4,
-    1000,
-    30,
-    8000,
-    60,
-    12,
-    200,
-    300,
-    50000,
-    500,
-    20000,
-    1500,
-    2000,
-    3,
-    5000,
-    100,
-    15000,
-    6,
-    800,
-    40,
-    30000,
-    150,
-    10000,
-    16,
-    3000,
-    8,
-)  # Criteo-like, scaled down
+# Criteo-like, scaled down
+CARDINALITIES = (4, 1000, 30, 8000, 60, 12, 200, 300, 50000, 500, 20000, 1500, 2000,
+                 3, 5000, 100, 15000, 6, 800, 40, 30000, 150, 10000, 16, 3000, 8)  # fmt: skip
 N_NUMERIC = 13
 # deepfm/conf/train.yaml's and models.yaml's values, for a GPU machine without pyyaml (the settings reader).
 TRAINER_DEFAULTS = dict(
@@ -203,22 +178,8 @@ def bench_train(data: Path, out: Path) -> dict:
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
     # One torch thread per rank: 2 ranks fill this 2-core host, and 1 rank x 2 threads on a
     # shared host spins (10x slower, measured), which would flatter the scaling.
-    args = [
-        "--data",
-        str(data),
-        "--model",
-        "deepfm",
-        "--epochs",
-        "1",
-        "--checkpoint-every",
-        "0",
-        "--log-every",
-        "0",
-        "--early-stopping-patience",
-        "0",
-        "--set",
-        "cpu_threads=1",
-    ]
+    args = ["--data", str(data), *"--model deepfm --epochs 1 --checkpoint-every 0 --log-every 0".split(),
+            *"--early-stopping-patience 0 --set cpu_threads=1".split()]  # fmt: skip
     runs = {
         "1 rank": (out / "np1", [sys.executable, "-m", "deepfm", "train", *args, "--output", str(out / "np1")]),
         "2 ranks": (out / "np2", horovodrun_command(2, "localhost:2", [*args, "--output", str(out / "np2")])),

@@ -187,24 +187,7 @@ def test_a_small_study_is_plotted(data, tmp_path):
 @pytest.mark.slow
 def test_horovodrun_path(data, tmp_path):
     """--np 2: each training is ``horovodrun -np 2 python -m deepfm train``; the record is measured the same way."""
-    assert (
-        compare_job.main(
-            [
-                "--data",
-                str(data),
-                "--output",
-                str(tmp_path),
-                "--models",
-                "lr",
-                "--seeds",
-                "1",
-                "--epochs",
-                "1",
-                "--np",
-                "2",
-            ]
-        )
-        == 0
-    )
+    options = "--models lr --seeds 1 --epochs 1 --np 2".split()
+    assert compare_job.main(["--data", str(data), "--output", str(tmp_path), *options]) == 0
     (run,) = json.loads((tmp_path / "results.json").read_text())["runs"]
     assert run["world_size"] == 2 and run["n"] == 1200 and 0.0 < run["auc"] < 1.0

@@ -67,25 +67,7 @@ def test_the_installed_command_works_outside_the_checkout(installed, tmp_path):
     assert sorted(p.name for p in (tmp_path / "raw").glob("date=*")) == ["date=2024-01-01", "date=2024-01-02"]
 
     write_dataset(tmp_path / "data", train_rows=1200, test_rows=400, row_group_rows=200)
-    run(
-        installed,
-        tmp_path,
-        "deepfm",
-        "train",
-        "--data",
-        "data",
-        "--output",
-        "run",
-        "--model",
-        "fm",
-        "--epochs",
-        "1",
-        "--loader",
-        "arrow",
-        "--set",
-        "batch_size=256",
-        "--set",
-        "tracking.mlflow.enabled=false",
-    )
+    train = "--model fm --epochs 1 --loader arrow --set batch_size=256 --set tracking.mlflow.enabled=false".split()
+    run(installed, tmp_path, "deepfm", "train", "--data", "data", "--output", "run", *train)
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["model"] == "fm" and (tmp_path / "run" / "bundle" / "bundle.json").exists()

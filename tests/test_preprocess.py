@@ -390,24 +390,10 @@ def test_unreadable_or_empty_day_fails_naming_it_unless_skipped(tmp_path, spark)
 def test_cli_help_and_run(generated, tmp_path):
     job = deepfm_command("preprocess")
     help_text = subprocess.run([*job, "--help"], capture_output=True, text=True, check=True).stdout
-    for option in (
-        "--end-date",
-        "--input",
-        "--output",
-        "--train-days",
-        "--test-days",
-        "--layout",
-        "--day0-date",
-        "--skip-missing-days",
-        "--row-group-rows",
-        "--min-row-groups-per-day",
-        "--config",
-        "--set",
-        "--categorical-transform",
-        "--min-count",
-        "--hash-buckets",
-        "--day-cache",
-    ):
+    options = "--end-date --input --output --train-days --test-days --layout --day0-date --skip-missing-days "
+    options += "--row-group-rows --min-row-groups-per-day --config --set --categorical-transform --min-count "
+    options += "--hash-buckets --day-cache"
+    for option in options.split():
         assert option in help_text
     root, _, summary = generated
     result = subprocess.run(

@@ -54,24 +54,8 @@ def test_planted_signal_is_learnable_and_ctr_realistic():
 
 
 def test_cli_writes_criteo_gzip_layout_and_manifest(tmp_path):
-    args = [
-        *deepfm_command("generate-logs"),
-        "--output",
-        str(tmp_path),
-        "--days",
-        "2",
-        "--rows-per-day",
-        "300",
-        "--start-date",
-        "2026-03-01",
-        "--layout",
-        "criteo",
-        "--gzip",
-        "--malformed-fraction",
-        "0.05",
-        "--seed",
-        "9",
-    ]
+    options = "--days 2 --rows-per-day 300 --start-date 2026-03-01 --layout criteo --gzip --malformed-fraction 0.05"
+    args = [*deepfm_command("generate-logs"), "--output", str(tmp_path), *options.split(), "--seed", "9"]
     result = subprocess.run(args, capture_output=True, text=True, check=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["day_0.gz", "day_1.gz", MANIFEST]
     with gzip.open(tmp_path / "day_1.gz", "rt") as fh:

@@ -39,22 +39,10 @@ from deepfm.training.trainer import TrainConfig, resolve_device, train, train_st
 
 ENV = {**BASE_ENV, "OMP_NUM_THREADS": "1"}
 # Small and quick, but several checkpoints per epoch and a model that learns: one epoch of ~45 steps.
-TRAIN_ARGS = [
-    "--model",
-    "deepfm",
-    "--epochs",
-    "1",
-    "--batch-size",
-    "128",
-    "--checkpoint-every",
-    "15",
-    "--log-every",
-    "30",
-    "--early-stopping-patience",
-    "0",
-    "--set",
-    "shuffle_buffer=2000",
-]
+TRAIN_ARGS = (
+    "--model deepfm --epochs 1 --batch-size 128 --checkpoint-every 15 --log-every 30 "
+    "--early-stopping-patience 0 --set shuffle_buffer=2000"
+).split()
 
 
 def _horovodrun(args: list[str]) -> list[str]:
@@ -381,23 +369,8 @@ def test_config_overrides_nest_and_parse_yaml():
 
 def test_cli_help_explains_every_option():
     result = subprocess.run(deepfm_command("train", "--help"), capture_output=True, text=True, check=True)
-    for option in (
-        "--data",
-        "--output",
-        "--model",
-        "--epochs",
-        "--batch-size",
-        "--lr",
-        "--loader",
-        "--warm-start",
-        "--device",
-        "--amp",
-        "--seed",
-        "--checkpoint-every",
-        "--validate-every",
-        "--early-stopping-patience",
-        "--config",
-        "--set",
-    ):
+    options = "--data --output --model --epochs --batch-size --lr --loader --warm-start --device --amp --seed "
+    options += "--checkpoint-every --validate-every --early-stopping-patience --config --set"
+    for option in options.split():
         assert option in result.stdout
     assert "deepfm_p" in result.stdout and "petastorm" in result.stdout
