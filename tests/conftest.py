@@ -7,11 +7,18 @@ starts Spark; ``DEEPFM_FAST_TESTS=1`` (set by that target) turns a forgotten mar
 from __future__ import annotations
 
 import os
+import tempfile
 
 import pytest
 
 from deepfm.cli.config import spark_conf
 from deepfm.ops.spark import get_spark
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """One MLflow store for the run's trainings and scorings (subprocesses inherit it): a new
+    SQLite store costs seconds of schema migrations. Tests of the default store unset it."""
+    os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{tempfile.mkdtemp(prefix='deepfm-tests-')}/mlflow.db")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

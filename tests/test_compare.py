@@ -10,6 +10,7 @@ from typing import Any
 
 import pandas as pd
 import pytest
+from mlflow import MlflowClient
 from testkit import MODEL_DEFAULTS
 from tiny_ctr_data import write_dataset
 
@@ -18,7 +19,6 @@ import deepfm.evaluation.compare as compare
 from deepfm.cli.config import deep_update, load_defaults
 from deepfm.evaluation.aggregate import closing_note, summarize
 from deepfm.evaluation.compare import Settings, StudySettings
-from deepfm.evaluation.compare_report import render
 
 ARGS = ["--models", "lr,deepfm", "--seeds", "2", "--epochs", "1", "--set", "train.batch_size=512"]
 
@@ -85,6 +85,19 @@ def test_the_report_is_drawn_from_the_results(comparison, tmp_path, capsys):
     page = (tmp_path / "report.html").read_text()
     assert f"{after.loc['lr', 'auc_mean']:.4f}" in page and "edited inputs" in page
     assert (tmp_path / "roc.png").read_bytes() != (comparison / "roc.png").read_bytes()
+
+
+def test_the_comparison_is_one_mlflow_run_with_a_child_run_per_training(comparison):
+    run_id = json.loads((comparison / "mlflow_run.json").read_text())["run_id"]
+    client = MlflowClient()
+    parent = client.get_run(run_id)
+    children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{run_id}'")
+    trained = sorted((c.data.params["model"], c.data.params["seed"]) for c in children)
+    assert trained == [("deepfm", "42"), ("deepfm", "43"), ("lr", "42"), ("lr", "43")]
+    assert all("val_auc" in c.data.metrics and c.info.status == "FINISHED" for c in children)
+    assert {"report.html", "results.json", "table.csv", "roc.png"} <= {a.path for a in client.list_artifacts(run_id)}
+    table = pd.read_csv(comparison / "table.csv").set_index("model")
+    assert parent.data.metrics["deepfm.auc_mean"] == pytest.approx(table.loc["deepfm", "auc_mean"], abs=1e-5)
 
 
 def test_a_rerun_reuses_finished_runs(comparison, data, monkeypatch):
@@ -177,10 +190,9 @@ def test_a_small_study_is_plotted(data, tmp_path):
         epochs=1,
         study=StudySettings(models=("deepfm",), grids={"layers": [1, 3]}),
     )
-    results = compare.compare(chosen)
-    points = results["studies"]["layers"]["points"]
+    summary = compare.compare(chosen)
+    points = json.loads(Path(summary["results"]).read_text())["studies"]["layers"]["points"]
     assert [p["value"] for p in points] == [1, 3] and len(list((tmp_path / "runs").iterdir())) == 2  # layers=3 reused
-    render(results, tmp_path)
     assert 'src="study_layers.png"' in (tmp_path / "report.html").read_text()
 
 

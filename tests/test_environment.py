@@ -20,7 +20,7 @@ pytestmark = pytest.mark.slow
 def test_doctor_reports_every_component():
     result = subprocess.run([sys.executable, "-m", "deepfm", "doctor"], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
-    for component in ("pyspark", "delta", "petastorm", "horovod", "torch", "pyarrow", "java"):
+    for component in ("pyspark", "delta", "petastorm", "horovod", "torch", "pyarrow", "java", "mlflow"):
         assert component in result.stdout
     assert "Gloo" in result.stdout
 

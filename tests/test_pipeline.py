@@ -14,8 +14,14 @@ import sys
 from pathlib import Path
 
 import pytest
+from mlflow import MlflowClient
 from pyspark.sql import functions as F
 from testkit import REPO as REPO_ROOT
+
+from deepfm.core.tracking import TrackingSettings
+from deepfm.models.bundle import load_bundle
+from deepfm.serving.score import ScoreOptions
+from deepfm.serving.score import run as run_scoring
 
 pytestmark = pytest.mark.slow
 
@@ -49,11 +55,8 @@ def pipeline_cli(workdir: Path, env: dict[str, str], *args: str) -> subprocess.C
 def pipeline_env(tmp_path_factory) -> dict[str, str]:
     conf_dir = tmp_path_factory.mktemp("conf")
     write_conf(conf_dir)
-    return {
-        **os.environ,
-        "DEEPFM_CONF_DIR": str(conf_dir),
-        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
-    }
+    environ = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}  # the workdir's own store
+    return {**environ, "DEEPFM_CONF_DIR": str(conf_dir), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
 
 
 @pytest.fixture(scope="module")
@@ -83,6 +86,11 @@ def workdir(tmp_path_factory, pipeline_env) -> Path:
     result = pipeline_cli(root, pipeline_env, "run", "--date", RUN_DATE.isoformat())
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     return root
+
+
+def store(workdir: Path) -> str:
+    """The pipeline's MLflow store: its default, a SQLite database in the work directory."""
+    return f"sqlite:///{workdir / 'mlflow.db'}"
 
 
 def markers(root: Path, day: dt.date) -> dict[str, dict]:
@@ -117,7 +125,12 @@ def test_every_stage_reconciles(workdir, spark):
     train = summary["train"]
     assert train["world_size"] == 2
     assert train["val_auc"] > 0.55, train  # tiny data, one epoch: learning, not converged
-    assert (workdir / "models" / "CURRENT").read_text().strip() == RUN_DATE.isoformat()
+    registry = MlflowClient(store(workdir))
+    assert train["registered_version"] == "1" and train["promoted"]
+    version = registry.get_model_version_by_alias("deepfm-ctr", "production")
+    assert version.version == "1" and version.tags["run_date"] == RUN_DATE.isoformat()
+    assert version.tags["spec_version"] == summary["preprocess"]["spec_version"]
+    assert registry.get_run(train["mlflow_run_id"]).data.tags["spec_version"] == version.tags["spec_version"]
 
     score = summary["score"]
     assert score["rows_in"] == raw_lines(workdir, RUN_DATE) == score["scored"] + score["rejected"]
@@ -195,3 +208,22 @@ def test_airflow_dag_loads_and_runs_the_next_day(workdir, pipeline_env, tmp_path
     assert summary["preprocess"]["day_cache"]["reused"] == {"validation": shared, "value_counts": shared[:-1]}
     warm_start = (workdir / "logs" / next_day.isoformat() / "train.log").read_text().splitlines()[0]
     assert f"--warm-start {workdir / 'models' / RUN_DATE.isoformat() / 'bundle'}" in warm_start
+
+    # The registry: one version per day, the alias on the newest; scoring by alias, and a rollback.
+    registry = MlflowClient(store(workdir))
+    assert summary["train"]["registered_version"] == "2"
+    assert registry.get_model_version_by_alias("deepfm-ctr", "production").version == "2"
+    tracking = TrackingSettings(tracking_uri=store(workdir))
+    by_alias = ScoreOptions(next_day, "models:/deepfm-ctr@production", str(tmp_path / "alias_scores"),
+                            str(workdir / "raw"), tracking=tracking)  # fmt: skip
+    assert (
+        run_scoring(spark, by_alias)["model_version"]
+        == load_bundle(workdir / "models" / next_day.isoformat() / "bundle").version
+    )
+    rollback = pipeline_cli(workdir, pipeline_env, "promote", "--version", "1")
+    assert rollback.returncode == 0, rollback.stderr[-3000:]
+    assert registry.get_model_version_by_alias("deepfm-ctr", "production").version == "1"
+    assert (
+        run_scoring(spark, by_alias)["model_version"]
+        == load_bundle(workdir / "models" / RUN_DATE.isoformat() / "bundle").version
+    )

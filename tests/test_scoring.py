@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from mlflow import MlflowClient
 from pyspark.sql import functions as F
 from testkit import model_for_spec
 
@@ -176,6 +177,9 @@ def test_cli_prints_and_saves_a_json_summary(world, scored):
     assert summary == json.loads((world["root"] / "cli_summary.json").read_text())
     assert summary["date"] == DAYS[2].isoformat() and summary["reconciled"]
     assert {"rows_in", "scored", "rejected", "mean_ctr", "auc", "logloss", "table", "version"} <= summary.keys()
+    run = MlflowClient().get_run(summary["mlflow_run_id"])  # the day's metrics as a run of its own
+    assert run.data.tags["model_version"] == load_bundle(world["bundle"]).version
+    assert run.data.tags["date"] == DAYS[2].isoformat() and run.data.metrics["auc"] == pytest.approx(summary["auc"])
 
 
 def test_cli_refusal_exits_2_with_the_reason_and_writes_nothing(world, scored):

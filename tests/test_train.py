@@ -15,7 +15,6 @@ import signal
 import subprocess
 import sys
 import time
-import types
 from collections import Counter
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
+from mlflow import MlflowClient
 from testkit import ENV as BASE_ENV
 from testkit import MODEL_DEFAULTS, REPO, VENV_BIN, deepfm_command, model_for_spec
 
@@ -281,38 +281,31 @@ def test_early_stopping_and_warm_start(data, tmp_path):
 
 
 @pytest.mark.slow
-def test_mlflow_receives_params_metrics_and_artifacts(data, tmp_path, monkeypatch):
-    calls: dict[str, list] = {}
-
-    class FakeMlflow(types.ModuleType):
-        def __getattr__(self, name):
-            if name.startswith("__"):
-                raise AttributeError(name)
-            return lambda *args, **kwargs: (
-                calls.setdefault(name, []).append((args, kwargs))
-                or types.SimpleNamespace(info=types.SimpleNamespace(run_id="run-1"))
-            )
-
-    monkeypatch.setitem(sys.modules, "mlflow", FakeMlflow("mlflow"))
-    _in_process(
-        data,
-        tmp_path,
-        model="lr",
-        epochs=1,
-        batch_size=1024,
-        tracking={"mlflow": {"enabled": True, "experiment": "test"}},
-    )
-    assert calls["set_tracking_uri"][0][0][0] == (tmp_path.resolve() / "mlruns").as_uri()
-    assert calls["set_experiment"][0][0][0] == "test"
-    assert calls["log_params"][0][0][0]["model"] == "lr"
-    assert any("val_auc" in args[0] for args, _ in calls["log_metrics"])
-    assert {Path(args[0]).name for args, _ in calls["log_artifacts"] + calls["log_artifact"]} == {
-        "bundle",
-        "metrics.json",
+def test_mlflow_records_params_metrics_artifacts_and_a_resumed_run_continues_it(data, tmp_path, monkeypatch):
+    """Real MLflow, in its default store: a SQLite database in the run's folder."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    tracking = {"mlflow": {"enabled": True, "experiment": "test"}}
+    first = _in_process(data, tmp_path, model="lr", epochs=1, batch_size=1024, tracking=tracking)
+    assert first["tracking_uri"] == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"
+    client = MlflowClient(first["tracking_uri"])
+    run = client.get_run(first["mlflow_run_id"])
+    assert run.info.status == "FINISHED" and client.get_experiment(run.info.experiment_id).name == "test"
+    assert run.data.params["model"] == "lr" and run.data.params["model_config.embedding_dim"] == "10"
+    assert run.data.tags["spec_version"] == FeatureSpec.load(data).version
+    assert run.data.metrics["val_auc"] == pytest.approx(first["val_auc"])
+    for key in ("train_loss", "val_logloss", "val_calibration", "samples_per_s"):
+        assert key in run.data.metrics
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"bundle", "metrics.json"} <= artifacts
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "bundle")} >= {
+        "bundle/weights.pt",
+        "bundle/bundle.json",
     }
-    assert "end_run" in calls
-    checkpoint = torch.load(tmp_path / "checkpoints" / "latest.pt", weights_only=True)
-    assert checkpoint["state"]["mlflow_run_id"] == "run-1"  # a resumed run reopens it
+
+    second = _in_process(data, tmp_path, model="lr", epochs=2, batch_size=1024, tracking=tracking)  # resumes
+    assert second["mlflow_run_id"] == first["mlflow_run_id"]
+    history = client.get_metric_history(first["mlflow_run_id"], "train_loss")
+    assert len(history) == 2 and len({m.step for m in history}) == 2
 
 
 def _vocab_spec(values: tuple[str, ...], numeric: int = 1) -> FeatureSpec:

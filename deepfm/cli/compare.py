@@ -74,20 +74,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.report_only:
         results = json.loads((args.output / "results.json").read_text())
         results["settings"]["note"] = args.note or results["settings"]["note"]
-    else:
-        if args.data is None:
-            p.parser.error("--data is required unless --report-only")
-        settings = Settings.from_dict(
-            {
-                **values,
-                "data": args.data,
-                "output": args.output,
-                "note": args.note,
-                "study": values["study"] if args.study else None,
-            },
-            train=deep_update(load_defaults("train"), values["train"]),
-            model_defaults=ModelDefaults(load_defaults("models")),
-        )
-        results = compare(settings)
-    print(json.dumps(render(results, args.output)), flush=True)
+        print(json.dumps(render(results, args.output)), flush=True)
+        return 0
+    if args.data is None:
+        p.parser.error("--data is required unless --report-only")
+    settings = Settings.from_dict(
+        {**values, "data": args.data, "output": args.output, "note": args.note,
+         "study": values["study"] if args.study else None},
+        train=deep_update(load_defaults("train"), values["train"]),
+        model_defaults=ModelDefaults(load_defaults("models")),
+    )  # fmt: skip
+    print(json.dumps(compare(settings)), flush=True)
     return 0

@@ -4,6 +4,7 @@
   deepfm pipeline run --from 2026-11-01 --to 2026-11-07 # backfill, in date order
   deepfm pipeline run --date 2026-11-22 --step train    # one step (what Airflow calls)
   deepfm pipeline demo                                  # generate logs, run, summarise
+  deepfm pipeline promote --version 3                   # point the alias at a registered version (rollback)
 
 Finished steps are skipped on a rerun (markers keyed on a fingerprint of command and inputs)
 unless --force; a failed step stops the run with its log tail and exit code 1. Defaults:
@@ -12,6 +13,7 @@ deepfm/conf/pipeline.yaml (relative paths are relative to the current directory)
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import logging
@@ -22,6 +24,7 @@ from typing import Any
 
 from deepfm.cli.config import JobParser, load_defaults, spark_conf
 from deepfm.cli.logs import setup_logging
+from deepfm.core.tracking import TrackingSettings, promote, store_uri
 from deepfm.ops.pipeline import STEPS, PipelineSettings, RunPaths, StepFailed, date_range, run_date
 from deepfm.ops.spark import get_spark, spark_submit_args
 from deepfm.prep.synthetic import write_logs
@@ -47,11 +50,14 @@ def parser() -> JobParser:
     demo.add_argument("--date", type=dt.date.fromisoformat, help="run date of the demo (default: demo.run_date)")
     demo.add_argument("--rows-per-day", type=int, help="generated impressions per day (default: demo.rows_per_day)")
     demo.add_argument("--force", action="store_true", help="rerun steps even when their markers say done")
+    promote = sub.add_parser("promote", help="point the registry alias at a version of the registered model")
+    promote.add_argument("--version", required=True, help="the registered model's version (see `mlflow ui`)")
     return p
 
 
 def settings_from(values: Mapping[str, Any]) -> PipelineSettings:
     root = Path(values["workdir"]).resolve()
+    tracking = TrackingSettings.from_dict(values["tracking"]["mlflow"])
     return PipelineSettings(
         workdir=root,
         raw_dir=Path(values.get("raw_dir") or root / "raw").resolve(),
@@ -63,6 +69,9 @@ def settings_from(values: Mapping[str, Any]) -> PipelineSettings:
         preprocess_args=tuple(values.get("preprocess_args") or ()),
         score_args=tuple(values.get("score_args") or ()),
         spark_submit=tuple(spark_submit_args(spark_conf({}))),
+        registered_model=values["registered_model"],
+        alias=values["alias"],
+        tracking=dataclasses.replace(tracking, tracking_uri=store_uri(tracking, root)),  # one store for every step
     )
 
 
@@ -98,7 +107,7 @@ def delta_rows_for_day(paths: RunPaths) -> dict[str, int]:
     return {"rows": int(row["rows"]), "distinct_impressions": int(row["distinct"])}
 
 
-def print_summary(paths: RunPaths, results: dict[str, dict[str, Any]]) -> None:
+def print_summary(settings: PipelineSettings, paths: RunPaths, results: dict[str, dict[str, Any]]) -> None:
     pre, train, score, report = (results.get(s, {}) for s in STEPS)
     totals = pre.get("totals", {})
     delta = delta_rows_for_day(paths)
@@ -113,6 +122,8 @@ def print_summary(paths: RunPaths, results: dict[str, dict[str, Any]]) -> None:
         f"score:      {pick(score, ('rows_in', 'scored', 'rejected', 'mean_ctr', 'auc'))}",
         f"delta:      {delta['rows']} rows for {paths.day} ({delta['distinct_impressions']} distinct impressions) "
         f"in {paths.scores_table}",
+        f"registry:   {train.get('registered_model')} version {train.get('registered_version')}"
+        f"{' (' + settings.alias + ')' if train.get('promoted') else ''} in {settings.tracking.tracking_uri}",
         f"report:     {report.get('report', paths.report / 'report.html')}",
         f"artifacts:  data {paths.processed} | model {paths.bundle} | logs {paths.logs}",
     ]
@@ -133,7 +144,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             day = args.date or dt.date.fromisoformat(str(demo["run_date"]))
             generate_demo_logs(settings, day, args.rows_per_day or int(demo["rows_per_day"]), demo)
             results = run_date(settings, day, force=args.force, echo=echo)
-            print_summary(RunPaths(settings.workdir, day), results)
+            print_summary(settings, RunPaths(settings.workdir, day), results)
+            return 0
+        if args.command == "promote":
+            promote(settings.tracking, settings.workdir, settings.registered_model, args.version, settings.alias)
+            print(json.dumps({"registered_model": settings.registered_model, "alias": settings.alias,
+                              "version": args.version}))  # fmt: skip
             return 0
         dates = [args.date] if args.date else date_range(args.first, args.last)
         for day in dates:

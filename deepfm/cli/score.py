@@ -31,7 +31,10 @@ def parser() -> JobParser:
     defaults = {**load_defaults("score"), **{k: raw[k] for k in ("input", "layout", "day0_date")}}
     p = JobParser("score", __doc__ or "", defaults)
     p.add_argument("--date", required=True, type=dt.date.fromisoformat, help="day to score, YYYY-MM-DD")
-    p.add_argument("--model", required=True, help="model bundle directory (weights, config, feature spec)")
+    p.add_argument(
+        "--model", required=True,
+        help="model bundle directory, or a registry reference: models:/<name>@<alias> or models:/<name>/<version>",
+    )  # fmt: skip
     p.add_argument("--table", required=True, help="scores Delta table: a path (contains '/') or a metastore table name")
     p.option("--input", key="input", help="raw log root: date=YYYY-MM-DD/ folders or Criteo day_N[.gz] files")
     p.option("--layout", key="layout", choices=("auto", *LAYOUTS), help="raw layout (auto: detected from the root)")
@@ -68,6 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging()
     # Imported after argument parsing so `--help` answers without loading torch.
     from deepfm.core.features import FeatureSpecError
+    from deepfm.core.tracking import RegistryError, TrackingSettings
     from deepfm.models.bundle import BundleError
     from deepfm.ops.spark import get_spark
     from deepfm.prep.rawlogs import InputDayError
@@ -86,12 +90,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         allow_schema_evolution=bool(values["allow_schema_evolution"]),
         batch_size=int(values["batch_size"]),
         torch_threads=int(values["torch_threads"]),
+        tracking=TrackingSettings.from_dict(values["tracking"]["mlflow"]),
     )
     spark = get_spark("score", spark_conf(values))
     try:
         summary = run(spark, options)
         status = 0 if summary["reconciled"] else 1
-    except (TableError, BundleError, FeatureSpecError, InputDayError) as exc:
+    except (TableError, BundleError, FeatureSpecError, InputDayError, RegistryError) as exc:
         log.error("refused, nothing written: %s", exc)
         summary, status = {"date": args.date.isoformat(), "error": str(exc)}, 2
     finally:

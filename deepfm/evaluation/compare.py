@@ -16,6 +16,7 @@ Layout of ``<output>``::
     runs/<model>-s<seed>-<key>/   one training (the trainer's output) and its result.json
     results.json                  settings, data size, every run's numbers (the report's input)
     table.csv, report.html, *.png written by ``compare_report.render`` from results.json alone
+    mlflow_run.json               the comparison's MLflow run (mlflow.db: the default local store)
 
 ``key`` hashes everything the training depends on, so a finished run is reused: the study
 shares the comparison's runs where settings coincide, and an interrupted comparison resumes.
@@ -31,7 +32,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,8 @@ import numpy as np
 import torch
 
 from deepfm.core import fs
+from deepfm.core.tracking import Tracker, TrackingSettings
+from deepfm.evaluation.compare_report import render
 from deepfm.evaluation.curves import calibration_points, roc_curve, roc_on_grid
 from deepfm.models import ModelConfig, ModelDefaults, model_names
 from deepfm.models.bundle import load_bundle
@@ -47,6 +50,8 @@ from deepfm.training.launch import run_horovod
 from deepfm.training.trainer import TrainConfig, train
 
 log = logging.getLogger(__name__)
+
+PARENT_RUN = "mlflow_run.json"  # the comparison's MLflow run, reopened by a rerun
 
 # The paper's Figure 11 keeps the total of hidden neurons fixed across shapes (3 layers, n on average).
 SHAPES: dict[str, Callable[[int], list[int]]] = {
@@ -107,6 +112,7 @@ class Settings:
     calibration_groups: int = 10
     study: StudySettings | None = None
     note: str = ""
+    tracking: TrackingSettings = field(default_factory=TrackingSettings)  # the parent run and its children
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.models) - set(model_names()))
@@ -122,6 +128,7 @@ class Settings:
         """From compare.yaml's layout (``seeds``: a count from ``base_seed``; ``study``: None, or its
         section with ``seed`` null meaning ``base_seed``; the ``train`` section is ``train``)."""
         values = {k: v for k, v in values.items() if k != "train"}
+        tracking = TrackingSettings.from_dict((values.pop("tracking", None) or {}).get("mlflow") or {})
         base_seed = values.pop("base_seed")
         study = values.pop("study", None)
         if study:
@@ -137,6 +144,7 @@ class Settings:
                 "study": study,
                 "train": dict(train),
                 "model_defaults": model_defaults,
+                "tracking": tracking,
             }
         )
 
@@ -144,7 +152,8 @@ class Settings:
 def train_config(
     settings: Settings, model: str, seed: int, epochs: int, model_config: Mapping[str, Any]
 ) -> TrainConfig:
-    """The run's TrainConfig; its output folder is named by a hash of everything else."""
+    """The run's TrainConfig, tracked as a child of the comparison's run; its output folder is named
+    by a hash of everything else but the tracking."""
     values = {
         **settings.train,
         "data": str(settings.data),
@@ -155,9 +164,10 @@ def train_config(
         "model_config": dict(model_config),
     }
     cfg = TrainConfig.from_dict(values, settings.model_defaults)
-    key = {k: v for k, v in cfg.to_dict().items() if k != "output"}
+    key = {k: v for k, v in cfg.to_dict().items() if k not in ("output", "tracking")}
     digest = hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:10]
-    return dataclasses.replace(cfg, output=settings.output / "runs" / f"{model}-s{seed}-{digest}")
+    output = settings.output / "runs" / f"{model}-s{seed}-{digest}"
+    return dataclasses.replace(cfg, output=output, tracking=settings.tracking)
 
 
 def run(settings: Settings, model: str, seed: int, epochs: int, model_config: Mapping[str, Any]) -> dict[str, Any]:
@@ -238,6 +248,33 @@ def study_points(study: StudySettings, model_defaults: ModelDefaults) -> list[tu
 
 
 def compare(settings: Settings) -> dict[str, Any]:
+    """Run (or reuse) every training of the comparison and the study, write results.json and the
+    report, and return the report's summary.
+
+    The comparison is one MLflow run (reopened by a rerun) with a child run per training; the
+    report and results.json are its artifacts, each model's mean test AUC and logloss its metrics.
+    """
+    parent = Tracker(settings.tracking, settings.output)
+    known = settings.output / PARENT_RUN
+    reopened = json.loads(known.read_text())["run_id"] if known.exists() and parent.enabled else None
+    run_id = parent.start({"data": str(settings.data), "models": ",".join(settings.models),
+                           "seeds": len(settings.seeds), "epochs": settings.epochs}, run_id=reopened,
+                          run_name=f"compare-{settings.output.name}")  # fmt: skip
+    if run_id:
+        fs.write_json(known, {"run_id": run_id, "tracking_uri": parent.uri})
+        children = dataclasses.replace(settings.tracking, tracking_uri=parent.uri, parent_run_id=run_id)
+        settings = dataclasses.replace(settings, tracking=children)
+    results = run_all(settings)
+    summary = render(results, settings.output)
+    parent.log_metrics({f"{model}.auc_mean": auc for model, auc in summary["auc"].items()}, step=0)
+    for artifact in sorted(settings.output.glob("*")):
+        if artifact.is_file() and artifact.suffix in (".json", ".csv", ".html", ".png") and artifact != known:
+            parent.log_artifact(artifact)
+    parent.finish()
+    return {**summary, "mlflow_run_id": run_id}
+
+
+def run_all(settings: Settings) -> dict[str, Any]:
     """Run (or reuse) every training of the comparison and the study; write and return results.json."""
     runs = [run(settings, model, seed, settings.epochs, {}) for seed in settings.seeds for model in settings.models]
     studies: dict[str, Any] = {}
@@ -261,7 +298,7 @@ def compare(settings: Settings) -> dict[str, Any]:
                     **{k: record[k] for k in ("auc", "logloss", "calibration", "run_dir")},
                 }
             )
-    recorded = {k: v for k, v in dataclasses.asdict(settings).items() if k != "model_defaults"}
+    recorded = {k: v for k, v in dataclasses.asdict(settings).items() if k not in ("model_defaults", "tracking")}
     results = {
         "settings": json.loads(json.dumps(recorded, default=str)),
         "data": data_size(settings.data),

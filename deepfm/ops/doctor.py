@@ -84,6 +84,7 @@ def run_checks() -> list[Check]:
         ("pyarrow", None),
         ("numpy", None),
         ("pandas", None),
+        ("mlflow", None),
     ]:
         checks.append(_package(module, dist))
     checks += [_delta(), _horovod(), _cuda()]

@@ -14,7 +14,9 @@ Work directory layout::
     raw/date=YYYY-MM-DD/...         raw click logs (input)
     processed/<D>/                  preprocessing output for run date D
     day_cache/                      each raw day's validation and value counts, kept between runs
-    models/<D>/bundle/              the model trained for D; models/CURRENT names the newest
+    models/<D>/bundle/              the model trained for D, a version of the registered model; the
+                                    alias (production) names the newest trained date's
+    mlflow.db, mlartifacts/         the MLflow store of every step's runs and the model registry
     delta/ctr_scores/               scored impressions (Delta, partitioned by date)
     delta/ctr_scores_metrics/       one row per scoring run (Delta)
     rejects/<D>/                    rows scoring could not parse
@@ -36,12 +38,15 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from deepfm import ENTRY_POINT
 from deepfm.core import fs
+from deepfm.core import tracking as tracking_store
 from deepfm.core.features import FORMAT_VERSION
+from deepfm.core.tracking import TrackingSettings
 from deepfm.training.artifacts import SUMMARY
 from deepfm.training.launch import horovodrun_command
 
@@ -70,6 +75,9 @@ class PipelineSettings:
     score_args: tuple[str, ...] = ()
     spark_submit: tuple[str, ...] = ()  # spark-submit's own arguments (ops.spark.spark_submit_args)
     python: str = sys.executable
+    registered_model: str = "deepfm-ctr"  # each day's model is a version of it
+    alias: str = "production"  # follows the newest trained date
+    tracking: TrackingSettings = field(default_factory=TrackingSettings)  # tracking_uri resolved: one store
 
 
 @dataclass(frozen=True)
@@ -134,6 +142,7 @@ class Step:
     input_dirs: tuple[Path, ...] = ()
     upstream: tuple[str, ...] = ()
     env: dict[str, str] = field(default_factory=dict)
+    on_success: Callable[[dict[str, Any]], dict[str, Any]] | None = None  # adds to the summary
 
 
 def previous_bundle(paths: RunPaths) -> Path | None:
@@ -147,93 +156,67 @@ def previous_bundle(paths: RunPaths) -> Path | None:
     return max(candidates)[1] if candidates else None
 
 
+def _options(**values: object) -> list[str]:
+    """``--key value`` pairs in order (underscores in keys as dashes)."""
+    return [item for key, value in values.items() for item in (f"--{key.replace('_', '-')}", str(value))]
+
+
+def _tracking_options(tracking: TrackingSettings) -> list[str]:
+    """The step's MLflow settings as ``--set`` options: every step tracks to the pipeline's store."""
+    values = {
+        "enabled": str(tracking.enabled).lower(),
+        "tracking_uri": tracking.tracking_uri,
+        "experiment": tracking.experiment,
+    }
+    return [item for key, value in values.items() for item in ("--set", f"tracking.mlflow.{key}={value}")]
+
+
 def build_steps(settings: PipelineSettings, paths: RunPaths) -> list[Step]:
     """The steps of run date ``paths.date``, as the commands a user would type."""
     venv_bin = Path(settings.python).parent
     test_day = paths.date - dt.timedelta(days=1)
     spark_submit = [str(venv_bin / "spark-submit"), *settings.spark_submit, ENTRY_POINT]
+    tracking = _tracking_options(settings.tracking)
     preprocess = Step(
         "preprocess",
-        [
-            *spark_submit,
-            "preprocess",
-            "--input",
-            str(settings.raw_dir),
-            "--output",
-            str(paths.processed),
-            "--end-date",
-            test_day.isoformat(),
-            "--train-days",
-            str(settings.train_days),
-            "--day-cache",
-            str(paths.root / "day_cache"),
-            *settings.preprocess_args,
-        ],
+        [*spark_submit, "preprocess", *_options(
+            input=settings.raw_dir, output=paths.processed, end_date=test_day.isoformat(),
+            train_days=settings.train_days, day_cache=paths.root / "day_cache",
+        ), *settings.preprocess_args],
         summary_file=paths.processed / "summary.json",
-        input_dirs=tuple(
-            settings.raw_dir / f"date={(test_day - dt.timedelta(days=i)).isoformat()}"
-            for i in range(settings.train_days + 1)
-        ),
-    )
+        input_dirs=tuple(settings.raw_dir / f"date={(test_day - dt.timedelta(days=i)).isoformat()}"
+                         for i in range(settings.train_days + 1)),
+    )  # fmt: skip
     warm = previous_bundle(paths)
     train_args = [
-        "--data",
-        str(paths.processed),
-        "--output",
-        str(paths.model_run),
-        "--model",
-        settings.model,
-        *(["--warm-start", str(warm)] if warm else []),
-        *settings.train_args,
-    ]
+        *_options(data=paths.processed, output=paths.model_run, model=settings.model),
+        *(_options(warm_start=warm) if warm else []), *tracking, *settings.train_args,
+    ]  # fmt: skip
     train = Step(
         "train",
         horovodrun_command(settings.num_workers, settings.hosts, train_args, settings.python),
         summary_file=paths.model_run / SUMMARY,
         upstream=("preprocess",),
+        on_success=partial(publish, settings, paths),
     )
     score = Step(
         "score",
-        [
-            *spark_submit,
-            "score",
-            "--date",
-            paths.day,
-            "--model",
-            str(paths.bundle),
-            "--input",
-            str(settings.raw_dir),
-            "--table",
-            str(paths.scores_table),
-            "--metrics-table",
-            str(paths.metrics_table),
-            "--rejects",
-            str(paths.rejects),
-            "--summary",
-            str(paths.logs / "score.json"),
-            *settings.score_args,
-        ],
+        [*spark_submit, "score", *_options(
+            date=paths.day, model=paths.bundle, input=settings.raw_dir, table=paths.scores_table,
+            metrics_table=paths.metrics_table, rejects=paths.rejects, summary=paths.logs / "score.json",
+        ), *tracking, *settings.score_args],
         summary_file=paths.logs / "score.json",
         input_dirs=(settings.raw_dir / f"date={paths.day}",),
         upstream=("train",),
-    )
+    )  # fmt: skip
     report = Step(
         "report",
-        [
-            *spark_submit,
-            "report",
-            "--bundle",
-            str(paths.bundle),
-            "--metrics-table",
-            str(paths.metrics_table),
-            "--output",
-            str(paths.report),
-            "--date",
-            paths.day,
-        ],
+        [*spark_submit, "report", *_options(
+            bundle=paths.bundle, metrics_table=paths.metrics_table, output=paths.report, date=paths.day,
+        )],
         summary_file=paths.report / "summary.json",
         upstream=("score",),
-    )
+    )  # fmt: skip
     return [preprocess, train, score, report]
 
 
@@ -291,19 +274,31 @@ def run_step(
     started = time.time()
     run_command(step, paths.logs / f"{step.name}.log", echo)
     summary = {**json.loads(step.summary_file.read_text()), "seconds": round(time.time() - started, 1)}
+    if step.on_success is not None:  # before the marker: a failure here reruns the step
+        summary.update(step.on_success(summary))
     fs.write_json(paths.marker(step.name), {"fingerprint": fp, "summary": summary})
-    if step.name == "train":
-        _update_current_pointer(paths)
     log.info("[%s] %s: done in %.0f s", paths.day, step.name, summary["seconds"])
     return summary
 
 
-def _update_current_pointer(paths: RunPaths) -> None:
-    """``models/CURRENT`` names the newest trained date: the registry's production model."""
-    pointer = paths.models / "CURRENT"
-    current = pointer.read_text().strip() if pointer.exists() else ""
-    if paths.day >= current:
-        fs.write_text(pointer, paths.day + "\n")
+def publish(settings: PipelineSettings, paths: RunPaths, train_summary: dict[str, Any]) -> dict[str, Any]:
+    """Register the day's bundle (logged by its training run) as a version of the registered model,
+    tagged with its data, and move the alias to it when it is the newest trained date."""
+    run_id = train_summary.get("mlflow_run_id")
+    if not settings.tracking.enabled or not run_id:
+        return {}
+    spec = json.loads((paths.processed / "summary.json").read_text())
+    tags = {
+        "run_date": paths.day, "train_days": ",".join(spec["train_days"]), "test_days": ",".join(spec["test_days"]),
+        "spec_version": spec["spec_version"], "bundle": str(paths.bundle),
+    }  # fmt: skip
+    name, tracking = settings.registered_model, settings.tracking
+    version = tracking_store.register(tracking, paths.root, name, run_id, "bundle", tags)
+    current = tracking_store.alias_version(tracking, paths.root, name, settings.alias)
+    promoted = current is None or current[1].get("run_date", "") <= paths.day
+    if promoted:
+        tracking_store.promote(tracking, paths.root, name, version, settings.alias)
+    return {"registered_model": name, "registered_version": version, "promoted": promoted}
 
 
 def run_date(

@@ -20,7 +20,7 @@ import datetime as dt
 import logging
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from deepfm.core.timing import Stages
+from deepfm.core.tracking import Tracker, TrackingSettings, resolve_model
 from deepfm.models.bundle import load_bundle
 from deepfm.prep.rawlogs import parse_valid, quarantined, read_raw_day, with_reason, without_quarantined
 from deepfm.serving.delta import (
@@ -43,6 +44,9 @@ from deepfm.serving.delta import (
 from deepfm.serving.predict import MetricsSum, day_metrics, encode_day, predict, torch_threads
 
 log = logging.getLogger(__name__)
+
+# The summary's numbers an MLflow run of the day records.
+DAY_METRICS = ("rows_in", "scored", "rejected", "mean_ctr", "observed_ctr", "auc", "logloss", "calibration")
 
 PARTITION_COLUMN = "date"
 SCORES_SCHEMA = T.StructType(
@@ -81,10 +85,10 @@ METRICS_SCHEMA = T.StructType(
 
 @dataclass(frozen=True)
 class ScoreOptions:
-    """One run of the job; ``jobs/score.py`` fills it from the command line and deepfm/conf/score.yaml."""
+    """One run of the job; ``deepfm score`` fills it from the command line and deepfm/conf/score.yaml."""
 
     date: dt.date
-    model: str
+    model: str  # a bundle folder, or a registry reference: models:/<name>@<alias> or models:/<name>/<version>
     table: str
     input_root: str
     metrics_table: str | None = None  # default: <table>_metrics
@@ -94,6 +98,7 @@ class ScoreOptions:
     allow_schema_evolution: bool = False
     batch_size: int = 8192
     torch_threads: int = 0  # 0: spark.task.cpus (see torch_threads)
+    tracking: TrackingSettings = field(default_factory=lambda: TrackingSettings(enabled=False))
 
 
 @dataclass(frozen=True)
@@ -146,7 +151,8 @@ def run(spark: SparkSession, opts: ScoreOptions) -> dict[str, Any]:
     if not (opts.rejects or table.is_path):
         raise TableError(f"table {table} is a metastore table: give the rejects directory (--rejects)")
     rejects_dir = f"{(opts.rejects or table.location + '_rejects').rstrip('/')}/{opts.date.isoformat()}"
-    bundle_path = str(Path(opts.model).resolve())
+    store = Path(table.location).parent if table.is_path else Path.cwd()  # where a default MLflow store lives
+    bundle_path = str(Path(resolve_model(opts.model, opts.tracking, store)).resolve())
 
     log.info(
         "scoring %s with %s into %s (metrics %s, rejects %s)", opts.date, bundle_path, table, metrics_table, rejects_dir
@@ -229,6 +235,7 @@ def run(spark: SparkSession, opts: ScoreOptions) -> dict[str, Any]:
         "stage_seconds": stages.seconds,
         "seconds": round(time.perf_counter() - start, 1),
     }
+    summary["mlflow_run_id"] = track(opts, summary, store)
     log.info(
         "day %s: %d rows in, %d scored, %d rejected, mean ctr %s, auc %s, logloss %s, calibration %s",
         opts.date,
@@ -241,3 +248,15 @@ def run(spark: SparkSession, opts: ScoreOptions) -> dict[str, Any]:
         metrics["calibration"],
     )
     return summary
+
+
+def track(opts: ScoreOptions, summary: dict[str, Any], store: Path) -> str | None:
+    """The day's metrics as an MLflow run of its own, tagged with the model that scored it."""
+    tracker = Tracker(opts.tracking, store)
+    params = {"date": summary["date"], "model": opts.model, "table": summary["table"], "batch_size": opts.batch_size}
+    tags = {k: str(summary[k]) for k in ("date", "model_name", "model_version", "spec_version", "run_id")}
+    run_id = tracker.start(params, run_name=f"score-{summary['date']}", tags={**tags, "job": "score"})
+    metrics = {k: v for k, v in summary.items() if k in DAY_METRICS and v is not None}
+    tracker.log_metrics(metrics, step=0)
+    tracker.finish()
+    return run_id

@@ -31,6 +31,7 @@ from torch import nn
 
 from deepfm.core.features import FeatureSpec
 from deepfm.core.metrics import BinaryMetrics
+from deepfm.core.tracking import Tracker, TrackingSettings, store_uri
 from deepfm.models import CTRModel, ModelConfig, ModelDefaults, Optimizers, build_model_for_spec, make_optimizers
 from deepfm.models.bundle import load_bundle, state_digest
 from deepfm.models.surgery import pretrain_init, warm_start
@@ -40,7 +41,6 @@ from deepfm.training.early_stopping import EarlyStopping
 from deepfm.training.evaluate import autocast, evaluate
 from deepfm.training.feed import LOADERS, Batch, ShardLoader, make_loader, prefetch
 from deepfm.training.throughput import Throughput
-from deepfm.training.tracking import Tracker, TrackingSettings
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ class TrainConfig:
                 "output": Path(values["output"]),
                 "model_config": model_defaults.resolve(values["model"], values.get("model_config") or {}),
                 "warm_start": Path(values["warm_start"]) if values.get("warm_start") else None,
-                "tracking": TrackingSettings.from_dict(values.get("tracking") or {}),
+                "tracking": TrackingSettings.from_dict((values.get("tracking") or {}).get("mlflow") or {}),
             }
         )
 
@@ -112,7 +112,7 @@ class TrainConfig:
             "output": str(self.output),
             "model_config": self.model_config.to_dict(),
             "warm_start": str(self.warm_start) if self.warm_start else None,
-            "tracking": {"mlflow": dataclasses.asdict(self.tracking)},
+            "tracking": {"mlflow": self.tracking.to_dict()},
         }
 
 
@@ -321,8 +321,10 @@ class _Run:
         self.loss = _LossMeter(parts.device)
         self.tracker = Tracker(cfg.tracking, cfg.output, enabled=dist.is_primary())
         params = {**_flat_params(cfg), "world_size": dist.size(), "lr_scaled": parts.lr}
-        self.tracker.start(params, run_id=self.state.mlflow_run_id, run_name=f"{cfg.output.name}-{cfg.model}")
-        self.state.mlflow_run_id = self.tracker.run_id
+        tags = {"model": cfg.model, "spec_version": spec.version, "data": str(cfg.data)}
+        run_name = f"{cfg.output.name}-{cfg.model}"
+        run_id = self.tracker.start(params, run_id=self.state.mlflow_run_id, run_name=run_name, tags=tags)
+        self.state.mlflow_run_id = dist.broadcast_object(run_id, name="mlflow_run_id")
         self._clock = time.perf_counter()
 
     def _restore_or_init(self, init: Init | None) -> TrainState:
@@ -463,6 +465,8 @@ class _Run:
             "metrics": str(self.artifacts.metrics),
             "output": str(cfg.output),
             "wall_time_s": round(s.wall_seconds, 1),
+            "mlflow_run_id": s.mlflow_run_id,
+            "tracking_uri": store_uri(cfg.tracking, cfg.output) if cfg.tracking.enabled else None,
         }
         self.artifacts.write_metrics(self._metrics(summary, digests))
         self.artifacts.write_summary(summary)
