@@ -71,9 +71,12 @@ build_horovod() {
   fi
   log "installing $(basename "$wheel")"
   "$VENV/bin/pip" install -q --no-deps --force-reinstall "$wheel"
-  "$VENV/bin/horovodrun" --check-build | tee /dev/stderr | grep -q '\[X\] PyTorch' \
-    || die "horovod was built without PyTorch"
-  "$VENV/bin/horovodrun" --check-build | grep -q '\[X\] Gloo' || die "horovod was built without Gloo"
+  # Captured first: `grep -q` in a pipeline under pipefail can end the writer with SIGPIPE.
+  local build
+  build=$("$VENV/bin/horovodrun" --check-build)
+  printf '%s\n' "$build" >&2
+  grep -q '\[X\] PyTorch' <<<"$build" || die "horovod was built without PyTorch"
+  grep -q '\[X\] Gloo' <<<"$build" || die "horovod was built without Gloo"
 }
 
 resolve_delta_jars() {
