@@ -128,7 +128,7 @@ def test_every_stage_reconciles(workdir, spark):
     registry = MlflowClient(store(workdir))
     assert train["registered_version"] == "1" and train["promoted"]
     version = registry.get_model_version_by_alias("deepfm-ctr", "production")
-    assert version.version == "1" and version.tags["run_date"] == RUN_DATE.isoformat()
+    assert str(version.version) == "1" and version.tags["run_date"] == RUN_DATE.isoformat()
     assert version.tags["spec_version"] == summary["preprocess"]["spec_version"]
     assert registry.get_run(train["mlflow_run_id"]).data.tags["spec_version"] == version.tags["spec_version"]
 
@@ -212,7 +212,7 @@ def test_airflow_dag_loads_and_runs_the_next_day(workdir, pipeline_env, tmp_path
     # The registry: one version per day, the alias on the newest; scoring by alias, and a rollback.
     registry = MlflowClient(store(workdir))
     assert summary["train"]["registered_version"] == "2"
-    assert registry.get_model_version_by_alias("deepfm-ctr", "production").version == "2"
+    assert str(registry.get_model_version_by_alias("deepfm-ctr", "production").version) == "2"
     tracking = TrackingSettings(tracking_uri=store(workdir))
     by_alias = ScoreOptions(next_day, "models:/deepfm-ctr@production", str(tmp_path / "alias_scores"),
                             str(workdir / "raw"), tracking=tracking)  # fmt: skip
@@ -222,7 +222,7 @@ def test_airflow_dag_loads_and_runs_the_next_day(workdir, pipeline_env, tmp_path
     )
     rollback = pipeline_cli(workdir, pipeline_env, "promote", "--version", "1")
     assert rollback.returncode == 0, rollback.stderr[-3000:]
-    assert registry.get_model_version_by_alias("deepfm-ctr", "production").version == "1"
+    assert str(registry.get_model_version_by_alias("deepfm-ctr", "production").version) == "1"
     assert (
         run_scoring(spark, by_alias)["model_version"]
         == load_bundle(workdir / "models" / RUN_DATE.isoformat() / "bundle").version

@@ -78,14 +78,16 @@ def _client(uri: str) -> Any:
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
-def _experiment_id(client: Any, name: str, uri: str, folder: Path) -> str:
-    """The experiment ``name``, created when missing (with its artifacts next to a local store)."""
+def _experiment_id(client: Any, name: str, uri: str) -> str:
+    """The experiment ``name``, created when missing; a SQLite store keeps artifacts beside its
+    database file (``mlartifacts/``), a tracking server where it is configured to."""
     from mlflow.exceptions import MlflowException
 
     found = client.get_experiment_by_name(name)
     if found is not None:
         return str(found.experiment_id)
-    location = (folder.resolve() / ARTIFACTS_DIRNAME).as_uri() if uri.startswith("sqlite:") else None
+    database = uri.removeprefix("sqlite:///")
+    location = (Path(database).resolve().parent / ARTIFACTS_DIRNAME).as_uri() if uri.startswith("sqlite:///") else None
     try:
         return str(client.create_experiment(name, artifact_location=location))
     except MlflowException:  # created by a concurrent run meanwhile
@@ -116,7 +118,7 @@ class Tracker:
         assert self.uri is not None
         self._client = _client(self.uri)
         if run_id is None:
-            experiment = _experiment_id(self._client, self.settings.experiment, self.uri, self.folder)
+            experiment = _experiment_id(self._client, self.settings.experiment, self.uri)
             tags = {
                 **(tags or {}),
                 **({"mlflow.parentRunId": self.settings.parent_run_id} if self.settings.parent_run_id else {}),
