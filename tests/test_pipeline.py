@@ -227,3 +227,48 @@ def test_airflow_dag_loads_and_runs_the_next_day(workdir, pipeline_env, tmp_path
         run_scoring(spark, by_alias)["model_version"]
         == load_bundle(workdir / "models" / RUN_DATE.isoformat() / "bundle").version
     )
+
+
+def test_one_run_of_a_date_at_a_time_while_dates_run_side_by_side(workdir, pipeline_env):
+    """Three runs at once: two of one date (one is refused, naming the other) and one of the next
+    date; the two that run share the days of their windows in the day cache."""
+    next_day = RUN_DATE + dt.timedelta(days=1)
+    before = {day: markers(workdir, day)["preprocess"] for day in (RUN_DATE, next_day)}
+    runs = [(day, preprocess_cli(workdir, pipeline_env, day)) for day in (RUN_DATE, next_day, RUN_DATE)]
+    done = [(day, proc.wait(timeout=900), proc) for day, proc in runs]
+    refused = [proc for day, code, proc in done if code == 2]
+    assert len(refused) == 1 and sorted(code for _, code, _ in done) == [0, 0, 2]
+    assert "is held by another run (host" in refused[0].stderr.read()  # type: ignore[union-attr]
+    for day in (RUN_DATE, next_day):  # the same outputs as the runs one after the other
+        after = markers(workdir, day)["preprocess"]
+        assert after["days"] == before[day]["days"] and after["spec_version"] == before[day]["spec_version"]
+
+
+def preprocess_cli(workdir: Path, env: dict[str, str], day: dt.date) -> subprocess.Popen:
+    command = [sys.executable, str(REPO_ROOT / "pipelines" / "daily.py"), "--workdir", str(workdir), "--quiet"]
+    command += ["run", "--date", day.isoformat(), "--step", "preprocess", "--force"]
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def test_late_data_retrains_and_scores_with_the_new_model(workdir, pipeline_env, spark):
+    """A training day of RUN_DATE is delivered again with more lines after its run finished; the
+    rerun's steps up to scoring (the report is the same mechanism once more)."""
+    late_day = RUN_DATE - dt.timedelta(days=2)
+    day_file = next((workdir / "raw" / f"date={late_day.isoformat()}").glob("*.tsv"))
+    lines = day_file.read_text().splitlines(keepends=True)
+    day_file.write_text("".join(lines + lines[:500]))
+    old_bundle = load_bundle(workdir / "models" / RUN_DATE.isoformat() / "bundle")
+    summary = {}
+    for step in ("preprocess", "train", "score"):
+        result = pipeline_cli(workdir, pipeline_env, "run", "--date", RUN_DATE.isoformat(), "--step", step)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        summary.update(json.loads(result.stdout.strip().splitlines()[-1]))
+    assert not any(summary[step].get("skipped") for step in ("preprocess", "train", "score"))
+    assert summary["preprocess"]["days"][late_day.isoformat()]["rows_read"] == len(lines) + 500
+    model = workdir / "models" / RUN_DATE.isoformat()
+    new_bundle = load_bundle(model / "bundle")
+    assert new_bundle.version != old_bundle.version and new_bundle.spec.version == summary["preprocess"]["spec_version"]
+    assert json.loads((model / "metrics.json").read_text())["resumed_at_steps"] == []  # trained, not resumed
+    assert len(list((model / "superseded").iterdir())) == 1  # the earlier run, kept aside
+    assert summary["score"]["model_version"] == new_bundle.version
+    assert delta_day(spark, workdir, RUN_DATE).count() == summary["score"]["scored"]

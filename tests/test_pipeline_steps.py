@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import sys
@@ -42,6 +43,19 @@ def test_finished_step_is_skipped_until_inputs_change(tmp_path):
     assert run_step(step, paths, force=True)["rows"] == 3
     assert counter.read_text() == "xxx"
     assert (paths.logs / "work.log").read_text().startswith("$ ")
+
+
+def test_a_forced_step_runs_with_its_force_arguments_which_are_no_part_of_its_fingerprint(tmp_path):
+    """``--force`` trains from scratch (``deepfm train --fresh``); the next plain run still skips."""
+    paths = RunPaths(tmp_path, DAY)
+    step, _ = counting_step(tmp_path)
+    step = dataclasses.replace(step, force_args=("--fresh",))
+    run_step(step, paths, force=True)
+    assert (paths.logs / "work.log").read_text().splitlines()[0].endswith(" --fresh")
+    assert run_step(step, paths)["skipped"] is True
+    settings = settings_from({**load_defaults("pipeline"), "workdir": str(tmp_path)})
+    (train,) = (s for s in build_steps(settings, paths) if s.name == "train")
+    assert train.force_args == ("--fresh",)
 
 
 def test_failed_step_raises_with_log_tail_and_leaves_no_marker(tmp_path):

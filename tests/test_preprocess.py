@@ -6,24 +6,31 @@ import datetime as dt
 import gzip
 import json
 import math
+import os
 import shutil
+import signal
+import stat
 import struct
 import subprocess
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 from pyspark.sql import functions as F
-from testkit import deepfm_command
+from testkit import ENV, deepfm_command
 
 from deepfm.cli.config import deep_update, load_defaults
+from deepfm.core import fs
 from deepfm.core.features import FeatureSpec, FieldSpec
 from deepfm.prep.encoding import FeatureConfig, encode, fit
 from deepfm.prep.preprocess import Options, run
 from deepfm.prep.rawlogs import (
     CATEGORICAL_FIELDS,
     INTEGER_FIELDS,
+    REASONS,
     InputDayError,
     day_paths,
     detect_layout,
@@ -131,6 +138,7 @@ def test_parse_gives_each_malformed_line_its_reason_and_types_the_rest(tmp_path,
     typed, quarantine = parse(read_raw_day(spark, str(tmp_path), END))
 
     assert {(r.raw_line, r.reason) for r in quarantine.collect()} == set(malformed.items())
+    assert all(bytes(r.raw_bytes) == r.raw_line.encode() for r in quarantine.collect())
     assert {r.day for r in quarantine.collect()} == {END}
     got = typed.select("impression_id", "label", "I1", "I2", "I3", "C1").collect()
     assert sorted((tuple(r)[1:] for r in got), key=str) == sorted([*valid.values(), *valid.values()], key=str)
@@ -181,7 +189,7 @@ def test_job_counts_reconcile_and_output_layout(generated, spark):
     assert json.loads((out / "summary.json").read_text()) == summary
 
     quarantine = spark.read.parquet(str(out / "quarantine"))
-    assert quarantine.columns == ["raw_line", "reason", "day"]
+    assert quarantine.columns == ["raw_bytes", "raw_line", "reason", "day"]
     by_reason = quarantine.groupBy("reason").count().collect()
     assert {r.reason: r["count"] for r in by_reason} == {
         reason: sum(d["malformed"][reason] for d in manifest["days"].values())
@@ -422,3 +430,94 @@ def test_cli_help_and_run(generated, tmp_path):
     assert printed["days"] == summary["days"] and printed["output"] == str(tmp_path / str(END))
     assert sorted(p.name for p in (tmp_path / "day_cache").iterdir()) == [f"day={d}" for d in summary["days"]]
     assert FeatureSpec.load(tmp_path / str(END)).field("C9").hash_buckets == 5000
+
+
+def test_quarantine_keeps_any_line_losslessly_and_pandas_pyarrow_and_spark_read_it(tmp_path, spark):
+    """Invalid UTF-8, a NUL, a lone CR (a line break to Spark's reader: two lines) and a 5 MB line."""
+    good = line().encode()
+    odd = [
+        good.replace(b"0000000a", b"\xff\xfe000000", 1),  # invalid UTF-8 in a categorical
+        good.replace(b"0000000a", b"000\x00000a", 1),  # a NUL byte
+        good[:40] + b"\r" + good[40:],  # a CR: Spark ends a line there
+        b"1\t" + b"x" * (5 * 2**20),  # a 5 MB line
+    ]
+    for k in range(TRAIN_DAYS + 1):
+        folder = tmp_path / "raw" / f"date={(END - dt.timedelta(days=k)).isoformat()}"
+        folder.mkdir(parents=True)
+        (folder / "part-00000.tsv").write_bytes(b"\n".join([good] * 20 + (odd if k == 0 else [])) + b"\n")
+    summary = run(spark, options(tmp_path / "raw", tmp_path / "out"))
+    expected = {odd[0], odd[1], good[:40], good[40:], odd[3]}  # as Spark's reader splits the lines
+    assert summary["days"][END.isoformat()]["rows_quarantined"] == len(expected)
+    folder = tmp_path / "out" / "quarantine" / f"day={END.isoformat()}"
+    table = pq.read_table(folder)
+    assert set(table.column("raw_bytes").to_pylist()) == expected  # lossless
+    frame = pd.read_parquet(folder)
+    assert "\ufffd" in frame.loc[frame.raw_bytes == odd[0], "raw_line"].item()  # readable: invalid bytes replaced
+    assert frame.loc[frame.raw_bytes == odd[1], "raw_line"].item() == odd[1].decode()
+    assert len(frame.loc[frame.raw_bytes == odd[3], "raw_line"].item()) == len(odd[3])
+    assert spark.read.parquet(str(folder)).where("reason IS NOT NULL").count() == len(expected)
+
+
+def _mutate(line: bytes, rng: np.random.Generator) -> bytes:
+    """One random corruption: an inserted or deleted byte, an extra tab, a byte >= 0x80, a cut."""
+    at = int(rng.integers(0, len(line) + 1))
+    kind = int(rng.integers(0, 5))
+    if kind == 0:
+        byte = int(rng.choice([b for b in range(256) if b not in (0x0A, 0x0D)]))  # not a line break
+        return line[:at] + bytes([byte]) + line[at:]
+    if kind == 1:
+        return line[:at] + line[at + 1 :]
+    if kind == 2:
+        return line[:at] + b"\t" + line[at:]
+    if kind == 3:
+        return line[:at] + bytes([int(rng.integers(0x80, 0x100))]) + line[at + 1 :]
+    return line[:at]
+
+
+def test_fuzzed_lines_end_valid_or_quarantined_with_a_reason_and_counts_reconcile(tmp_path, spark):
+    rng = np.random.default_rng(2026)
+    write_logs(tmp_path / "raw", TRAIN_DAYS + 1, 400, END - dt.timedelta(days=TRAIN_DAYS), seed=5, malformed_fraction=0)
+    files = sorted((tmp_path / "raw").glob("date=*/*.tsv"))
+    mutated: dict[str, set[bytes]] = {}
+    for file in files:
+        lines = file.read_bytes().split(b"\n")[:-1]
+        touched = rng.random(len(lines)) < 0.3
+        lines = [_mutate(x, rng) if t else x for x, t in zip(lines, touched)]
+        mutated[file.parent.name.removeprefix("date=")] = {x for x, t in zip(lines, touched) if t}
+        file.write_bytes(b"\n".join(lines) + b"\n")
+    summary = run(spark, options(tmp_path / "raw", tmp_path / "out"))  # reconciles per day, or raises
+    quarantine = pq.read_table(tmp_path / "out" / "quarantine").to_pylist()
+    assert {r["reason"] for r in quarantine} <= set(REASONS)
+    for day, counts in summary["days"].items():
+        assert counts["rows_read"] == 400 == counts["rows_written"] + counts["rows_quarantined"]
+        kept = [r["raw_bytes"] for r in quarantine if str(r["day"]) == day]
+        assert len(kept) == counts["rows_quarantined"] and set(kept) <= mutated[day]  # lossless, only the touched
+        assert counts["rows_quarantined"] > 0.3 * len(mutated[day])  # most corruptions break the layout
+
+
+@pytest.mark.slow
+def test_a_run_killed_while_encoding_reruns_to_the_same_output(generated, tmp_path):
+    root, _, _ = generated
+    args = ["--input", str(root / "raw"), "--output", str(tmp_path / "out"), "--end-date", str(END)]
+    command = [*deepfm_command("preprocess"), *args, "--train-days", str(TRAIN_DAYS), "--day-cache", ""]
+    killed = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, start_new_session=True, env=ENV)
+    for log_line in killed.stderr:  # type: ignore[union-attr]
+        if "stage encode: started" in log_line:
+            os.killpg(killed.pid, signal.SIGKILL)  # the driver JVM and Python, mid-write
+            break
+    assert killed.wait(timeout=120) == -signal.SIGKILL
+    assert not (tmp_path / "out").exists() and any(p.name.startswith(".out.tmp-") for p in tmp_path.iterdir())
+    rerun = subprocess.run(command, capture_output=True, text=True, env=ENV, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    for split in ("train", "test"):
+        assert rows(tmp_path / "out", split) == rows(root / "out", split)
+    assert [p.name for p in tmp_path.iterdir()] == ["out"], "the killed run's staging folder is swept"
+    assert_not_private(tmp_path / "out")
+
+
+def assert_not_private(root: Path) -> None:
+    """Every file and folder under ``root`` has the permissions the umask gives (never 0600/0700)."""
+    if fs.UMASK & 0o044:
+        return  # a umask that hides files from others: nothing to check
+    for path in (root, *root.rglob("*")):
+        assert stat.S_IMODE(path.stat().st_mode) & 0o044 == 0o044, f"{path} is private"

@@ -12,9 +12,11 @@ import datetime as dt
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -109,7 +111,9 @@ def score_cli(*args: str) -> subprocess.Popen:
         ENTRY_POINT,
         "score",
     ]
-    return subprocess.Popen([*command, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    return subprocess.Popen(
+        [*command, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True
+    )
 
 
 @pytest.fixture(scope="module")
@@ -367,3 +371,26 @@ def test_incompatible_table_is_refused_unless_evolution_allowed(spark, world):
         run(spark, options(world, DAY0, "evolving"))
     summary = run(spark, options(world, DAY0, "evolving", allow_schema_evolution=True))
     assert summary["reconciled"] and "ctr" in spark.read.format("delta").load(str(evolving)).columns
+
+
+def test_a_run_killed_while_writing_the_day_reruns_to_one_copy_of_it(spark, world, first_run):
+    """kill -9 of the job (driver JVM and Python) as the Delta write starts; the rerun commits the
+    day once, whatever the killed run left in the table's folder."""
+    root = world["root"]
+    args = ["--date", DAY0.isoformat(), "--model", str(world["bundle"]), "--input", str(root / "raw")]
+    args += ["--table", str(root / "killed")]
+    killed = score_cli(*args)
+    for log_line in killed.stdout:  # type: ignore[union-attr]  (spark-submit passes the driver's log on)
+        if "stage score and write: started" in log_line:
+            time.sleep(1)  # into the write
+            os.killpg(killed.pid, signal.SIGKILL)
+            break
+    assert killed.wait(timeout=120) == -signal.SIGKILL
+    rerun = score_cli(*args)
+    stdout, stderr = rerun.communicate(timeout=400)
+    assert rerun.returncode == 0, stderr[-3000:]
+    summary = json.loads(stdout.strip().splitlines()[-1])
+    day = day_rows(spark, root / "killed", DAY0)
+    assert day.count() == summary["scored"] == first_run["scored"] and summary["reconciled"]
+    reference = day_rows(spark, root / "scores", DAY0).select("impression_id").distinct().count()
+    assert day.select("impression_id").distinct().count() == reference  # no duplicates

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -174,11 +176,14 @@ def test_killed_run_resumes_to_the_same_weights(two_rank_run, data, tmp_path):
                     break
             time.sleep(0.1)
         assert proc.poll() is None, "the run ended before it could be killed"
-        os.kill(proc.pid, signal.SIGTERM)  # horovodrun takes both ranks down with it
-        proc.wait(timeout=60)
-    finally:
-        with contextlib.suppress(ProcessLookupError):  # helpers horovodrun left behind
+    finally:  # kill -9 of horovodrun and of both ranks at once, mid-epoch: as a lost machine would
+        for pid in [proc.pid, *_processes_mentioning(str(out))]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+    time.sleep(1)
     assert not _processes_mentioning(str(out)), "a rank of the killed run survived"
 
     result = _run(command)
@@ -190,6 +195,29 @@ def test_killed_run_resumes_to_the_same_weights(two_rank_run, data, tmp_path):
     assert metrics["weight_digests"] == expected["weight_digests"]
     assert [e["train_loss"] for e in metrics["epochs"]] == pytest.approx([e["train_loss"] for e in expected["epochs"]])
     assert _summary(result.stdout)["val_auc"] == expected["summary"]["val_auc"]
+
+
+@pytest.mark.slow
+def test_a_checkpoint_of_other_data_is_moved_aside_and_training_starts_over(data, tmp_path):
+    """Late data: the processed output of the same date, rewritten with more rows, is not resumed."""
+    other = tmp_path / "other"
+    shutil.copytree(data, other)
+    first_file = sorted((other / "train").rglob("*.parquet"))[0]
+    table = pq.read_table(first_file)
+    pq.write_table(pa.concat_tables([table, table.slice(0, 64)]), first_file)  # 64 rows delivered late
+    out = tmp_path / "run"
+    settings = {"model": "lr", "epochs": 1, "batch_size": 512}
+    _in_process(data, out, **settings)
+    again = _in_process(data, out, **settings)  # the same run resumes its finished checkpoint
+    assert json.loads((out / "metrics.json").read_text())["resumed_at_steps"] == [again["global_step"]]
+    changed = _in_process(other, out, **settings)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["resumed_at_steps"] == [] and changed["epochs_run"] == 1
+    (superseded,) = (out / "superseded").iterdir()
+    assert (superseded / "checkpoints" / "latest.pt").exists() and (superseded / "bundle" / "bundle.json").exists()
+    fresh = _in_process(other, out, **settings, fresh=True)  # --fresh starts over although it could resume
+    assert json.loads((out / "metrics.json").read_text())["resumed_at_steps"] == [] and fresh["epochs_run"] == 1
+    assert len(list((out / "superseded").iterdir())) == 2
 
 
 @pytest.mark.slow

@@ -7,7 +7,8 @@
   deepfm pipeline promote --version 3                   # point the alias at a registered version (rollback)
 
 Finished steps are skipped on a rerun (markers keyed on a fingerprint of command and inputs)
-unless --force; a failed step stops the run with its log tail and exit code 1. Defaults:
+unless --force (which also trains from scratch); a failed step stops the run with its log tail and
+exit code 1; a run of a date another run holds is refused with exit code 2. Defaults:
 deepfm/conf/pipeline.yaml (relative paths are relative to the current directory).
 """
 
@@ -25,6 +26,7 @@ from typing import Any
 from deepfm.cli.config import JobParser, load_defaults, spark_conf
 from deepfm.cli.logs import setup_logging
 from deepfm.core.tracking import TrackingSettings, promote, store_uri
+from deepfm.ops.locks import Locked
 from deepfm.ops.pipeline import STEPS, PipelineSettings, RunPaths, StepFailed, date_range, run_date
 from deepfm.ops.spark import get_spark, spark_submit_args
 from deepfm.prep.synthetic import write_logs
@@ -45,11 +47,15 @@ def parser() -> JobParser:
     when.add_argument("--from", dest="first", type=dt.date.fromisoformat, help="backfill: first run date")
     run.add_argument("--to", dest="last", type=dt.date.fromisoformat, help="backfill: last run date (inclusive)")
     run.add_argument("--step", choices=STEPS, help="run only this step (the scheduler runs one task per step)")
-    run.add_argument("--force", action="store_true", help="rerun steps even when their markers say done")
+    run.add_argument(
+        "--force", action="store_true", help="rerun steps even when their markers say done, training from scratch"
+    )
     demo = sub.add_parser("demo", help="generate click logs, run the pipeline for the demo date, print a summary")
     demo.add_argument("--date", type=dt.date.fromisoformat, help="run date of the demo (default: demo.run_date)")
     demo.add_argument("--rows-per-day", type=int, help="generated impressions per day (default: demo.rows_per_day)")
-    demo.add_argument("--force", action="store_true", help="rerun steps even when their markers say done")
+    demo.add_argument(
+        "--force", action="store_true", help="rerun steps even when their markers say done, training from scratch"
+    )
     promote = sub.add_parser("promote", help="point the registry alias at a version of the registered model")
     promote.add_argument("--version", required=True, help="the registered model's version (see `mlflow ui`)")
     return p
@@ -158,4 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StepFailed as failure:
         print(str(failure), file=sys.stderr)
         return 1
+    except Locked as locked:
+        print(f"refused: {locked}; wait for it to finish, or stop it", file=sys.stderr)
+        return 2
     return 0

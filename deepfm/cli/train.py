@@ -5,9 +5,11 @@
 
 DATA is the preprocessing output (train/ and test/ Parquet, feature_spec.json). RUN gets
 bundle/, metrics.json, summary.json, checkpoints/latest.pt and train.log; rerunning the same
-command resumes from the checkpoint. Rank 0 prints the summary as its last stdout line and
-writes it to RUN/summary.json. Defaults: deepfm/conf/train.yaml; the model's architecture from
-deepfm/conf/models.yaml, overridden by ``--set model_config.<key>=<value>``.
+command resumes from the checkpoint, unless the data, feature spec or model config changed (the
+earlier run is then moved to RUN/superseded/ and training starts over; --fresh always does). Rank
+0 prints the summary as its last stdout line and writes it to RUN/summary.json. Defaults:
+deepfm/conf/train.yaml; the model's architecture from deepfm/conf/models.yaml, overridden by
+``--set model_config.<key>=<value>``.
 """
 
 from __future__ import annotations
@@ -94,6 +96,10 @@ def parser() -> JobParser:
         help="validations without a validation-AUC gain before stopping (0: never)",
     )
     p.option("--log-every", key="log_every", type=int, help="steps between progress lines (steps, samples/s, ETA)")
+    p.option(
+        "--fresh", key="fresh", action=argparse.BooleanOptionalAction,
+        help="start over: move an existing checkpoint (and its bundle, metrics) to RUN/superseded/",
+    )  # fmt: skip
     return p
 
 

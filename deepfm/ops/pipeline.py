@@ -23,10 +23,12 @@ Work directory layout::
     reports/<D>/report.html         the model's ROC and calibration, daily metrics over time
     logs/<D>/<step>.log             each step's full output (and score.json, scoring's summary)
     markers/<D>/<step>.json         success markers (fingerprint + the step's JSON summary)
+    locks/<D>.lock                  held by the run of date D (one run of a date at a time)
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import json
@@ -47,6 +49,7 @@ from deepfm.core import fs
 from deepfm.core import tracking as tracking_store
 from deepfm.core.features import FORMAT_VERSION
 from deepfm.core.tracking import TrackingSettings
+from deepfm.ops.locks import exclusive
 from deepfm.training.artifacts import SUMMARY
 from deepfm.training.launch import horovodrun_command
 
@@ -127,6 +130,10 @@ class RunPaths:
     def logs(self) -> Path:
         return self.root / "logs" / self.day
 
+    @property
+    def lock(self) -> Path:
+        return self.root / "locks" / f"{self.day}.lock"
+
     def marker(self, step: str) -> Path:
         return self.root / "markers" / self.day / f"{step}.json"
 
@@ -142,6 +149,7 @@ class Step:
     input_dirs: tuple[Path, ...] = ()
     upstream: tuple[str, ...] = ()
     env: dict[str, str] = field(default_factory=dict)
+    force_args: tuple[str, ...] = ()  # added when forced (not part of the fingerprint): redo, do not resume
     on_success: Callable[[dict[str, Any]], dict[str, Any]] | None = None  # adds to the summary
 
 
@@ -197,6 +205,7 @@ def build_steps(settings: PipelineSettings, paths: RunPaths) -> list[Step]:
         horovodrun_command(settings.num_workers, settings.hosts, train_args, settings.python),
         summary_file=paths.model_run / SUMMARY,
         upstream=("preprocess",),
+        force_args=("--fresh",),
         on_success=partial(publish, settings, paths),
     )
     score = Step(
@@ -272,7 +281,8 @@ def run_step(
     paths.marker(step.name).unlink(missing_ok=True)
     log.info("[%s] %s: running (log %s)", paths.day, step.name, paths.logs / f"{step.name}.log")
     started = time.time()
-    run_command(step, paths.logs / f"{step.name}.log", echo)
+    command = [*step.command, *step.force_args] if force else step.command
+    run_command(dataclasses.replace(step, command=command), paths.logs / f"{step.name}.log", echo)
     summary = {**json.loads(step.summary_file.read_text()), "seconds": round(time.time() - started, 1)}
     if step.on_success is not None:  # before the marker: a failure here reruns the step
         summary.update(step.on_success(summary))
@@ -308,12 +318,14 @@ def run_date(
     only: str | None = None,
     echo: Callable[[str], None] = lambda line: None,
 ) -> dict[str, dict[str, Any]]:
-    """Run (or resume) every step of one run date; returns each step's summary."""
+    """Run (or resume) every step of one run date, holding the date's lock (``locks.Locked`` when
+    another run of the date holds it); returns each step's summary."""
     paths = RunPaths(settings.workdir, date)
     results: dict[str, dict[str, Any]] = {}
-    for step in build_steps(settings, paths):
-        if only is None or step.name == only:
-            results[step.name] = run_step(step, paths, force=force, echo=echo)
+    with exclusive(paths.lock):
+        for step in build_steps(settings, paths):
+            if only is None or step.name == only:
+                results[step.name] = run_step(step, paths, force=force, echo=echo)
     return results
 
 

@@ -12,12 +12,14 @@ format; a change to how reasons or values are worked out must bump ``FORMAT``): 
 file, a changed rule or a new format gives a new entry. Layout::
 
     <root>/day=YYYY-MM-DD/<fingerprint>/validation.json      rows_read, quarantined_by_reason
-                                        quarantine/           the day's malformed lines (raw_line, reason)
+                                        quarantine/           the day's malformed lines (rawlogs.quarantined)
                                         values-<fields id>/   value counts of the day's valid rows
                                                               (field, value, count) for one set of fields
 
 Each part is written under a temporary name and renamed into place whole, so a failed run leaves
-no partial entry. Storing a day's entry removes that day's entries of other fingerprints.
+no partial entry; runs for different dates share days, and the first of two runs storing the same
+entry (identical content: same fingerprint) keeps its copy, the other drops its own. Storing a
+day's entry removes that day's entries of other fingerprints.
 Deleting any of it is always safe: what is missing is computed again. Nothing prunes the days
 no run will read again (one entry per day: its quarantine and its distinct values' counts).
 """
@@ -28,7 +30,6 @@ import datetime as dt
 import hashlib
 import json
 import shutil
-import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -37,7 +38,7 @@ from pyspark.sql import SparkSession
 from deepfm.core import fs
 from deepfm.prep import rawlogs
 
-FORMAT = 1
+FORMAT = 2  # 2: quarantined lines keep their raw bytes (raw_bytes) beside a readable raw_line
 VALIDATION_FILENAME = "validation.json"
 
 
@@ -86,7 +87,7 @@ class DayCache:
     ) -> None:
         """Keep ``day``'s validation: its counts and a copy of its quarantined lines."""
         entry = self._entries[day]
-        with fs.staged_dir(entry) as staged:
+        with fs.staged_dir(entry, keep_existing=True) as staged:  # a concurrent run's identical entry wins
             shutil.copytree(quarantine_dir, staged / "quarantine")
             counts = {
                 "day": day.isoformat(),
@@ -94,8 +95,9 @@ class DayCache:
                 "quarantined_by_reason": dict(quarantined_by_reason),
             }
             (staged / VALIDATION_FILENAME).write_text(json.dumps(counts, indent=2))
-        for stale in (p for p in entry.parent.iterdir() if p != entry):  # other fingerprints, or a half entry
-            shutil.rmtree(stale, ignore_errors=True)
+        for stale in entry.parent.iterdir():  # entries of the day's earlier files (not others' temporaries)
+            if stale != entry and not stale.name.startswith("."):
+                shutil.rmtree(stale, ignore_errors=True)
 
     def has_values(self, day: dt.date, fields: Sequence[str]) -> bool:
         """Whether ``day``'s value counts of ``fields`` are kept (recorded as reused when so)."""
@@ -110,11 +112,11 @@ class DayCache:
 
     def store_values(self, day: dt.date, fields: Sequence[str], counted: Path) -> None:
         """Keep ``counted`` (a Parquet folder of ``day``'s value counts of ``fields``, complete),
-        moving it into the day's entry; the day's validation must be kept already."""
-        fs.replace_dir(counted, self.values_path(day, fields))
+        moving it into the day's entry (unless a concurrent run did); the day's validation must be
+        kept already."""
+        fs.publish_dir(counted, self.values_path(day, fields))
 
     def scratch_dir(self) -> Path:
         """A new folder path under the root (hidden from readers) for Spark to write into before
         ``store_values``; the caller removes it."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        return self.root / f".tmp-{uuid.uuid4().hex[:12]}"
+        return fs.scratch_dir(self.root)

@@ -20,7 +20,7 @@ Output directory (built in a staging folder, then swapped in over ``<output>`` b
 it whole):
   train/day=YYYY-MM-DD/part-*.parquet   label float32, then the spec's fields (int32 / float32)
   test/day=YYYY-MM-DD/part-*.parquet
-  quarantine/day=YYYY-MM-DD/part-*.parquet   raw_line, reason
+  quarantine/day=YYYY-MM-DD/part-*.parquet   raw_bytes (lossless), raw_line (valid UTF-8), reason
   feature_spec.json                     the fitted FeatureSpec (deepfm.core.features)
   summary.json                          per-day counts, stage timings, spec version, days
 Every Parquet file holds one row group of at most ``row_group_rows`` rows (Petastorm shards by
@@ -63,7 +63,7 @@ log = logging.getLogger(__name__)
 SUMMARY_FILENAME = "summary.json"
 SPLITS = ("train", "test")
 QUARANTINE = "quarantine"
-QUARANTINE_SCHEMA = pa.schema([("raw_line", pa.string()), ("reason", pa.string())])
+QUARANTINE_SCHEMA = pa.schema([("raw_bytes", pa.binary()), ("raw_line", pa.string()), ("reason", pa.string())])
 
 
 @dataclass(frozen=True)
@@ -149,7 +149,7 @@ def _rows_per_day(days: list[dt.date], where: Column | None = None, suffix: str 
 def validate_days(
     spark: SparkSession, files: dict[dt.date, list[str]], test_days: list[dt.date], quarantine_dir: Path
 ) -> dict[dt.date, DayCounts]:
-    """Count every day's lines and write the malformed ones (raw_line, reason) to
+    """Count every day's lines and write the malformed ones (``rawlogs.quarantined``) to
     ``<quarantine_dir>/day=<day>/``, in one Spark job over all days.
 
     Lines read per day are counted before the filter and quarantined ones per day and reason

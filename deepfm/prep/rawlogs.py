@@ -237,10 +237,24 @@ def without_quarantined(lines: DataFrame, quarantine: str, quarantined_rows: int
     """
     if quarantined_rows == 0:
         return lines
-    invalid = lines.sparkSession.read.schema("raw_line STRING").parquet(quarantine).select("raw_line")
-    return lines.join(invalid, "raw_line", "left_anti")
+    invalid = lines.sparkSession.read.schema("raw_bytes BINARY").parquet(quarantine)
+    # On the bytes: a line that is not valid UTF-8 is quarantined with a readable rendering that
+    # no longer equals it.
+    return lines.join(invalid, _raw_bytes(F.col("raw_line")) == invalid["raw_bytes"], "left_anti")
+
+
+def _raw_bytes(line: Column) -> Column:
+    """A line's bytes exactly as read (a Spark string holds the file's bytes, valid UTF-8 or not)."""
+    return line.cast("binary")
 
 
 def quarantined(checked: DataFrame) -> DataFrame:
-    """The invalid lines of ``with_reason`` output: ``raw_line``, ``day``, ``reason``."""
-    return checked.where(F.col("reason").isNotNull()).select("raw_line", "day", "reason")
+    """The invalid lines of ``with_reason`` output, losslessly and readably: ``raw_bytes`` (the
+    line's bytes as read), ``raw_line`` (the same line as valid UTF-8, an invalid byte sequence
+    replaced by U+FFFD: Parquet strings, pandas and pyarrow require valid UTF-8), ``day``, ``reason``."""
+    return checked.where(F.col("reason").isNotNull()).select(
+        _raw_bytes(F.col("raw_line")).alias("raw_bytes"),
+        F.make_valid_utf8("raw_line").alias("raw_line"),
+        "day",
+        "reason",
+    )

@@ -5,13 +5,19 @@
     <output>/metrics.json            per-epoch history and validations, rewritten at each checkpoint
     <output>/summary.json            the finished run's summary: what launchers read back
     <output>/train.log               the progress lines (``deepfm.cli``'s logging set-up)
+    <output>/superseded/<time>/      a checkpoint (with its bundle and metrics) of other data or
+                                     settings, moved aside when a run starts over
 
-Only rank 0 writes (``RunArtifacts(primary=True)``); every file is replaced atomically.
+Only rank 0 writes (``RunArtifacts(primary=True)``); every file is replaced atomically. A
+checkpoint records the identity of its run (``run_identity``: model, config, feature spec, data
+files); only a run of the same identity resumes it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,8 +31,11 @@ from deepfm.core.metrics import BinaryMetrics
 from deepfm.models import CTRModel, Optimizers
 from deepfm.models.bundle import save_bundle
 from deepfm.training.early_stopping import Best
+from deepfm.training.feed import parquet_files
 
 CHECKPOINT = "checkpoints/latest.pt"
+SUPERSEDED = "superseded"
+SPLITS = ("train", "test")
 METRICS = "metrics.json"
 SUMMARY = "summary.json"
 BUNDLE = "bundle"
@@ -52,6 +61,25 @@ class TrainState:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainState:
         return cls(**{**values, "best": Best(**values["best"])})
+
+
+def data_fingerprint(data: Path) -> str:
+    """16 hex digits over the names and sizes of the data's split files: rewritten data (a rerun
+    of preprocessing writes new files) is a new fingerprint."""
+    files = [
+        (str(path.relative_to(data)), path.stat().st_size) for split in SPLITS for path in parquet_files(data / split)
+    ]
+    return hashlib.sha256(json.dumps(files).encode()).hexdigest()[:16]
+
+
+def run_identity(model: CTRModel, spec: FeatureSpec, data: Path) -> dict[str, Any]:
+    """What a checkpoint must match to be resumed: the model, its config, the feature spec, the data."""
+    return {
+        "model": model.name,
+        "model_config": model.config.to_dict(),
+        "spec_version": spec.version,
+        "data": data_fingerprint(data),
+    }
 
 
 def read_summary(output: str | Path) -> dict[str, Any]:
@@ -86,15 +114,16 @@ class RunArtifacts:
             return None
         return torch.load(self.checkpoint, map_location=device, weights_only=True)
 
-    def save_checkpoint(self, model: CTRModel, optimizers: Optimizers, state: TrainState) -> None:
+    def save_checkpoint(
+        self, model: CTRModel, optimizers: Optimizers, state: TrainState, identity: dict[str, Any]
+    ) -> None:
         if not self.primary:
             return
         payload = {
             "model": model.state_dict(),
             "optimizers": optimizers.state_dict(),
             "state": dataclasses.asdict(state),
-            "model_name": model.name,
-            "model_config": model.config.to_dict(),
+            "identity": identity,
         }
         fs.write_atomic(self.checkpoint, lambda tmp: torch.save(payload, tmp))
 
@@ -103,6 +132,19 @@ class RunArtifacts:
     ) -> str | None:
         """The bundle of the best validation so far, with that validation's metrics state."""
         return save_bundle(self.bundle, model, spec, extra=extra, validation=validation) if self.primary else None
+
+    def retire(self) -> Path | None:
+        """Move the checkpoint, bundle, metrics and summary of an earlier run to
+        ``superseded/<UTC time>/`` (kept for inspection); returns that folder (None: nothing moved)."""
+        present = [p for p in (self.checkpoint.parent, self.bundle, self.metrics, self.output / SUMMARY) if p.exists()]
+        if not (self.primary and present):
+            return None
+        stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+        folder = self.output / SUPERSEDED / stamp
+        folder.mkdir(parents=True)
+        for path in present:
+            path.rename(folder / path.name)
+        return folder
 
     def write_metrics(self, payload: dict[str, Any]) -> None:
         if self.primary:

@@ -36,7 +36,7 @@ from deepfm.models import CTRModel, ModelConfig, ModelDefaults, Optimizers, buil
 from deepfm.models.bundle import load_bundle, state_digest
 from deepfm.models.surgery import pretrain_init, warm_start
 from deepfm.training import distributed as dist
-from deepfm.training.artifacts import RunArtifacts, TrainState
+from deepfm.training.artifacts import RunArtifacts, TrainState, run_identity
 from deepfm.training.early_stopping import EarlyStopping
 from deepfm.training.evaluate import autocast, evaluate
 from deepfm.training.feed import LOADERS, Batch, ShardLoader, make_loader, prefetch
@@ -77,6 +77,7 @@ class TrainConfig:
     log_every: int = 50
     fnn_pretrain_epochs: int = 1
     warm_start: Path | None = None
+    fresh: bool = False  # start over even when a checkpoint of the same run is there
     tracking: TrackingSettings = field(default_factory=TrackingSettings)
 
     def __post_init__(self) -> None:
@@ -286,6 +287,7 @@ class _Run:
     def __init__(self, cfg: TrainConfig, spec: FeatureSpec, parts: Parts, init: Init | None) -> None:
         self.cfg, self.spec, self.parts = cfg, spec, parts
         self.artifacts = RunArtifacts(cfg.output, dist.is_primary())
+        self.identity = run_identity(parts.model, spec, cfg.data)
         self.state = self._restore_or_init(init)
         data_order = [dist.size(), cfg.batch_size, cfg.shuffle_buffer, cfg.seed]
         if self.state.data_order != data_order and self.state.step_in_epoch:
@@ -331,12 +333,13 @@ class _Run:
         model, optimizers = self.parts.model, self.parts.optimizers
         state = TrainState()
         checkpoint = self.artifacts.load_checkpoint(self.parts.device)
+        if checkpoint is not None and (self.cfg.fresh or checkpoint.get("identity") != self.identity):
+            why = "--fresh" if self.cfg.fresh else _differences(checkpoint.get("identity") or {}, self.identity)
+            log.warning("training from scratch (%s): the earlier run moved to %s", why, self.artifacts.retire())
+            checkpoint = None
+        elif checkpoint is None and self.cfg.fresh:
+            self.artifacts.retire()  # a bundle or metrics without a checkpoint
         if checkpoint is not None:
-            if checkpoint["model_name"] != model.name or checkpoint["model_config"] != model.config.to_dict():
-                raise ValueError(
-                    f"{self.cfg.output} holds a checkpoint of a {checkpoint['model_name']} with another config: "
-                    "use a new --output to train a different model"
-                )
             model.load_state_dict(checkpoint["model"])
             optimizers.load_state_dict(checkpoint["optimizers"])
             state = TrainState.from_dict(checkpoint["state"])
@@ -402,7 +405,7 @@ class _Run:
         """All ranks fold their loss in; rank 0 writes the checkpoint and the metrics so far."""
         self.loss.sync_into(self.state)
         self._tick()
-        self.artifacts.save_checkpoint(self.parts.model, self.parts.optimizers, self.state)
+        self.artifacts.save_checkpoint(self.parts.model, self.parts.optimizers, self.state, self.identity)
         self.artifacts.write_metrics(self._metrics())
 
     def end_epoch(self, rows: int) -> None:
@@ -496,6 +499,12 @@ class _Run:
             "weight_digests": digests,
             "summary": summary,
         }
+
+
+def _differences(old: dict[str, Any], new: dict[str, Any]) -> str:
+    """What makes a checkpoint another run's, in words."""
+    changed = [key for key in new if old.get(key) != new[key]]
+    return "checkpoint of another " + ", ".join(changed) if changed else "checkpoint of another run"
 
 
 def _flat_params(cfg: TrainConfig) -> dict[str, Any]:

@@ -1,0 +1,77 @@
+"""The one atomic-write mechanism, orphans of killed writers, first-writer-wins entries, and the
+run lock (fast: local files and small subprocesses only)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+
+import pytest
+
+from deepfm.core import fs
+from deepfm.ops.locks import Locked, exclusive
+
+HOLD = "import sys, time; from pathlib import Path; from deepfm.ops.locks import exclusive\n"
+HOLD += "with exclusive(Path(sys.argv[1])):\n    print('held', flush=True); time.sleep(60)"
+
+
+def test_a_folder_is_swapped_in_whole_and_a_failed_one_leaves_the_old(tmp_path):
+    target = tmp_path / "out"
+    with fs.staged_dir(target) as staging:
+        (staging / "a").write_text("1")
+    with pytest.raises(RuntimeError), fs.staged_dir(target) as staging:
+        (staging / "a").write_text("2")
+        raise RuntimeError("half-written")
+    assert (target / "a").read_text() == "1" and [p.name for p in tmp_path.iterdir()] == ["out"]
+    assert stat.S_IMODE(target.stat().st_mode) == fs.DIR_MODE
+    fs.write_json(tmp_path / "x.json", {"a": 1})
+    assert stat.S_IMODE((tmp_path / "x.json").stat().st_mode) == fs.FILE_MODE  # never mkstemp's 0600
+
+
+def test_temporaries_of_killed_writers_are_swept_and_live_ones_kept(tmp_path):
+    target = tmp_path / "out"
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    orphan = target.with_name(f".out.tmp-{fs.HOST}-{dead.stdout.strip()}-0123abcd")
+    alive = target.with_name(f".out.tmp-{fs.HOST}-{child.pid}-0123abcd")
+    other_host = target.with_name(".out.tmp-elsewhere-1-0123abcd")
+    for folder in (orphan, alive, other_host):
+        folder.mkdir()
+    try:
+        with fs.staged_dir(target) as staging:
+            (staging / "a").write_text("1")
+        assert not orphan.exists() and alive.exists() and other_host.exists()
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_the_first_writer_of_an_entry_wins_and_the_second_keeps_quiet(tmp_path):
+    first, second = tmp_path / "first", tmp_path / "second"
+    for folder, value in ((first, "1"), (second, "2")):
+        folder.mkdir()
+        (folder / "v").write_text(value)
+    assert fs.publish_dir(first, tmp_path / "entry") is True
+    assert fs.publish_dir(second, tmp_path / "entry") is False
+    assert (tmp_path / "entry" / "v").read_text() == "1" and not second.exists()
+
+
+def test_a_lock_is_refused_naming_its_holder_and_freed_when_the_holder_dies(tmp_path):
+    lock = tmp_path / "locks" / "d.lock"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(lock)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"  # type: ignore[union-attr]
+        with pytest.raises(Locked, match=rf"held by another run \(host .*, pid {holder.pid}, started"), exclusive(lock):
+            pass
+        os.kill(holder.pid, signal.SIGKILL)  # a holder that dies without unlocking
+        holder.wait()
+        time.sleep(0.1)
+        with exclusive(lock) as record:
+            assert record["pid"] == os.getpid()
+    finally:
+        holder.kill()
+        holder.wait()
