@@ -11,6 +11,7 @@ import pytest
 import torch
 from pyspark.sql import functions as F
 
+from deepfm.training.launch import horovodrun
 from deepfm.training.petastorm_io import petastorm_row_groups
 
 VENV_BIN = Path(sys.executable).parent
@@ -62,17 +63,7 @@ def test_horovodrun_two_ranks_agree(tmp_path):
     script = Path(__file__).parent / "scripts" / "horovod_allreduce_check.py"
     env = {**os.environ, "PATH": f"{VENV_BIN}:{os.environ['PATH']}"}
     result = subprocess.run(
-        [
-            str(VENV_BIN / "horovodrun"),
-            "-np",
-            "2",
-            "-H",
-            "localhost:2",
-            "--gloo",
-            sys.executable,
-            str(script),
-            str(tmp_path),
-        ],
+        horovodrun(2, "localhost:2", [str(script), str(tmp_path)]),
         capture_output=True,
         text=True,
         env=env,

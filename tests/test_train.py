@@ -26,7 +26,7 @@ import pytest
 import torch
 from mlflow import MlflowClient
 from testkit import ENV as BASE_ENV
-from testkit import MODEL_DEFAULTS, REPO, VENV_BIN, deepfm_command, model_for_spec
+from testkit import MODEL_DEFAULTS, REPO, deepfm_command, model_for_spec
 
 from deepfm.cli.config import apply_sets
 from deepfm.core.features import FeatureSpec, FieldSpec
@@ -36,7 +36,7 @@ from deepfm.models.layers import FieldEmbedding
 from deepfm.models.surgery import embedding_row_map, warm_start
 from deepfm.training.artifacts import read_summary
 from deepfm.training.feed import Batch, Columns, parquet_files
-from deepfm.training.launch import horovodrun_command
+from deepfm.training.launch import horovodrun, horovodrun_command
 from deepfm.training.trainer import TrainConfig, resolve_device, train, train_step
 
 ENV = {**BASE_ENV, "OMP_NUM_THREADS": "1"}
@@ -126,18 +126,7 @@ def test_ranks_read_disjoint_shards_whose_union_is_the_split(data, tmp_path):
     """Every row of the split is read by exactly one rank (as a multiset: rows may repeat)."""
     script = Path(__file__).parent / "scripts" / "dump_shard_rows.py"
     result = subprocess.run(
-        [
-            str(VENV_BIN / "horovodrun"),
-            "-np",
-            "2",
-            "-H",
-            "localhost:2",
-            "--gloo",
-            sys.executable,
-            str(script),
-            str(data),
-            str(tmp_path),
-        ],
+        horovodrun(2, "localhost:2", [str(script), str(data), str(tmp_path)]),
         capture_output=True,
         text=True,
         env=ENV,

@@ -18,25 +18,18 @@ from deepfm.training.artifacts import read_summary
 from deepfm.training.trainer import TrainConfig
 
 
+def horovodrun(np: int, hosts: str | None, program: Sequence[str], python: str = sys.executable) -> list[str]:
+    """``horovodrun`` (of ``python``'s environment, whatever PATH says) running ``python program``
+    on ``np`` ranks with Gloo (``hosts``: ``-H``, default ``localhost:<np>``)."""
+    launcher = str(Path(python).parent / "horovodrun")
+    return [launcher, "-np", str(np), "-H", hosts or f"localhost:{np}", "--gloo", python, *program]
+
+
 def horovodrun_command(
     np: int, hosts: str | None, train_args: Sequence[str], python: str = sys.executable
 ) -> list[str]:
-    """``horovodrun`` (of ``python``'s environment, whatever PATH says) running ``deepfm train``
-    with ``train_args`` on ``np`` ranks (``hosts``: ``-H``, default ``localhost:<np>``)."""
-    horovodrun = Path(python).parent / "horovodrun"
-    return [
-        str(horovodrun),
-        "-np",
-        str(np),
-        "-H",
-        hosts or f"localhost:{np}",
-        "--gloo",
-        python,
-        "-m",
-        "deepfm",
-        "train",
-        *train_args,
-    ]
+    """``deepfm train`` with ``train_args`` on ``np`` ranks (``horovodrun``)."""
+    return horovodrun(np, hosts, ["-m", "deepfm", "train", *train_args], python)
 
 
 def config_args(cfg: TrainConfig) -> list[str]:
