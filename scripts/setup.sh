@@ -48,7 +48,7 @@ install_python_deps() {
 build_horovod() {
   local torch_version key wheel_dir wheel src
   torch_version=$("$VENV/bin/python" -c 'import torch; print(torch.__version__)')
-  key=$(printf '%s %s' "$torch_version" "$(sha256sum "$HOROVOD_PATCH")" | sha256sum | cut -c1-16)
+  key=$(printf '%s %s' "$torch_version" "$(sha256sum < "$HOROVOD_PATCH")" | sha256sum | cut -c1-16)
   wheel_dir="$CACHE/horovod-wheels/$key"
   wheel=$(ls "$wheel_dir"/horovod-*.whl 2>/dev/null | head -1 || true)
   if [ -z "$wheel" ]; then
