@@ -76,7 +76,8 @@ def job(
         output=str(out),
         end_date=end,
         features=FeatureConfig.from_dict(features),
-        train_days=days - 1,
+        train_days=days - 2,  # the window stays `days` long: a validation day and a test day end it
+        validation_days=1,
         test_days=1,
         day_cache=str(cache) if cache else None,
     )
@@ -151,7 +152,7 @@ def time_passes(spark: SparkSession, raw: Path, workdir: Path, days: int, repeat
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--days", type=int, default=8, help="days of the job's window: all but the last train, the last test"
+        "--days", type=int, default=8, help="days of the job's window: training days, then a validation and a test day"
     )
     parser.add_argument("--rows-per-day", type=int, default=125_000)
     parser.add_argument(

@@ -69,7 +69,8 @@ def write_synthetic(root: Path, rows: int, files: int = 8, row_group_rows: int =
     fields = [FieldSpec(f"C{i + 1}", "hash", cardinality=c, hash_buckets=c) for i, c in enumerate(CARDINALITIES)]
     fields += [FieldSpec(f"I{i + 1}", "log") for i in range(N_NUMERIC)]
     spec = FeatureSpec(tuple(fields))
-    for split, split_rows in (("train", rows), ("test", max(rows // 10, 1000))):
+    held_out = max(rows // 10, 1000)
+    for split, split_rows in (("train", rows), ("validation", held_out), ("test", held_out)):
         for part in range(files):
             n = split_rows // files
             cols = {f"C{i + 1}": (rng.zipf(1.3, n) % c).astype(np.int32) for i, c in enumerate(CARDINALITIES)}

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 from pyspark.sql import functions as F
@@ -26,7 +27,7 @@ from deepfm.cli.config import deep_update, load_defaults
 from deepfm.core import fs
 from deepfm.core.features import FeatureSpec, FieldSpec
 from deepfm.prep.encoding import FeatureConfig, encode, fit
-from deepfm.prep.preprocess import Options, run
+from deepfm.prep.preprocess import Options, Window, run
 from deepfm.prep.rawlogs import (
     CATEGORICAL_FIELDS,
     INTEGER_FIELDS,
@@ -43,7 +44,9 @@ from deepfm.prep.rawlogs import (
 from deepfm.prep.synthetic import write_logs
 
 END = dt.date(2026, 3, 4)  # test day; training days 2026-03-01..03
-TRAIN_DAYS = 3
+TRAIN_DAYS = 2  # then a validation day (END - 1) and the test day (END)
+DAYS = TRAIN_DAYS + 2
+FIRST = END - dt.timedelta(days=DAYS - 1)
 ENCODED = ("label", *INTEGER_FIELDS, *CATEGORICAL_FIELDS)
 
 
@@ -65,14 +68,8 @@ def features(overrides: dict | None = None) -> FeatureConfig:
 
 
 def options(raw: Path, out: Path, features_overrides: dict | None = None, **kw) -> Options:
-    return Options(
-        input=str(raw),
-        output=str(out),
-        end_date=END,
-        train_days=TRAIN_DAYS,
-        features=features(features_overrides),
-        **kw,
-    )
+    values = {"input": str(raw), "output": str(out), "end_date": END, "train_days": TRAIN_DAYS, **kw}
+    return Options(features=features(features_overrides), **values)
 
 
 def parse(lines):
@@ -102,9 +99,7 @@ def test_one_scan_of_several_days_gives_each_line_its_files_day(tmp_path, spark)
 def generated(tmp_path_factory, spark):
     """Generated logs with malformed rows of every kind, preprocessed once."""
     root = tmp_path_factory.mktemp("generated")
-    manifest = write_logs(
-        root / "raw", TRAIN_DAYS + 1, 1500, END - dt.timedelta(days=TRAIN_DAYS), seed=11, malformed_fraction=0.02
-    )
+    manifest = write_logs(root / "raw", DAYS, 1500, FIRST, seed=11, malformed_fraction=0.02)
     return root, manifest, run(spark, options(root / "raw", root / "out"))
 
 
@@ -180,10 +175,11 @@ def test_job_counts_reconcile_and_output_layout(generated, spark):
         planted = manifest["days"][day]
         assert counts["rows_read"] == planted["rows"] == counts["rows_written"] + counts["rows_quarantined"]
         assert counts["quarantined_by_reason"] == planted["malformed"]
-        split = "test" if day == END.isoformat() else "train"
+        split = {END.isoformat(): "test", (END - dt.timedelta(days=1)).isoformat(): "validation"}.get(day, "train")
         assert counts["split"] == split
         assert pq.read_table(out / split / f"day={day}").num_rows == counts["rows_written"]
-    assert summary["train_days"] == [(END - dt.timedelta(days=k)).isoformat() for k in (3, 2, 1)]
+    assert summary["train_days"] == [(END - dt.timedelta(days=k)).isoformat() for k in (3, 2)]
+    assert summary["validation_days"] == [(END - dt.timedelta(days=1)).isoformat()]
     assert summary["test_days"] == [END.isoformat()] and summary["end_date"] == END.isoformat()
     assert set(summary["stage_seconds"]) == {"discover", "validate", "fit", "encode", "finalize"}
     assert json.loads((out / "summary.json").read_text()) == summary
@@ -212,30 +208,32 @@ def test_both_layouts_and_gzip_give_the_same_encoded_data(generated, tmp_path, s
     root, _, summary = generated
     write_logs(
         tmp_path / "raw",
-        TRAIN_DAYS + 1,
+        DAYS,
         1500,
-        END - dt.timedelta(days=TRAIN_DAYS),
+        FIRST,
         seed=11,
         layout="criteo",
         gz=True,
         malformed_fraction=0.02,
     )
     assert sorted(p.name for p in (tmp_path / "raw").glob("day_*")) == [f"day_{k}.gz" for k in range(4)]
-    criteo = run(spark, options(tmp_path / "raw", tmp_path / "out", day0_date=END - dt.timedelta(days=TRAIN_DAYS)))
+    criteo = run(spark, options(tmp_path / "raw", tmp_path / "out", day0_date=FIRST))
     assert criteo["layout"] == "criteo" and summary["layout"] == "date"
     assert criteo["spec_version"] == summary["spec_version"]
     assert criteo["days"] == summary["days"]
-    for split in ("train", "test"):
+    for split in ("train", "validation", "test"):
         assert rows(tmp_path / "out", split) == rows(root / "out", split)
 
 
 def test_vocabulary_comes_from_training_days_only_ranked_by_count(tmp_path, spark):
     raw = tmp_path / "raw"
     train = [line(cats={"C1": "aaaaaaaa"})] * 3 + [line(cats={"C1": "dddddddd"}), line(cats={"C1": "cccccccc"})]
-    for k in (3, 2, 1):
+    for k in (3, 2):
         write_day(raw, END - dt.timedelta(days=k), train)
-    write_day(raw, END, [line(cats={"C1": "bbbbbbbb"})] * 9 + [line(cats={"C1": ""}), line(cats={"C1": "dddddddd"})])
-    run(spark, options(raw, tmp_path / "out", {"defaults": {"categorical": {"min_count": 3}}}))
+    unseen = [line(cats={"C1": "bbbbbbbb"})] * 9 + [line(cats={"C1": ""}), line(cats={"C1": "dddddddd"})]
+    write_day(raw, END - dt.timedelta(days=1), unseen)  # the validation day: no vocabulary from it either
+    write_day(raw, END, unseen)
+    run(spark, options(raw, tmp_path / "out", {"defaults": {"categorical": {"min_count": 2}}}))
 
     c1 = FeatureSpec.load(tmp_path / "out").field("C1")
     assert c1.vocabulary == ("aaaaaaaa", "cccccccc", "dddddddd")  # count desc, then value asc
@@ -337,7 +335,7 @@ def test_rerun_replaces_the_output_and_a_failed_run_keeps_the_previous_one(gener
 
 def test_day_cache_keeps_what_a_day_decides_and_a_rewritten_day_is_recomputed(tmp_path, spark):
     raw, cache = tmp_path / "raw", str(tmp_path / "day_cache")
-    write_logs(raw, TRAIN_DAYS + 2, 600, END - dt.timedelta(days=TRAIN_DAYS + 1), seed=5, malformed_fraction=0.03)
+    write_logs(raw, DAYS + 1, 600, FIRST - dt.timedelta(days=1), seed=5, malformed_fraction=0.03)
     yesterday = replace(options(raw, tmp_path / "yesterday", day_cache=cache), end_date=END - dt.timedelta(days=1))
     assert run(spark, yesterday)["day_cache"]["reused"] == {"validation": [], "value_counts": []}
 
@@ -345,15 +343,15 @@ def test_day_cache_keeps_what_a_day_decides_and_a_rewritten_day_is_recomputed(tm
         return run(spark, options(raw, tmp_path / out, **kw))
 
     def same_output(a: str, b: str) -> None:
-        assert rows(tmp_path / a, "train") == rows(tmp_path / b, "train")
-        assert rows(tmp_path / a, "test") == rows(tmp_path / b, "test")
+        for split in ("train", "validation", "test"):
+            assert rows(tmp_path / a, split) == rows(tmp_path / b, split)
         quarantined = [sorted(pq.read_table(tmp_path / x / "quarantine").to_pylist(), key=str) for x in (a, b)]
         assert quarantined[0] == quarantined[1] and quarantined[0]
 
     cached, cold = today("cached", day_cache=cache), today("cold")
-    assert cached["day_cache"]["reused"] == {  # only the new test day validated, only the new train day counted
+    assert cached["day_cache"]["reused"] == {  # only the new test day validated; yesterday's validation day counted
         "validation": [(END - dt.timedelta(days=k)).isoformat() for k in (3, 2, 1)],
-        "value_counts": [(END - dt.timedelta(days=k)).isoformat() for k in (3, 2)],
+        "value_counts": [(END - dt.timedelta(days=3)).isoformat()],
     }
     assert cold["day_cache"] is None
     assert cached["days"] == cold["days"] and cached["spec_version"] == cold["spec_version"]
@@ -376,8 +374,8 @@ def test_day_cache_keeps_what_a_day_decides_and_a_rewritten_day_is_recomputed(tm
 
 
 def test_unreadable_or_empty_day_fails_naming_it_unless_skipped(tmp_path, spark):
-    raw, day0 = tmp_path / "raw", END - dt.timedelta(days=TRAIN_DAYS)
-    write_logs(raw, TRAIN_DAYS + 1, 200, day0, seed=2, layout="criteo", gz=True)
+    raw, day0 = tmp_path / "raw", FIRST
+    write_logs(raw, DAYS, 200, day0, seed=2, layout="criteo", gz=True)
     data = (raw / "day_1.gz").read_bytes()
     (raw / "day_1.gz").write_bytes(data[: len(data) // 2])  # truncated: not a whole gzip stream
     with pytest.raises(InputDayError, match=f"input day {day0 + dt.timedelta(days=1)}: unreadable"):
@@ -441,7 +439,7 @@ def test_quarantine_keeps_any_line_losslessly_and_pandas_pyarrow_and_spark_read_
         good[:40] + b"\r" + good[40:],  # a CR: Spark ends a line there
         b"1\t" + b"x" * (5 * 2**20),  # a 5 MB line
     ]
-    for k in range(TRAIN_DAYS + 1):
+    for k in range(DAYS):
         folder = tmp_path / "raw" / f"date={(END - dt.timedelta(days=k)).isoformat()}"
         folder.mkdir(parents=True)
         (folder / "part-00000.tsv").write_bytes(b"\n".join([good] * 20 + (odd if k == 0 else [])) + b"\n")
@@ -476,7 +474,7 @@ def _mutate(line: bytes, rng: np.random.Generator) -> bytes:
 
 def test_fuzzed_lines_end_valid_or_quarantined_with_a_reason_and_counts_reconcile(tmp_path, spark):
     rng = np.random.default_rng(2026)
-    write_logs(tmp_path / "raw", TRAIN_DAYS + 1, 400, END - dt.timedelta(days=TRAIN_DAYS), seed=5, malformed_fraction=0)
+    write_logs(tmp_path / "raw", DAYS, 400, FIRST, seed=5, malformed_fraction=0)
     files = sorted((tmp_path / "raw").glob("date=*/*.tsv"))
     mutated: dict[str, set[bytes]] = {}
     for file in files:
@@ -509,7 +507,7 @@ def test_a_run_killed_while_encoding_reruns_to_the_same_output(generated, tmp_pa
     assert not (tmp_path / "out").exists() and any(p.name.startswith(".out.tmp-") for p in tmp_path.iterdir())
     rerun = subprocess.run(command, capture_output=True, text=True, env=ENV, timeout=300)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
-    for split in ("train", "test"):
+    for split in ("train", "validation", "test"):
         assert rows(tmp_path / "out", split) == rows(root / "out", split)
     assert [p.name for p in tmp_path.iterdir()] == ["out"], "the killed run's staging folder is swept"
     assert_not_private(tmp_path / "out")
@@ -521,3 +519,33 @@ def assert_not_private(root: Path) -> None:
         return  # a umask that hides files from others: nothing to check
     for path in (root, *root.rglob("*")):
         assert stat.S_IMODE(path.stat().st_mode) & 0o044 == 0o044, f"{path} is private"
+
+
+def test_the_window_names_each_days_split_and_refuses_ambiguous_validation():
+    window = Window.of(options(Path("raw"), Path("out")))
+    assert (window.train, window.validation, window.test) == (
+        [FIRST, FIRST + dt.timedelta(days=1)],
+        [END - dt.timedelta(days=1)],
+        [END],
+    )
+    pipeline = Window.of(options(Path("raw"), Path("out"), train_days=7, test_days=0))  # the daily pipeline's
+    assert pipeline.validation == [END] and pipeline.test == [] and len(pipeline.train) == 7
+    with pytest.raises(ValueError, match="either validation_days > 0 or validation_fraction > 0"):
+        Window.of(options(Path("raw"), Path("out"), validation_fraction=0.1))
+    fraction = Window.of(options(Path("raw"), Path("out"), validation_days=0, validation_fraction=0.1))
+    assert fraction.validation == [] and fraction.split(END - dt.timedelta(days=1)) == "train"
+
+
+def test_a_validation_fraction_takes_a_seeded_share_of_the_training_rows(generated, tmp_path, spark):
+    root, _, _ = generated
+    opts = options(root / "raw", tmp_path / "out", validation_days=0, validation_fraction=0.25, validation_seed=3)
+    summary = run(spark, opts)
+    assert summary["validation_days"] == [] and summary["validation_fraction"] == 0.25
+    train, validation = (pq.read_table(tmp_path / "out" / split) for split in ("train", "validation"))
+    for day in summary["train_days"]:
+        rows_of_day = [t.filter(pc.equal(t["day"].cast("string"), day)).num_rows for t in (train, validation)]
+        assert sum(rows_of_day) == summary["days"][day]["rows_written"]
+        assert 0.15 < rows_of_day[1] / sum(rows_of_day) < 0.35
+    again = run(spark, replace(opts, output=str(tmp_path / "again")))
+    assert rows(tmp_path / "again", "validation") == rows(tmp_path / "out", "validation")  # seeded: the same rows
+    assert again["spec_version"] == summary["spec_version"]

@@ -22,8 +22,8 @@ from deepfm.training.evaluate import evaluate
 from deepfm.training.feed import make_loader
 
 
-def _test_split_metrics(bundle, data: Path) -> BinaryMetrics:
-    loader = make_loader("arrow", data / "test", bundle.spec, 256, shuffle=False)
+def _validation_metrics(bundle, data: Path) -> BinaryMetrics:
+    loader = make_loader("arrow", data / "validation", bundle.spec, 256, shuffle=False)
     return evaluate(bundle.model, loader.epoch(0), torch.device("cpu"))
 
 
@@ -131,7 +131,7 @@ def bundle_and_data(tmp_path_factory):
     torch.manual_seed(0)
     model = model_for_spec("lr", spec)
     save_bundle(root / "bundle", model, spec, extra={"data": str(root / "data")})
-    validation = _test_split_metrics(load_bundle(root / "bundle"), root / "data")  # what the trainer saves
+    validation = _validation_metrics(load_bundle(root / "bundle"), root / "data")  # what the trainer saves
     save_bundle(root / "bundle", model, spec, extra={"data": str(root / "data")}, validation=validation)
     return root / "bundle", root / "data"
 
@@ -164,8 +164,8 @@ def test_daily_report_shows_the_model_and_every_day(bundle_and_data, tmp_path):
         assert f'src="{png}"' in page and (tmp_path / "a" / png).stat().st_size > 1000
     assert all(d in page for d in ("2024-01-01", "2024-01-02", "2024-01-03")) and "0.7350" in page
     assert summary["date"] == "2024-01-02" and summary["day_auc"] == 0.72 and summary["days"] == 3
-    expected = _test_split_metrics(bundle, data).compute()  # the saved validation, not scored again
-    assert summary["test_auc"] == pytest.approx(expected["auc"]) and f"{expected['auc']:.4f}" in page
+    expected = _validation_metrics(bundle, data).compute()  # the saved validation, not scored again
+    assert summary["validation_auc"] == pytest.approx(expected["auc"]) and f"{expected['auc']:.4f}" in page
     # The plots are drawn from the inputs: other metrics, another picture.
     daily_report.daily_report(bundle, _runs([0.6, 0.65, 0.7]), tmp_path / "b")
     assert (tmp_path / "a" / "daily_metrics.png").read_bytes() != (tmp_path / "b" / "daily_metrics.png").read_bytes()

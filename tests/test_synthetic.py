@@ -12,7 +12,7 @@ import numpy as np
 from testkit import deepfm_command
 
 from deepfm.prep.rawlogs import CATEGORICAL_FIELDS, INTEGER_FIELDS, N_COLUMNS, REASONS, VALID_LINE
-from deepfm.prep.synthetic import MANIFEST, build_world, generate_day, write_logs
+from deepfm.prep.synthetic import CEILINGS, MANIFEST, build_world, generate_day, reference_ceilings, write_logs
 
 START = dt.date(2026, 3, 1)
 
@@ -63,3 +63,16 @@ def test_cli_writes_criteo_gzip_layout_and_manifest(tmp_path):
     manifest = json.loads((tmp_path / MANIFEST).read_text())
     assert manifest["days"]["2026-03-02"]["file"] == "day_1.gz"
     assert set(json.loads(result.stdout.strip().splitlines()[-1])) == {"2026-03-01", "2026-03-02"}
+
+
+def test_reference_ceilings_bound_what_a_model_can_learn_from_the_training_days(tmp_path):
+    manifest = write_logs(tmp_path, days=3, rows_per_day=4000, start_date=dt.date(2026, 3, 1), seed=4)
+    days = sorted(manifest["days"])
+    everything = reference_ceilings(manifest, days[:2], days[2], min_count=0)
+    assert everything["seen values, all orders"] == everything["true probability"]  # every effect is known
+    assert manifest["days"][days[2]]["oracle_auc"] == round(everything["true probability"]["auc"], 4)
+    typical = reference_ceilings(manifest, days[:2], days[2], min_count=3)
+    aucs = [typical[name]["auc"] for name in CEILINGS]
+    assert aucs[0] > aucs[3] > aucs[2] > aucs[1] > 0.55  # fewer known effects, a lower ceiling
+    nothing = reference_ceilings(manifest, days[:2], days[2], min_count=10**9)
+    assert len({round(nothing[name]["auc"], 12) for name in CEILINGS[1:]}) == 1  # numeric effects only

@@ -1,9 +1,9 @@
 """The trainer: real Horovod (``horovodrun -np 2``, Gloo), real Petastorm, small generated logs.
 
 The data comes from the real jobs (``jobs/generate_logs.py``, then ``jobs/preprocess.py`` on
-Spark): three training days and one test day. Integration tests share one uninterrupted 2-rank
-run (module fixture); the resume test repeats its exact command, kills it mid-epoch, reruns
-it, and must end bit-identical.
+Spark): three training days, a validation day and a test day. Integration tests share one
+uninterrupted 2-rank run (module fixture); the resume test repeats its exact command, kills it
+mid-epoch, reruns it, and must end bit-identical.
 """
 
 from __future__ import annotations
@@ -76,10 +76,10 @@ def _summary(stdout: str) -> dict:
 def data(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("ctr")
     for job, args in (
-        ("generate_logs", ["--output", root / "raw", "--days", "4", "--rows-per-day", "4000"]),
+        ("generate_logs", ["--output", root / "raw", "--days", "5", "--rows-per-day", "4000"]),
         (
             "preprocess",
-            ["--input", root / "raw", "--output", root / "processed", "--end-date", "2024-01-04", "--train-days", "3"],
+            ["--input", root / "raw", "--output", root / "processed", "--end-date", "2024-01-05", "--train-days", "3"],
         ),
     ):
         result = subprocess.run(
@@ -207,6 +207,19 @@ def test_a_checkpoint_of_other_data_is_moved_aside_and_training_starts_over(data
     fresh = _in_process(other, out, **settings, fresh=True)  # --fresh starts over although it could resume
     assert json.loads((out / "metrics.json").read_text())["resumed_at_steps"] == [] and fresh["epochs_run"] == 1
     assert len(list((out / "superseded").iterdir())) == 2
+
+
+@pytest.mark.slow
+def test_model_selection_never_opens_the_test_split(data, tmp_path):
+    """Early stopping and the kept bundle follow the validation split; training runs without the test split."""
+    without_test = tmp_path / "data"
+    shutil.copytree(data, without_test, ignore=shutil.ignore_patterns("test"))
+    summary = _in_process(without_test, tmp_path / "run", model="lr", epochs=2, batch_size=512)
+    bundle = load_bundle(summary["bundle"])
+    validation_rows = sum(pq.ParquetFile(f).metadata.num_rows for f in parquet_files(data / "validation"))
+    assert bundle.validation is not None and bundle.validation.compute()["n"] == validation_rows
+    best = max(json.loads((tmp_path / "run" / "metrics.json").read_text())["validations"], key=lambda v: v["auc"])
+    assert summary["val_auc"] == best["auc"] == bundle.validation.compute()["auc"]
 
 
 @pytest.mark.slow

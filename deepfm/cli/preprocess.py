@@ -1,8 +1,9 @@
 """Parse, validate and encode raw Criteo-layout click logs for one end date.
 
-The TRAIN_DAYS days before the test window are the training days (the feature spec is fitted
-on them only), the TEST_DAYS days ending on END_DATE the test days. Writes
-OUTPUT/{train,test}/day=YYYY-MM-DD/ Parquet, OUTPUT/quarantine/ (malformed lines with a
+The TEST_DAYS days ending on END_DATE are the test days, the VALIDATION_DAYS days before them the
+validation days (model selection: early stopping, the kept bundle), and the TRAIN_DAYS days before
+those the training days (the feature spec is fitted on them only). Writes
+OUTPUT/{train,validation,test}/day=YYYY-MM-DD/ Parquet, OUTPUT/quarantine/ (malformed lines with a
 reason), OUTPUT/feature_spec.json and OUTPUT/summary.json, replacing any previous OUTPUT whole.
 Prints the summary as JSON. Exit status: 0 done, 2 a missing or unreadable input day.
 
@@ -34,7 +35,12 @@ log = logging.getLogger(__name__)
 def parser() -> JobParser:
     defaults = {**load_defaults("preprocess"), "features": load_defaults("features")}
     p = JobParser("preprocess", __doc__ or "", defaults)
-    p.add_argument("--end-date", type=dt.date.fromisoformat, required=True, help="the (last) test day, YYYY-MM-DD")
+    p.add_argument(
+        "--end-date",
+        type=dt.date.fromisoformat,
+        required=True,
+        help="the last day of the window (the last test day; with --test-days 0 the last validation day), YYYY-MM-DD",
+    )
     p.option("--input", key="input", help="root folder of the raw daily logs (any Hadoop path)")
     p.option(
         "--output",
@@ -42,7 +48,15 @@ def parser() -> JobParser:
         help="output directory of this run ({end_date} is replaced by END_DATE); replaced whole on rerun",
     )
     p.option("--train-days", key="train_days", type=int, help="number of training days")
-    p.option("--test-days", key="test_days", type=int, help="number of test days, ending on END_DATE")
+    p.option(
+        "--validation-days", key="validation_days", type=int,
+        help="days of the validation split (model selection), before the test days; 0 with --validation-fraction",
+    )  # fmt: skip
+    p.option(
+        "--validation-fraction", key="validation_fraction", type=float,
+        help="instead of validation days: this share of the training days' rows (a seeded hash of the impression id)",
+    )  # fmt: skip
+    p.option("--test-days", key="test_days", type=int, help="number of test days, ending on END_DATE (may be 0)")
     p.option(
         "--layout",
         key="layout",
@@ -104,7 +118,10 @@ def options(end_date: dt.date, values: Mapping[str, Any]) -> preprocess.Options:
         end_date=end_date,
         features=FeatureConfig.from_dict(values["features"]),
         train_days=int(values["train_days"]),
+        validation_days=int(values["validation_days"]),
         test_days=int(values["test_days"]),
+        validation_fraction=float(values["validation_fraction"]),
+        validation_seed=int(values["validation_seed"]),
         layout=values["layout"],
         day0_date=dt.date.fromisoformat(str(values["day0_date"])),
         skip_missing_days=bool(values["skip_missing_days"]),

@@ -6,8 +6,8 @@ It holds the model's ROC curve and calibration plot on the validation that selec
 in the bundle by the trainer), and the scoring metrics of every day in the Delta metrics table
 written by ``deepfm score`` (newest run per day, --date highlighted; default: the newest day).
 The summary is printed as the last stdout line and written to REPORT_DIR/summary.json:
-{"report", "date", "model", "model_version", "test_auc", "test_logloss", "test_calibration",
-"day_auc", "day_logloss", "days"}.
+{"report", "date", "model", "model_version", "validation_auc", "validation_logloss",
+"validation_calibration", "day_auc", "day_logloss", "days"}.
 """
 
 from __future__ import annotations

@@ -35,6 +35,7 @@ def summarize(runs: list[dict[str, Any]], baseline: str = "lr") -> list[dict[str
                 "logloss_mean": logloss_mean,
                 "logloss_std": logloss_std,
                 "calibration": float(np.mean([r["calibration"] for r in rs])),
+                "val_auc_mean": float(np.mean([r.get("val_auc", np.nan) for r in rs])),
                 "train_s_per_epoch": float(np.mean([r["train_seconds_per_epoch"] for r in rs])),
                 "epochs_run": float(np.mean([r["epochs_run"] for r in rs])),
                 "params": rs[0]["params"],

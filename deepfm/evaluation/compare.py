@@ -3,9 +3,10 @@
   - Table 2: each chosen model trained by the production trainer (``deepfm.training.trainer``, in
     this process, or on N ranks through ``deepfm.training.launch``) with the paper's settings
     (``deepfm/conf/models.yaml``), once per seed; seed ``s`` gives every model the same data order.
-    Each run's metrics are those of the validation that selected its bundle (the trainer saves
-    that state with the bundle: nothing is scored twice); the table shows mean ± std over seeds,
-    the relative gain over LR, calibration, time and parameters.
+    Each run's bundle is the one its validation split selected (early stopping, best epoch); its
+    metrics are those of that bundle on the test split, which no training opens and which is
+    scored once per run. The table shows mean ± std over seeds, the relative gain over LR,
+    calibration, time and parameters, and the validation AUC beside the test AUC.
   - Figure 6: training seconds per epoch relative to LR (FNN's FM pre-training counted, as
     the paper does).
   - Figures 7-11 (``study``): one-at-a-time sweeps of activation, dropout, neurons per
@@ -40,18 +41,22 @@ import numpy as np
 import torch
 
 from deepfm.core import fs
+from deepfm.core.features import FeatureSpec
 from deepfm.core.tracking import Tracker, TrackingSettings
 from deepfm.evaluation.compare_report import render
 from deepfm.evaluation.curves import calibration_points, roc_curve, roc_on_grid
 from deepfm.models import ModelConfig, ModelDefaults, model_names
 from deepfm.models.bundle import load_bundle
-from deepfm.training.feed import row_groups
+from deepfm.prep.synthetic import MANIFEST, reference_ceilings
+from deepfm.training.evaluate import evaluate
+from deepfm.training.feed import make_loader, row_groups
 from deepfm.training.launch import run_horovod
 from deepfm.training.trainer import TrainConfig, train
 
 log = logging.getLogger(__name__)
 
 PARENT_RUN = "mlflow_run.json"  # the comparison's MLflow run, reopened by a rerun
+SPLITS = ("train", "validation", "test")
 
 # The paper's Figure 11 keeps the total of hidden neurons fixed across shapes (3 layers, n on average).
 SHAPES: dict[str, Callable[[int], list[int]]] = {
@@ -199,12 +204,15 @@ def _train_seconds(metrics_json: Path) -> float:
 
 
 def measure(cfg: TrainConfig, summary: dict[str, Any], wall_seconds: float, settings: Settings) -> dict[str, Any]:
-    """The run's numbers: its bundle's validation metrics and curves, per-epoch history, time, size."""
+    """The run's numbers: the validation-selected bundle on the test split (scored once, here:
+    training never opened it) with its curves, the validation that selected it, per-epoch
+    history, time, size."""
     bundle = load_bundle(cfg.output / "bundle")
     if bundle.validation is None:
         raise RuntimeError(f"{cfg.output / 'bundle'} holds no validation metrics")
-    metrics = bundle.validation
-    scores = metrics.compute()
+    test_split = make_loader("arrow", cfg.data / "test", bundle.spec, cfg.eval_batch_size, shuffle=False)
+    metrics = evaluate(bundle.model, test_split.epoch(0), torch.device("cpu"))
+    scores, selected_on = metrics.compute(), bundle.validation.compute()
     history = json.loads((cfg.output / "metrics.json").read_text())["epochs"]
     pretraining = cfg.output / "fnn_pretrain_fm" / "metrics.json"
     train_seconds = _train_seconds(cfg.output / "metrics.json")
@@ -218,6 +226,7 @@ def measure(cfg: TrainConfig, summary: dict[str, Any], wall_seconds: float, sett
         "model_config": bundle.config.to_dict(),
         "run_dir": str(cfg.output),
         **{k: scores[k] for k in ("auc", "logloss", "calibration", "ctr_observed", "ctr_predicted", "n")},
+        **{f"val_{k}": selected_on[k] for k in ("auc", "logloss", "calibration", "n")},
         "best_epoch": summary["best_epoch"],
         "epochs_run": len(history),
         "world_size": summary["world_size"],
@@ -306,6 +315,7 @@ def run_all(settings: Settings) -> dict[str, Any]:
         "roc_fpr": np.linspace(0.0, 1.0, settings.roc_points).tolist(),
         "runs": runs,
         "studies": studies,
+        "ceilings": ceilings(settings.data),
     }
     fs.write_json(settings.output / "results.json", results, indent=1)
     return results
@@ -321,9 +331,23 @@ def machine() -> dict[str, Any]:
     }
 
 
+def ceilings(data: Path) -> dict[str, Any] | None:
+    """The generator's reference ceilings on the test day (``synthetic.reference_ceilings``), when
+    the preprocessed logs were generated (a ``generator.json`` beside them) and have a test day."""
+    summary = json.loads((data / "summary.json").read_text()) if (data / "summary.json").exists() else {}
+    manifest = Path(summary.get("input", "")) / MANIFEST
+    if not (summary.get("test_days") and manifest.exists() and summary.get("layout") == "date"):
+        return None
+    plans = FeatureSpec.load(data).metadata.get("field_plans", [])
+    min_count = max((p["min_count"] for p in plans if p["transform"] == "vocab"), default=1)
+    test_day = summary["test_days"][-1]
+    values = reference_ceilings(json.loads(manifest.read_text()), summary["train_days"], test_day, min_count)
+    return {"test_day": test_day, "min_count": min_count, "values": values}
+
+
 def data_size(data: Path) -> dict[str, Any]:
     """Rows of each split, from the Parquet footers."""
     return {
         "path": str(data),
-        **{f"{split}_rows": sum(g.num_rows for g in row_groups(data / split)) for split in ("train", "test")},
+        **{f"{split}_rows": sum(g.num_rows for g in row_groups(data / split)) for split in SPLITS},
     }

@@ -61,9 +61,9 @@ def daily_report(
         raise BundleError(f"bundle {bundle.name} {bundle.version} holds no validation metrics: train it again")
     output.mkdir(parents=True, exist_ok=True)
     metrics = bundle.validation
-    test = metrics.compute()
+    selected_on = metrics.compute()
     data = bundle.meta.get("extra", {}).get("data", "?")
-    label = f"{bundle.name} (AUC {test['auc']:.4f})"
+    label = f"{bundle.name} (AUC {selected_on['auc']:.4f})"
     roc = plot_roc({label: roc_curve(metrics)}, output / "roc.png", title="ROC on the validation split")
     calibration = plot_calibration(
         {bundle.name: calibration_points(metrics, calibration_groups)},
@@ -74,9 +74,9 @@ def daily_report(
     date = date or (days["date"].iloc[-1] if len(days) else None)
     parts = [
         f"<p>Model <b>{html.escape(bundle.name)}</b> version {html.escape(str(bundle.version))}, on the split it "
-        f"was selected on (the test split of <code>{html.escape(str(data))}</code>: {test['n']:,} rows, "
-        f"observed CTR {test['ctr_observed']:.4f}, predicted {test['ctr_predicted']:.4f}).</p>",
-        html_table([test], METRIC_COLUMNS),
+        f"was selected on (the validation split of <code>{html.escape(str(data))}</code>: {selected_on['n']:,} rows, "
+        f"observed CTR {selected_on['ctr_observed']:.4f}, predicted {selected_on['ctr_predicted']:.4f}).</p>",
+        html_table([selected_on], METRIC_COLUMNS),
         html_image(roc, output, "ROC curve"),
         html_image(calibration, output, "calibration plot"),
         "<h2>Scoring metrics by day (Delta metrics table, newest run per day)</h2>",
@@ -97,9 +97,9 @@ def daily_report(
         "date": date,
         "model": bundle.name,
         "model_version": bundle.version,
-        "test_auc": test["auc"],
-        "test_logloss": test["logloss"],
-        "test_calibration": test["calibration"],
+        "validation_auc": selected_on["auc"],
+        "validation_logloss": selected_on["logloss"],
+        "validation_calibration": selected_on["calibration"],
         "day_auc": finite_or_none(day.get("auc")),
         "day_logloss": finite_or_none(day.get("logloss")),
         "days": len(days),

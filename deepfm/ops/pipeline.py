@@ -1,8 +1,9 @@
 """The daily pipeline: preprocess → train → score → report for one run date, as real subprocesses.
 
-For run date D (the newest day of logs): preprocess with D-1 as the test day and the
-``train_days`` before it for training, train (warm-started from the newest earlier bundle),
-then score day D into the Delta table, and write the day's model report. Each step is the
+For run date D (the newest day of logs): preprocess with D-1 as the validation day and the
+``train_days`` before it for training (no test day: D is held out), train (warm-started from the
+newest earlier bundle, selected on D-1), then score day D into the Delta table, and write the
+day's model report. Each step is the
 command a user would type (``spark-submit``, ``horovodrun``), run with its own log; each writes
 a JSON summary file that the pipeline reads back. A step that finished writes a marker holding a
 fingerprint of its command and inputs; a rerun skips it while the fingerprint matches (``force``
@@ -182,17 +183,17 @@ def _tracking_options(tracking: TrackingSettings) -> list[str]:
 def build_steps(settings: PipelineSettings, paths: RunPaths) -> list[Step]:
     """The steps of run date ``paths.date``, as the commands a user would type."""
     venv_bin = Path(settings.python).parent
-    test_day = paths.date - dt.timedelta(days=1)
+    validation_day = paths.date - dt.timedelta(days=1)
     spark_submit = [str(venv_bin / "spark-submit"), *settings.spark_submit, ENTRY_POINT]
     tracking = _tracking_options(settings.tracking)
     preprocess = Step(
         "preprocess",
         [*spark_submit, "preprocess", *_options(
-            input=settings.raw_dir, output=paths.processed, end_date=test_day.isoformat(),
-            train_days=settings.train_days, day_cache=paths.root / "day_cache",
+            input=settings.raw_dir, output=paths.processed, end_date=validation_day.isoformat(),
+            train_days=settings.train_days, validation_days=1, test_days=0, day_cache=paths.root / "day_cache",
         ), *settings.preprocess_args],
         summary_file=paths.processed / "summary.json",
-        input_dirs=tuple(settings.raw_dir / f"date={(test_day - dt.timedelta(days=i)).isoformat()}"
+        input_dirs=tuple(settings.raw_dir / f"date={(validation_day - dt.timedelta(days=i)).isoformat()}"
                          for i in range(settings.train_days + 1)),
     )  # fmt: skip
     warm = previous_bundle(paths)
@@ -299,7 +300,8 @@ def publish(settings: PipelineSettings, paths: RunPaths, train_summary: dict[str
         return {}
     spec = json.loads((paths.processed / "summary.json").read_text())
     tags = {
-        "run_date": paths.day, "train_days": ",".join(spec["train_days"]), "test_days": ",".join(spec["test_days"]),
+        "run_date": paths.day, "train_days": ",".join(spec["train_days"]),
+        "validation_days": ",".join(spec["validation_days"]),
         "spec_version": spec["spec_version"], "bundle": str(paths.bundle),
     }  # fmt: skip
     name, tracking = settings.registered_model, settings.tracking

@@ -1,8 +1,14 @@
-"""The daily preprocessing job: raw click logs in, encoded train/test Parquet and feature spec out.
+"""The daily preprocessing job: raw click logs in, encoded train/validation/test Parquet and feature
+spec out.
 
-For an end date D the test days are the ``test_days`` days ending on D and the training days the
-``train_days`` days before them. Stages, each logged with its duration and recorded in the
-summary:
+For an end date D the test days are the ``test_days`` days ending on D (none in the daily
+pipeline, which scores the next day instead), the validation days the ``validation_days`` days
+before them, and the training days the ``train_days`` days before those. With
+``validation_fraction`` instead of validation days, a seeded hash of each training row's impression
+id sends that fraction of the training days' rows to the validation split. Model selection
+(early stopping, the kept bundle) sees the validation split only; the test split is for reports.
+The feature spec is fitted on the training rows alone. Stages, each logged with its duration and
+recorded in the summary:
   discover  find each day's files (a missing or empty day fails the job, or is skipped),
   validate  count each day's lines and write malformed ones to quarantine (one job, all days),
   fit       fit the feature spec on the training days' valid rows only,
@@ -19,6 +25,7 @@ Output directory (built in a staging folder, then swapped in over ``<output>`` b
 ``deepfm.core.fs.staged_dir``: a failed run leaves the previous output untouched, a rerun replaces
 it whole):
   train/day=YYYY-MM-DD/part-*.parquet   label float32, then the spec's fields (int32 / float32)
+  validation/day=YYYY-MM-DD/part-*.parquet
   test/day=YYYY-MM-DD/part-*.parquet
   quarantine/day=YYYY-MM-DD/part-*.parquet   raw_bytes (lossless), raw_line (valid UTF-8), reason
   feature_spec.json                     the fitted FeatureSpec (deepfm.core.features)
@@ -61,7 +68,7 @@ from deepfm.prep.encoding import FeatureConfig
 log = logging.getLogger(__name__)
 
 SUMMARY_FILENAME = "summary.json"
-SPLITS = ("train", "test")
+SPLITS = ("train", "validation", "test")
 QUARANTINE = "quarantine"
 QUARANTINE_SCHEMA = pa.schema([("raw_bytes", pa.binary()), ("raw_line", pa.string()), ("reason", pa.string())])
 
@@ -75,7 +82,10 @@ class Options:
     end_date: dt.date
     features: FeatureConfig
     train_days: int = 7
+    validation_days: int = 1  # days before the test window; 0 with validation_fraction
     test_days: int = 1
+    validation_fraction: float = 0.0  # > 0: this share of the training days' rows, by a seeded hash
+    validation_seed: int = 0
     layout: str = "auto"
     day0_date: dt.date | None = None
     skip_missing_days: bool = False
@@ -103,15 +113,51 @@ class DayCounts:
         return self.rows_read - self.rows_quarantined
 
 
-def day_window(end_date: dt.date, train_days: int, test_days: int) -> tuple[list[dt.date], list[dt.date]]:
-    """(training days, test days): the ``test_days`` days ending on ``end_date``, and the
-    ``train_days`` days before them."""
-    if train_days < 1 or test_days < 1:
-        raise ValueError("train_days and test_days must be >= 1")
-    first_test = end_date - dt.timedelta(days=test_days - 1)
-    train = [first_test - dt.timedelta(days=k) for k in range(train_days, 0, -1)]
-    test = [first_test + dt.timedelta(days=k) for k in range(test_days)]
-    return train, test
+@dataclass(frozen=True)
+class Window:
+    """The days of one run by split: training, then validation, then test days, ending on the end
+    date; with ``validation_fraction`` the validation rows are a hashed share of the training days'."""
+
+    train: list[dt.date]
+    validation: list[dt.date]
+    test: list[dt.date]
+    validation_fraction: float = 0.0
+    validation_seed: int = 0
+
+    @classmethod
+    def of(cls, opts: Options) -> Window:
+        if opts.train_days < 1 or opts.validation_days < 0 or opts.test_days < 0:
+            raise ValueError("train_days must be >= 1, validation_days and test_days >= 0")
+        if (opts.validation_days > 0) == (opts.validation_fraction > 0):
+            raise ValueError("the validation split is either validation_days > 0 or validation_fraction > 0")
+        if not 0.0 <= opts.validation_fraction < 1.0:
+            raise ValueError("validation_fraction must be in [0, 1)")
+        days = opts.train_days + opts.validation_days + opts.test_days
+        window = [opts.end_date - dt.timedelta(days=k) for k in range(days - 1, -1, -1)]
+        train, rest = window[: opts.train_days], window[opts.train_days :]
+        validation, test = rest[: opts.validation_days], rest[opts.validation_days :]
+        return cls(train, validation, test, opts.validation_fraction, opts.validation_seed)
+
+    @property
+    def days(self) -> list[dt.date]:
+        return [*self.train, *self.validation, *self.test]
+
+    def split(self, day: dt.date) -> str:
+        """The split of a whole day (a training day also feeds validation rows by fraction)."""
+        return "test" if day in self.test else "validation" if day in self.validation else "train"
+
+    def split_of_rows(self) -> Column:
+        """Each encoded row's split: by its day, and on training days by the hash of its impression id."""
+        split = F.when(F.col("day").isin(self.test), "test").when(F.col("day").isin(self.validation), "validation")
+        if self.validation_fraction:
+            split = split.when(self.hashed_validation(), "validation")
+        return split.otherwise("train")
+
+    def hashed_validation(self) -> Column:
+        """True for the rows of training days that the validation fraction takes (a seeded hash of
+        the impression id: stable across reruns, independent of how Spark splits the files)."""
+        bucket = F.pmod(F.xxhash64(F.lit(self.validation_seed), F.col("impression_id")), F.lit(1_000_000))
+        return bucket < F.lit(round(self.validation_fraction * 1_000_000))
 
 
 def _skip_or_raise(error: rawlogs.InputDayError, skip: bool, skipped: dict[str, str]) -> None:
@@ -136,10 +182,6 @@ def discover(
     return layout, files
 
 
-def _split(day: dt.date, test_days: list[dt.date]) -> str:
-    return "test" if day in test_days else "train"
-
-
 def _rows_per_day(days: list[dt.date], where: Column | None = None, suffix: str = "") -> list[Column]:
     """Observation metrics: each day's rows (meeting ``where``), named ``<day><suffix>``."""
     where = F.lit(True) if where is None else where  # the optimizer drops "AND true"
@@ -147,7 +189,7 @@ def _rows_per_day(days: list[dt.date], where: Column | None = None, suffix: str 
 
 
 def validate_days(
-    spark: SparkSession, files: dict[dt.date, list[str]], test_days: list[dt.date], quarantine_dir: Path
+    spark: SparkSession, files: dict[dt.date, list[str]], window: Window, quarantine_dir: Path
 ) -> dict[dt.date, DayCounts]:
     """Count every day's lines and write the malformed ones (``rawlogs.quarantined``) to
     ``<quarantine_dir>/day=<day>/``, in one Spark job over all days.
@@ -172,7 +214,7 @@ def validate_days(
     counts = {}
     for day in days:
         reasons = {r: rows_kept[f"{day.isoformat()} {r}"] for r in rawlogs.REASONS}
-        counts[day] = DayCounts.validated(_split(day, test_days), rows_read[day.isoformat()], reasons)
+        counts[day] = DayCounts.validated(window.split(day), rows_read[day.isoformat()], reasons)
         if not _day_dir(quarantine_dir, day).exists():
             _write_empty_parquet(_day_dir(quarantine_dir, day), QUARANTINE_SCHEMA)
         log.info(
@@ -193,7 +235,7 @@ def _write_empty_parquet(directory: Path, schema: pa.Schema) -> None:
 def validate(
     spark: SparkSession,
     files: dict[dt.date, list[str]],
-    test_days: list[dt.date],
+    window: Window,
     quarantine_dir: Path,
     skip: bool,
     skipped: dict[str, str],
@@ -210,12 +252,12 @@ def validate(
     if cache:
         for day in files:
             if kept := cache.validation(day, _day_dir(quarantine_dir, day)):
-                counts[day] = DayCounts.validated(_split(day, test_days), *kept)
+                counts[day] = DayCounts.validated(window.split(day), *kept)
     fresh = {day: day_files for day, day_files in files.items() if day not in counts}
     log.info("validating %d days%s", len(fresh), f" ({len(counts)} kept in the day cache)" if cache else "")
     try:
         results: Mapping[dt.date, DayCounts | rawlogs.InputDayError] = (
-            validate_days(spark, fresh, test_days, quarantine_dir) if fresh else {}
+            validate_days(spark, fresh, window, quarantine_dir) if fresh else {}
         )
     except (Py4JJavaError, PySparkException) as exc:
         log.warning(
@@ -224,7 +266,7 @@ def validate(
         )
         for day in fresh:
             shutil.rmtree(_day_dir(quarantine_dir, day), ignore_errors=True)
-        results = _validate_day_by_day(spark, fresh, test_days, quarantine_dir)
+        results = _validate_day_by_day(spark, fresh, window, quarantine_dir)
     for day, result in results.items():
         if isinstance(result, DayCounts) and result.rows_read == 0:
             result = rawlogs.InputDayError(day, "no lines")
@@ -239,13 +281,13 @@ def validate(
 
 
 def _validate_day_by_day(
-    spark: SparkSession, files: dict[dt.date, list[str]], test_days: list[dt.date], quarantine_dir: Path
+    spark: SparkSession, files: dict[dt.date, list[str]], window: Window, quarantine_dir: Path
 ) -> dict[dt.date, DayCounts | rawlogs.InputDayError]:
     """``validate_days`` of one day at a time, each day's counts or the error naming it."""
     results: dict[dt.date, DayCounts | rawlogs.InputDayError] = {}
     for day, day_files in files.items():
         try:
-            results.update(validate_days(spark, {day: day_files}, test_days, quarantine_dir))
+            results.update(validate_days(spark, {day: day_files}, window, quarantine_dir))
         except (Py4JJavaError, PySparkException) as exc:
             results[day] = rawlogs.InputDayError(day, f"unreadable: {str(exc).strip().splitlines()[0]}")
     return results
@@ -281,16 +323,20 @@ def fit_spec(
     quarantine_dir: Path,
     features: FeatureConfig,
     end_date: dt.date,
+    window: Window,
     cache: DayCache | None = None,
 ) -> FeatureSpec:
-    """Fit the feature spec on the valid rows of the training days (never the test days); with a
-    ``cache``, the vocabularies from the days' value counts kept there (``day_value_counts``)."""
+    """Fit the feature spec on the valid training rows (never a validation or test row); with a
+    ``cache``, the vocabularies from the days' value counts kept there (``day_value_counts``: whole
+    days, so not when the validation split is a fraction of the training days' rows)."""
     train_days = [d for d in sorted(counts) if counts[d].split == "train"]
     if not train_days:
         raise RuntimeError(f"no training day available for end date {end_date}")
     metadata = {
         "end_date": end_date.isoformat(),
         "source_days": [d.isoformat() for d in train_days],
+        "validation_days": [d.isoformat() for d in sorted(counts) if counts[d].split == "validation"],
+        "validation_fraction": window.validation_fraction,
         "test_days": [d.isoformat() for d in sorted(counts) if counts[d].split == "test"],
         "train_rows": sum(counts[d].rows_valid for d in train_days),
         "rows_per_day": {d.isoformat(): counts[d].rows_valid for d in train_days},
@@ -298,8 +344,11 @@ def fit_spec(
     }
     rows_of = partial(valid_rows, spark, files, counts, quarantine_dir=quarantine_dir)
     fields = features.vocabulary_fields
+    train = rows_of(train_days)
+    if window.validation_fraction:
+        train, cache = train.where(~window.hashed_validation()), None
     value_counts = day_value_counts(spark, rows_of, train_days, fields, cache) if cache and fields else None
-    return encoding.fit(rows_of(train_days), features, metadata, value_counts)
+    return encoding.fit(train, features, metadata, value_counts)
 
 
 def day_value_counts(
@@ -342,21 +391,22 @@ def encode_days(
     spec: FeatureSpec,
     out_dir: Path,
     max_rows_per_file: int,
+    window: Window,
 ) -> None:
     """Encode every day with ``spec`` and write ``<out_dir>/<split>/day=<day>/``.
 
     One Spark job for all days (the vocabularies are broadcast once), written partitioned by
-    split and day, then the ``split=`` folders renamed to plain ``train/`` and ``test/``.
-    Sets ``rows_written`` in ``counts`` from rows observed on their way to the writer.
+    split (``Window.split_of_rows``) and day, then the ``split=`` folders renamed to plain
+    ``train/``, ``validation/`` and ``test/``. Sets ``rows_written`` in ``counts`` from rows
+    observed on their way to the writer.
     """
     days = sorted(counts)
-    test_days = [d for d in days if counts[d].split == "test"]
     written = Observation("written")
     encoded = encoding.encode(valid_rows(spark, files, counts, days, out_dir / QUARANTINE), spec)
     columns = [spec.label, *(f.name for f in spec.fields)]
     staging = out_dir / "_encoded"
     (
-        encoded.select(*columns, "day", F.when(F.col("day").isin(test_days), "test").otherwise("train").alias("split"))
+        encoded.select(*columns, "day", window.split_of_rows().alias("split"))
         .observe(written, *_rows_per_day(days))
         .write.partitionBy("split", "day")
         .option("maxRecordsPerFile", max_rows_per_file)
@@ -403,6 +453,8 @@ def summarize(
     return {
         "end_date": opts.end_date.isoformat(),
         "train_days": [d for d, c in days.items() if c["split"] == "train"],
+        "validation_days": [d for d, c in days.items() if c["split"] == "validation"],
+        "validation_fraction": opts.validation_fraction,
         "test_days": [d for d, c in days.items() if c["split"] == "test"],
         "skipped_days": skipped,
         "input": opts.input,
@@ -421,29 +473,23 @@ def summarize(
 def run(spark: SparkSession, opts: Options) -> dict[str, Any]:
     """Run the job for ``opts.end_date``; return the summary (also saved as summary.json)."""
     stages = Stages(log)
-    train_days, test_days = day_window(opts.end_date, opts.train_days, opts.test_days)
+    window = Window.of(opts)
     skipped: dict[str, str] = {}
     output = Path(opts.output)
-    log.info(
-        "preprocess %s: train %s..%s, test %s..%s -> %s",
-        opts.end_date,
-        train_days[0],
-        train_days[-1],
-        test_days[0],
-        test_days[-1],
-        output,
-    )
+    log.info("preprocess %s: train %s, validation %s%s, test %s -> %s", opts.end_date, _span(window.train),
+             _span(window.validation), f" + {opts.validation_fraction:.0%} of the training rows" if
+             opts.validation_fraction else "", _span(window.test), output)  # fmt: skip
     with fs.staged_dir(output) as tmp:
         with stages("discover"):
-            layout, files = discover(spark, opts, train_days + test_days, skipped)
+            layout, files = discover(spark, opts, window.days, skipped)
             cache = DayCache.open(spark, opts.day_cache, files) if opts.day_cache else None
         with stages("validate"):
-            counts = validate(spark, files, test_days, tmp / QUARANTINE, opts.skip_missing_days, skipped, cache)
+            counts = validate(spark, files, window, tmp / QUARANTINE, opts.skip_missing_days, skipped, cache)
         with stages("fit"):
-            spec = fit_spec(spark, files, counts, tmp / QUARANTINE, opts.features, opts.end_date, cache)
+            spec = fit_spec(spark, files, counts, tmp / QUARANTINE, opts.features, opts.end_date, window, cache)
         with stages("encode"):
             max_rows = rows_per_file(counts, opts.row_group_rows, opts.min_row_groups_per_day)
-            encode_days(spark, files, counts, spec, tmp, max_rows)
+            encode_days(spark, files, counts, spec, tmp, max_rows, window)
         with stages("finalize"):
             reconcile(counts)
             spec.save(tmp)
@@ -451,3 +497,7 @@ def run(spark: SparkSession, opts: Options) -> dict[str, Any]:
         (tmp / SUMMARY_FILENAME).write_text(json.dumps(summary, indent=2))
     log.info("preprocess %s done: %s, spec %s", opts.end_date, summary["totals"], spec.version)
     return summary
+
+
+def _span(days: list[dt.date]) -> str:
+    return f"{days[0]}..{days[-1]}" if days else "none"

@@ -139,13 +139,17 @@ def _lookup(table: np.ndarray, ranks: np.ndarray) -> np.ndarray:
     return out
 
 
-def _logits(world: World, ranks: np.ndarray, ints: np.ndarray) -> np.ndarray:
+def _logits(world: World, ranks: np.ndarray, ints: np.ndarray, orders: int = 3) -> np.ndarray:
+    """The true logit: intercept, numeric effects, and the categorical effects up to ``orders``
+    (1: per value, 2: and pairwise, 3: and the triple); a rank < 0 contributes nothing."""
     z = np.full(len(ranks), world.intercept)
     for i in range(len(CATEGORICAL_FIELDS)):
         z += _lookup(world.order1[i], ranks[:, i])
-    for a, b in PAIRS:
-        z += (_lookup(world.latent[a], ranks[:, a]) * _lookup(world.latent[b], ranks[:, b])).sum(axis=1)
-    z += TRIPLE_EFFECT * np.prod([_lookup(world.scalar[i], ranks[:, i]) for i in TRIPLE], axis=0)
+    if orders >= 2:
+        for a, b in PAIRS:
+            z += (_lookup(world.latent[a], ranks[:, a]) * _lookup(world.latent[b], ranks[:, b])).sum(axis=1)
+    if orders >= 3:
+        z += TRIPLE_EFFECT * np.prod([_lookup(world.scalar[i], ranks[:, i]) for i in TRIPLE], axis=0)
     logs = np.log1p(np.clip(np.nan_to_num(ints, nan=0.0), 0, None))
     for name, slope in NUMERIC_SLOPES.items():
         j = INTEGER_FIELDS.index(name)
@@ -178,8 +182,31 @@ def _malform(rng: np.random.Generator, cols: list[np.ndarray], rows: np.ndarray)
     return kinds
 
 
+@dataclass(frozen=True)
+class DayDraw:
+    """One day as drawn: its lines and, per line, what produced them."""
+
+    lines: list[str]
+    ranks: np.ndarray  # [rows, fields] category ranks (-1 missing, -2 fresh)
+    ints: np.ndarray  # [rows, integer fields], NaN missing
+    p: np.ndarray  # the true click probability
+    labels: np.ndarray
+    valid: np.ndarray  # False for the lines given a defect
+    kinds: np.ndarray  # the defect kind of each malformed line (index into REASONS)
+
+
 def generate_day(world: World, seed: int, day_index: int, rows: int, malformed_fraction: float) -> DayLogs:
     """One day's raw lines, deterministic from ``(seed, day_index)``."""
+    d = _draw_day(world, seed, day_index, rows, malformed_fraction)
+    return DayLogs(
+        lines=d.lines,
+        oracle_auc=auc(d.labels[d.valid], d.p[d.valid]),
+        ctr=float(d.labels[d.valid].mean()),
+        malformed={r: int((d.kinds == k).sum()) for k, r in enumerate(REASONS)},
+    )
+
+
+def _draw_day(world: World, seed: int, day_index: int, rows: int, malformed_fraction: float) -> DayDraw:
     rng = np.random.default_rng([seed, 2, day_index])
     ranks, ints, fresh = _draw_features(world, rng, rows)
     p = _sigmoid(_logits(world, ranks, ints))
@@ -200,12 +227,51 @@ def generate_day(world: World, seed: int, day_index: int, rows: int, malformed_f
         lines[row] = lines[row] + "\t" if rng.random() < 0.5 else lines[row].rsplit("\t", 1)[0]
     valid = np.ones(rows, dtype=bool)
     valid[bad] = False
-    return DayLogs(
-        lines=lines,
-        oracle_auc=auc(labels[valid], p[valid]),
-        ctr=float(labels[valid].mean()),
-        malformed={r: int((kinds == k).sum()) for k, r in enumerate(REASONS)},
+    return DayDraw(lines, ranks, ints, p, labels, valid, kinds)
+
+
+CEILINGS = ("true probability", "seen values, order 1", "seen values, orders 1-2", "seen values, all orders")
+
+
+def reference_ceilings(
+    manifest: dict[str, Any], train_days: list[str], test_day: str, min_count: int
+) -> dict[str, dict[str, float]]:
+    """AUC and logloss on ``test_day``'s valid rows of the true click probability, and of the true
+    probability without the effects of category values seen fewer than ``min_count`` times on the
+    training days (what no model trained on those days can know), keeping effects up to order 1,
+    2, and all orders. Upper bounds: no model reaches them on small data."""
+    world, seed = build_world(manifest["seed"]), manifest["seed"]
+    start, rows, malformed = (
+        dt.date.fromisoformat(manifest["start_date"]),
+        manifest["rows_per_day"],
+        manifest["malformed_fraction"],
     )
+
+    def draw(day: str) -> DayDraw:
+        return _draw_day(world, seed, (dt.date.fromisoformat(day) - start).days, rows, malformed)
+
+    counts = [np.zeros(len(values), dtype=np.int64) for values in world.values]
+    for day in train_days:
+        d = draw(day)
+        for i, field_counts in enumerate(counts):
+            ranks = d.ranks[d.valid, i]
+            np.add.at(field_counts, ranks[ranks >= 0], 1)
+    test = draw(test_day)
+    ranks, ints, labels = test.ranks[test.valid], test.ints[test.valid], test.labels[test.valid]
+    seen = np.stack(
+        [(ranks[:, i] >= 0) & (counts[i][np.maximum(ranks[:, i], 0)] >= min_count) for i in range(len(counts))], axis=1
+    )
+    known = np.where(seen, ranks, -1)
+    scores = {
+        CEILINGS[0]: test.p[test.valid],
+        **{CEILINGS[k]: _sigmoid(_logits(world, known, ints, k)) for k in (1, 2, 3)},
+    }
+    return {name: {"auc": auc(labels, p), "logloss": _logloss(labels, p)} for name, p in scores.items()}
+
+
+def _logloss(labels: np.ndarray, p: np.ndarray) -> float:
+    p = np.clip(p, 1e-7, 1 - 1e-7)
+    return float(-np.mean(labels * np.log(p) + (1 - labels) * np.log1p(-p)))
 
 
 def day_file(output: Path, day: dt.date, day_index: int, layout: str, gz: bool) -> Path:

@@ -35,7 +35,7 @@ from deepfm.training.feed import parquet_files
 
 CHECKPOINT = "checkpoints/latest.pt"
 SUPERSEDED = "superseded"
-SPLITS = ("train", "test")
+SPLITS = ("train", "validation")  # what a training reads; never the test split
 METRICS = "metrics.json"
 SUMMARY = "summary.json"
 BUNDLE = "bundle"

@@ -4,8 +4,9 @@ One process per rank (``horovodrun -np N ... python -m deepfm train``) or a sing
 Each epoch every rank reads its own shard of ``<data>/train`` (``deepfm.training.feed``), takes
 the same number of steps as every other rank (the smallest shard's batch count: no rank waits at
 an allreduce another rank never reaches), and the distributed optimizer averages the gradients.
-Validation on ``<data>/test`` merges per-rank statistics with one allreduce; early stopping
-watches its AUC and the best validation's weights become the bundle. Rank 0 writes the run's
+Validation on ``<data>/validation`` merges per-rank statistics with one allreduce; early stopping
+watches its AUC and the best validation's weights become the bundle. The test split is never
+opened: model selection does not see the test day. Rank 0 writes the run's
 files (``deepfm.training.artifacts``).
 
 Rerunning the same command resumes from the checkpoint: same step, optimizer state and data
@@ -182,7 +183,7 @@ def build_parts(cfg: TrainConfig, spec: FeatureSpec, model_config: ModelConfig) 
     # Validation reads with pyarrow whatever --loader says: it is one unshuffled pass, and unlike
     # Petastorm it copes with a validation day of fewer row groups than ranks (some ranks get none).
     val_loader = make_loader(
-        "arrow", cfg.data / "test", spec, cfg.eval_batch_size, shard=rank, shard_count=world, shuffle=False
+        "arrow", cfg.data / "validation", spec, cfg.eval_batch_size, shard=rank, shard_count=world, shuffle=False
     )
     return Parts(model, optimizers, train_loader, val_loader, device, lr)
 

@@ -39,8 +39,10 @@ def write_dataset(
     files_per_day: int = 3,
     row_group_rows: int = 250,
     seed: int = 0,
+    validation_rows: int | None = None,
 ) -> FeatureSpec:
-    """Write two train days and one test day under ``root``; return the spec (also saved there)."""
+    """Write two train days, a validation day (``validation_rows``, default ``test_rows``) and a
+    test day under ``root``; return the spec (also saved there)."""
     root = Path(root)
     rng = np.random.default_rng(seed)
     weights = {name: rng.normal(0, 1.0, card) for name, card in CARDINALITIES.items()}
@@ -48,7 +50,8 @@ def write_dataset(
     next_id = 0
     for split, days, rows in (
         ("train", ("2024-01-01", "2024-01-02"), train_rows),
-        ("test", ("2024-01-03",), test_rows),
+        ("validation", ("2024-01-03",), test_rows if validation_rows is None else validation_rows),
+        ("test", ("2024-01-04",), test_rows),
     ):
         for day in days:
             for part in range(files_per_day):
