@@ -17,7 +17,7 @@ from tiny_ctr_data import write_dataset
 import deepfm.cli.compare as compare_job
 import deepfm.evaluation.compare as compare
 from deepfm.cli.config import deep_update, load_defaults
-from deepfm.evaluation.aggregate import closing_note, summarize
+from deepfm.evaluation.aggregate import closing_note, paired, summarize
 from deepfm.evaluation.compare import Settings, StudySettings
 
 ARGS = ["--models", "lr,deepfm", "--seeds", "2", "--epochs", "1", "--set", "train.batch_size=512"]
@@ -63,6 +63,7 @@ def test_two_models_two_seeds_end_to_end(comparison):
     page = (out / "report.html").read_text()
     for row in table.itertuples():
         assert f"{row.auc_mean:.4f} ± {row.auc_std:.4f}" in page and f"{row.logloss_mean:.4f}" in page
+    assert "DeepFM against its baselines, seed by seed" in page and "seeds DeepFM higher" in page
     images = re.findall(r'<img src="([^"]+)"', page)
     assert {"roc.png", "calibration.png", "history.png", "efficiency.png"} <= set(images)
     assert all((out / src).read_bytes()[:4] == b"\x89PNG" for src in images)
@@ -203,3 +204,20 @@ def test_horovodrun_path(data, tmp_path):
     assert compare_job.main(["--data", str(data), "--output", str(tmp_path), *options]) == 0
     (run,) = json.loads((tmp_path / "results.json").read_text())["runs"]
     assert run["world_size"] == 2 and run["n"] == 1200 and 0.0 < run["auc"] < 1.0
+
+
+def test_paired_differences_are_taken_seed_by_seed():
+    runs = [
+        _run("lr", 1, 0.70, 0.5, 1.0),
+        _run("lr", 2, 0.75, 0.5, 1.0),
+        _run("fm", 1, 0.71, 0.5, 1.0),
+        _run("deepfm", 1, 0.72, 0.5, 3.0),
+        _run("deepfm", 2, 0.74, 0.5, 3.0),
+    ]
+    rows = {r["versus"]: r for r in paired(runs)}
+    assert set(rows) == {"lr", "fm"}  # no fm_dnn run: no row
+    lr = rows["lr"]
+    assert (lr["seeds"], lr["wins"]) == (2, 1)
+    assert lr["auc_diff_mean"] == pytest.approx(0.005) and lr["auc_diff_min"] == pytest.approx(-0.01)
+    assert lr["per_seed"] == "1: +0.0200, 2: -0.0100"
+    assert (rows["fm"]["seeds"], rows["fm"]["wins"]) == (1, 1)

@@ -15,7 +15,9 @@ from deepfm.core.features import FeatureSpec, FieldSpec
 from deepfm.core.metrics import auc
 from deepfm.models import ModelConfig, ModelDefaults, build_model, make_optimizers, model_names
 from deepfm.models.layers import FieldEmbedding, FMInteraction, InnerProducts, OuterProducts
+from deepfm.models.optim import clip_grad_norm
 from deepfm.models.surgery import pretrain_init
+from deepfm.training.early_stopping import PlateauDecay
 
 CARDINALITIES = [6, 9, 4]
 N_NUMERIC = 2
@@ -249,3 +251,90 @@ def test_second_order_terms_learn_a_pure_pairwise_interaction():
     lr_auc, fm_auc, deepfm_auc = (train_and_auc(name) for name in ("lr", "fm", "deepfm"))
     assert lr_auc < 0.6
     assert fm_auc > 0.85 and deepfm_auc > 0.85
+
+
+# The training recipe: each piece is a setting, and each acts as its setting says.
+
+
+def test_batch_norm_sits_before_each_hidden_activation_and_normalises_the_batch():
+    model = build("deepfm", CARDINALITIES, N_NUMERIC, {**SMALL, "batch_norm": True})
+    layers = list(model.deep.mlp.layers)
+    kinds = [type(layer).__name__ for layer in layers]
+    assert kinds == ["Linear", "BatchNorm1d", "ReLU", "Dropout"] * 2 + ["Linear"]
+    assert layers[0].bias is None  # the batch norm's shift replaces it
+    cat, num = random_inputs(64)
+    model.train()
+    linear = layers[0](model.wide(cat, num)[1].flatten(1))
+    mean, var = linear.mean(dim=0), linear.var(dim=0, unbiased=False)
+    assert torch.allclose(layers[1](linear), (linear - mean) / (var + 1e-5).sqrt(), atol=1e-5)
+    without = build("deepfm", CARDINALITIES, N_NUMERIC, SMALL)
+    assert not any(isinstance(m, nn.BatchNorm1d) for m in without.modules())
+
+
+def test_configs_written_before_the_recipe_keys_load_and_keep_their_form():
+    config = model_config("deepfm", {"hidden_units": [8]})
+    old = {k: v for k, v in config.to_dict().items() if k not in ("batch_norm", "embedding_weight_decay")}
+    assert config.to_dict() == old  # at their legacy values the added keys are not written
+    assert ModelConfig.from_dict(old) == config and not config.batch_norm
+    assert config.replace(batch_norm=True).to_dict()["batch_norm"] is True
+    with pytest.raises(ValueError, match="embedding_weight_decay must be >= 0"):
+        config.replace(embedding_weight_decay=-1.0)
+
+
+def test_embedding_weight_decay_shrinks_only_the_touched_rows_by_lr_times_decay():
+    model = build("fm", [50, 50], N_NUMERIC, SMALL)
+    table = model.wide.rows.categorical.weight
+    cat, num = torch.tensor([[1, 2], [3, 2]]), torch.rand(2, N_NUMERIC)
+
+    def step(row_decay: float) -> torch.Tensor:
+        torch.manual_seed(0)
+        fresh = build("fm", [50, 50], N_NUMERIC, SMALL)
+        fresh.load_state_dict(model.state_dict())
+        optimizers = make_optimizers(fresh, 0.1, row_decay=row_decay)
+        fresh(cat, num).sum().backward()
+        optimizers.step()
+        return fresh.wide.rows.categorical.weight.detach()
+
+    plain, decayed = step(0.0), step(2.0)
+    touched = torch.tensor([1, 3, 50 + 2])
+    untouched = torch.ones(100, dtype=torch.bool)
+    untouched[touched] = False
+    assert torch.allclose(decayed[touched], plain[touched] * (1 - 0.1 * 2.0))
+    assert torch.equal(decayed[untouched], table.detach()[untouched])
+
+
+def test_gradient_clipping_bounds_the_global_norm_of_sparse_and_dense_gradients():
+    model = build("deepfm", CARDINALITIES, N_NUMERIC, SMALL)
+    cat, num = random_inputs(32)
+    (model(cat, num) * 1000).sum().backward()
+    params = list(model.parameters())
+    before = clip_grad_norm(params, max_norm=1.0)
+    assert before > 1.0
+    after = clip_grad_norm(params, max_norm=1.0)  # measures the clipped gradients, changes nothing
+    assert after == pytest.approx(1.0, rel=1e-4)
+    assert clip_grad_norm(params, max_norm=10.0) == pytest.approx(after)
+
+
+def test_plateau_decay_lowers_the_rate_on_a_validation_without_gain_down_to_its_floor():
+    decay = PlateauDecay(factor=0.5, floor=3e-4)
+    assert decay.next_lr(1e-3, improved=True) == 1e-3
+    assert decay.next_lr(1e-3, improved=False) == 5e-4
+    assert decay.next_lr(5e-4, improved=False) == 3e-4
+    assert decay.next_lr(3e-4, improved=False) == 3e-4
+    assert decay.next_lr(1e-4, improved=False) == 1e-4  # already below the floor: left alone
+    assert PlateauDecay().next_lr(1e-3, improved=False) == 1e-3
+    with pytest.raises(ValueError, match="lr_decay_factor"):
+        PlateauDecay(factor=0.0)
+    optimizers = make_optimizers(build("deepfm", CARDINALITIES, N_NUMERIC, SMALL), 1e-3)
+    optimizers.set_lr(2e-4)
+    assert optimizers.lr == 2e-4 and all(g["lr"] == 2e-4 for o in optimizers for g in o.param_groups)
+
+
+def test_dropout_and_embedding_size_are_settings_the_model_follows():
+    model = build("deepfm", CARDINALITIES, N_NUMERIC, {**SMALL, "dropout": 0.3, "embedding_dim": 7})
+    assert {m.p for m in model.modules() if isinstance(m, nn.Dropout)} == {0.3}
+    assert model.wide.rows.categorical.weight.shape[1] == 1 + 7
+    cat, num = random_inputs(16)
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(model(cat, num), model(cat, num))  # no dropout noise at evaluation

@@ -11,7 +11,16 @@ import pytest
 
 from deepfm.cli.config import load_defaults
 from deepfm.cli.pipeline import settings_from
-from deepfm.ops.pipeline import RunPaths, Step, StepFailed, build_steps, date_range, previous_bundle, run_step
+from deepfm.ops.pipeline import (
+    RunPaths,
+    Step,
+    StepFailed,
+    build_steps,
+    date_range,
+    day_roles,
+    previous_bundle,
+    run_step,
+)
 
 DAY = dt.date(2026, 11, 20)
 
@@ -115,3 +124,18 @@ def test_spark_steps_start_the_driver_jvm_with_the_java_options_of_conf(tmp_path
     train = next(s for s in steps if s.name == "train")
     assert train.command[1:5] == ["-np", "2", "-H", "localhost:2"] and train.command[7:10] == ["-m", "deepfm", "train"]
     assert all(s.summary_file for s in steps)  # every step's result is read from a file it writes
+
+
+def test_every_day_of_a_run_date_has_a_named_role_and_the_scored_day_is_held_out(tmp_path):
+    settings = settings_from({**load_defaults("pipeline"), "workdir": str(tmp_path)})
+    roles = day_roles(DAY, settings.train_days)
+    assert roles == {"train": "2026-11-12..2026-11-18", "validation": "2026-11-19", "scored": "2026-11-20"}
+    (preprocess,) = (s for s in build_steps(settings, RunPaths(tmp_path, DAY)) if s.name == "preprocess")
+
+    def option(name: str) -> str:
+        return preprocess.command[preprocess.command.index(name) + 1]
+
+    assert (option("--end-date"), option("--validation-days"), option("--test-days")) == ("2026-11-19", "1", "0")
+    assert option("--train-days") == str(settings.train_days) == "7"
+    read = sorted(d.name for d in preprocess.input_dirs)
+    assert read[0] == "date=2026-11-12" and read[-1] == "date=2026-11-19"  # never the scored day

@@ -41,9 +41,12 @@ from deepfm.training.trainer import TrainConfig, resolve_device, train, train_st
 
 ENV = {**BASE_ENV, "OMP_NUM_THREADS": "1"}
 # Small and quick, but several checkpoints per epoch and a model that learns: one epoch of ~45 steps.
+# The recipe's pieces that talk to Horovod are on: clipping of the averaged gradients, batch-norm
+# statistics averaged over ranks, decay of the allgathered rows.
 TRAIN_ARGS = (
     "--model deepfm --epochs 1 --batch-size 128 --checkpoint-every 15 --log-every 30 "
-    "--early-stopping-patience 0 --set shuffle_buffer=2000"
+    "--early-stopping-patience 0 --set shuffle_buffer=2000 --set grad_clip_norm=1.0 "
+    "--set model_config.batch_norm=true --set model_config.embedding_weight_decay=0.01"
 ).split()
 
 
@@ -290,9 +293,13 @@ def test_early_stopping_and_warm_start(data, tmp_path):
         validate_every=10,
         early_stopping_patience=2,
         early_stopping_min_delta=1.0,
+        lr_decay_factor=0.5,
+        lr_decay_floor=4e-4,
     )
     metrics = json.loads(Path(stopped["metrics"]).read_text())
     assert stopped["stopped_early"] and [v["global_step"] for v in metrics["validations"]] == [10, 20, 30]
+    # the plateau after the first validation halves the rate once before early stopping ends the run
+    assert [v["lr"] for v in metrics["validations"]] == [1e-3, 1e-3, 5e-4]
     assert stopped["best_epoch"] == 1 and stopped["epochs_run"] == 1
     warm = _in_process(
         data,

@@ -27,7 +27,7 @@ from deepfm.cli.config import JobParser, load_defaults, spark_conf
 from deepfm.cli.logs import setup_logging
 from deepfm.core.tracking import TrackingSettings, promote, store_uri
 from deepfm.ops.locks import Locked
-from deepfm.ops.pipeline import STEPS, PipelineSettings, RunPaths, StepFailed, date_range, run_date
+from deepfm.ops.pipeline import STEPS, PipelineSettings, RunPaths, StepFailed, date_range, day_roles, run_date
 from deepfm.ops.spark import get_spark, spark_submit_args
 from deepfm.prep.synthetic import write_logs
 
@@ -123,6 +123,8 @@ def print_summary(settings: PipelineSettings, paths: RunPaths, results: dict[str
 
     lines = [
         f"== DeepFM daily pipeline, run date {paths.day} ==",
+        "days:       "
+        + ", ".join(f"{role} {days}" for role, days in day_roles(paths.date, settings.train_days).items()),
         f"preprocess: {pick(totals, ('rows_read', 'rows_written', 'rows_quarantined'))}",
         f"train:      {pick(train, ('model', 'val_auc', 'val_logloss', 'val_calibration', 'samples_per_s'))}",
         f"score:      {pick(score, ('rows_in', 'scored', 'rejected', 'mean_ctr', 'auc'))}",

@@ -123,6 +123,36 @@ def closing_note(rows: list[dict[str, Any]], results: dict[str, Any], target: st
     )
 
 
+PAIRED_BASELINES = ("lr", "fm", "fm_dnn")  # the issue's and the paper's contrasts for DeepFM
+
+
+def paired(
+    runs: list[dict[str, Any]], target: str = "deepfm", others: tuple[str, ...] = PAIRED_BASELINES
+) -> list[dict]:
+    """``target``'s test AUC minus each other model's, seed by seed (a seed gives both the same
+    data order and initial draws): a gain that holds in every seed is not seed noise."""
+    auc = {(r["model"], r["seed"]): r["auc"] for r in runs}
+    rows = []
+    for other in others:
+        seeds = sorted(seed for model, seed in auc if model == target and (other, seed) in auc)
+        if not seeds:
+            continue
+        diffs = [auc[target, seed] - auc[other, seed] for seed in seeds]
+        mean, std = _mean_std(diffs)
+        rows.append(
+            {
+                "versus": other,
+                "seeds": len(seeds),
+                "wins": sum(d > 0 for d in diffs),
+                "auc_diff_mean": mean,
+                "auc_diff_std": std,
+                "auc_diff_min": min(diffs),
+                "per_seed": ", ".join(f"{seed}: {d:+.4f}" for seed, d in zip(seeds, diffs)),
+            }
+        )
+    return rows
+
+
 def _paired(runs: list[dict[str, Any]], a: str, b: str) -> str:
     """How often ``a`` beat ``b`` seed by seed (a seed gives both the same data order)."""
     auc = {(r["model"], r["seed"]): r["auc"] for r in runs}

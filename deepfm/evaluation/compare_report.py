@@ -10,7 +10,14 @@ import numpy as np
 import pandas as pd
 
 from deepfm.evaluation import plots
-from deepfm.evaluation.aggregate import closing_note, mean_calibration, mean_history, study_series, summarize
+from deepfm.evaluation.aggregate import (
+    closing_note,
+    mean_calibration,
+    mean_history,
+    paired,
+    study_series,
+    summarize,
+)
 from deepfm.evaluation.html import Column, fmt, html_image, html_table, write_html
 
 TABLE_COLUMNS: list[Column] = [
@@ -81,10 +88,12 @@ def render(results: dict[str, Any], output: Path) -> dict[str, Any]:
             )
         )
     note = closing_note(rows, results)
+    pairs = paired(results["runs"])
     parts = [
         _setup(results),
         html_table([_display(r) for r in rows], TABLE_COLUMNS, highlight=lambda r: r["model"] == "deepfm"),
         READING,
+        *_paired_table(pairs),
         *_ceilings(results.get("ceilings")),
         *(f"<h2>{html.escape(title)}</h2>{html_image(path, output, title)}" for title, path in images),
         f"<h2>Closing note</h2><p class=note>{html.escape(note)}"
@@ -99,6 +108,7 @@ def render(results: dict[str, Any], output: Path) -> dict[str, Any]:
         "table": str(output / "table.csv"),
         "ranking": ranking,
         "auc": {r["model"]: round(r["auc_mean"], 5) for r in rows},
+        "paired": pairs,
         "note": note,
     }
 
@@ -112,6 +122,27 @@ the selecting validation's, for comparison (it is optimistic: the selection saw 
 <li>time/epoch vs LR (the paper's Figure 6): training seconds per epoch (reading + steps, validation
 excluded; FNN's FM pre-training included) relative to LR's, wall-clock on the machine named above.</li>
 </ul>"""
+
+
+PAIRED_COLUMNS: list[Column] = [
+    ("versus", "DeepFM against", str),
+    ("seeds", "seeds", str),
+    ("wins", "seeds DeepFM higher", str),
+    ("auc_diff_mean", "test AUC difference (mean)", fmt(4)),
+    ("auc_diff_std", "std", fmt(4)),
+    ("auc_diff_min", "smallest", fmt(4)),
+    ("per_seed", "seed: difference", str),
+]
+
+
+def _paired_table(rows: list[dict[str, Any]]) -> list[str]:
+    if not rows:
+        return []
+    return [
+        "<h2>DeepFM against its baselines, seed by seed</h2>",
+        "<p>DeepFM's test AUC minus the other model's in the same seed (same data order).</p>",
+        html_table(rows, PAIRED_COLUMNS),
+    ]
 
 
 CEILING_COLUMNS: list[Column] = [("name", "reference", str), ("auc", "AUC", fmt(4)), ("logloss", "logloss", fmt(4))]

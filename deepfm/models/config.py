@@ -15,6 +15,11 @@ from typing import Any
 
 from deepfm.models.layers import ACTIVATIONS, PRODUCT_KINDS
 
+# Keys added after bundles were first written, with the value that reproduces a bundle written
+# before: such a bundle was trained without the feature. ``to_dict`` leaves a key out while it
+# holds this value, so an older bundle's content hash (its version) stays what it was.
+ADDED_KEYS: dict[str, Any] = {"batch_norm": False, "embedding_weight_decay": 0.0}
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -29,6 +34,10 @@ class ModelConfig:
         embedding_init_std: standard deviation of the normal initialisation of embeddings.
         optimizer: ``adam`` (SparseAdam on the tables, Adam elsewhere).
         learning_rate: base step size before any scaling by the number of ranks.
+        batch_norm: batch normalisation before each hidden layer's activation.
+        embedding_weight_decay: decoupled weight decay (AdamW's, Loshchilov & Hutter 2019) of the
+            embedding-table rows a batch touched: ``row -= lr * decay * row`` after each step.
+            An L2 term in the loss barely acts under Adam, whose step is normalised per element.
     """
 
     embedding_dim: int
@@ -39,6 +48,8 @@ class ModelConfig:
     embedding_init_std: float
     optimizer: str
     learning_rate: float
+    batch_norm: bool = False
+    embedding_weight_decay: float = 0.0
 
     def __post_init__(self) -> None:
         if self.activation not in ACTIVATIONS:
@@ -47,12 +58,15 @@ class ModelConfig:
             raise ValueError(f"unknown product {self.product!r}; choose from {PRODUCT_KINDS}")
         if self.optimizer != "adam":
             raise ValueError(f"only the paper's Adam is implemented, config asks for {self.optimizer!r}")
+        if self.embedding_weight_decay < 0:
+            raise ValueError(f"embedding_weight_decay must be >= 0, not {self.embedding_weight_decay}")
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> ModelConfig:
         """A config from a complete mapping (a bundle's, or resolved defaults); unknown or missing
         keys are refused, so a typo never falls back to a default."""
         known = [f.name for f in dataclasses.fields(cls)]
+        values = {**ADDED_KEYS, **values}
         unknown, missing = sorted(set(values) - set(known)), sorted(set(known) - set(values))
         if unknown or missing:
             raise ValueError(f"model config: unknown keys {unknown}, missing keys {missing}; known: {known}")
@@ -65,11 +79,14 @@ class ModelConfig:
             embedding_init_std=float(values["embedding_init_std"]),
             optimizer=str(values["optimizer"]),
             learning_rate=float(values["learning_rate"]),
+            batch_norm=bool(values["batch_norm"]),
+            embedding_weight_decay=float(values["embedding_weight_decay"]),
         )
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready (``hidden_units`` as a list)."""
-        return {**dataclasses.asdict(self), "hidden_units": list(self.hidden_units)}
+        """JSON-ready (``hidden_units`` as a list); added keys at their legacy value are left out."""
+        values = {**dataclasses.asdict(self), "hidden_units": list(self.hidden_units)}
+        return {k: v for k, v in values.items() if k not in ADDED_KEYS or v != ADDED_KEYS[k]}
 
     def replace(self, **overrides: Any) -> ModelConfig:
         """A copy with ``overrides`` applied (validated like ``from_dict``)."""

@@ -86,15 +86,22 @@ class FMInteraction(nn.Module):
 
 
 class MLP(nn.Module):
-    """``Linear -> activation -> dropout`` per hidden layer, then a linear read-out to one logit."""
+    """``Linear -> [BatchNorm] -> activation -> dropout`` per hidden layer, then a linear read-out
+    to one logit. Batch normalisation (Ioffe & Szegedy 2015) sits before the activation, as in
+    DeepCTR and FuxiCTR; its linear layer then needs no bias."""
 
-    def __init__(self, in_features: int, hidden_units: list[int], dropout: float, activation: str) -> None:
+    def __init__(
+        self, in_features: int, hidden_units: list[int], dropout: float, activation: str, batch_norm: bool = False
+    ) -> None:
         super().__init__()
         if activation not in ACTIVATIONS:
             raise ValueError(f"unknown activation {activation!r}; choose from {sorted(ACTIVATIONS)}")
         layers: list[nn.Module] = []
         for width in hidden_units:
-            layers += [nn.Linear(in_features, width), ACTIVATIONS[activation](), nn.Dropout(dropout)]
+            layers.append(nn.Linear(in_features, width, bias=not batch_norm))
+            if batch_norm:
+                layers.append(nn.BatchNorm1d(width))
+            layers += [ACTIVATIONS[activation](), nn.Dropout(dropout)]
             in_features = width
         layers.append(nn.Linear(in_features, 1))
         self.layers = nn.Sequential(*layers)
@@ -138,9 +145,17 @@ class OuterProducts(nn.Module):
 class DNN(nn.Module):
     """The deep component over concatenated field embeddings (FNN, Wide&Deep, DeepFM)."""
 
-    def __init__(self, num_fields: int, dim: int, hidden_units: list[int], dropout: float, activation: str) -> None:
+    def __init__(
+        self,
+        num_fields: int,
+        dim: int,
+        hidden_units: list[int],
+        dropout: float,
+        activation: str,
+        batch_norm: bool = False,
+    ) -> None:
         super().__init__()
-        self.mlp = MLP(num_fields * dim, hidden_units, dropout, activation)
+        self.mlp = MLP(num_fields * dim, hidden_units, dropout, activation, batch_norm)
 
     def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
         """``[B, m, k]`` -> ``[B]``."""
@@ -155,7 +170,14 @@ class ProductNetwork(nn.Module):
     """
 
     def __init__(
-        self, num_fields: int, dim: int, product: str, hidden_units: list[int], dropout: float, activation: str
+        self,
+        num_fields: int,
+        dim: int,
+        product: str,
+        hidden_units: list[int],
+        dropout: float,
+        activation: str,
+        batch_norm: bool = False,
     ) -> None:
         super().__init__()
         if product not in PRODUCT_KINDS:
@@ -167,7 +189,7 @@ class ProductNetwork(nn.Module):
             products.append(OuterProducts())
         self.products = nn.ModuleList(products)
         in_features = num_fields * dim + sum(p.output_features(num_fields, dim) for p in products)
-        self.mlp = MLP(in_features, hidden_units, dropout, activation)
+        self.mlp = MLP(in_features, hidden_units, dropout, activation, batch_norm)
 
     def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
         """``[B, m, k]`` -> ``[B]``."""

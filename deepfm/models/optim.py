@@ -9,6 +9,11 @@ Horovod: wrap each optimizer separately, e.g.
 ``opts = opts.wrap(lambda opt, named: hvd.DistributedOptimizer(opt, named_parameters=named))``.
 Horovod reduces sparse gradients by allgather of their (index, value) pairs, which is what we
 want here: the traffic grows with the batch, not the table.
+
+Regularisation of the tables that acts under Adam: ``row_decay`` shrinks the rows a step touched
+by ``lr * row_decay`` after the step (decoupled weight decay, as AdamW, applied lazily like
+SparseAdam itself). Under Horovod the gradient seen after ``step`` is the allgathered one, so
+every rank decays the same rows.
 """
 
 from __future__ import annotations
@@ -23,13 +28,22 @@ NamedParameters = list[tuple[str, nn.Parameter]]
 
 
 class Optimizers:
-    """Several plain torch optimizers driven as one (``zero_grad``/``step``/state dicts)."""
+    """Several plain torch optimizers driven as one (``zero_grad``/``step``/state dicts).
 
-    def __init__(self, optimizers: list[torch.optim.Optimizer], named_parameters: list[NamedParameters]) -> None:
+    ``row_decay``: decoupled weight decay of the touched rows of sparse parameters (see above).
+    """
+
+    def __init__(
+        self,
+        optimizers: list[torch.optim.Optimizer],
+        named_parameters: list[NamedParameters],
+        row_decay: float = 0.0,
+    ) -> None:
         if len(optimizers) != len(named_parameters):
             raise ValueError("one named-parameter list per optimizer is needed")
         self.optimizers = optimizers
         self.named_parameters = named_parameters
+        self.row_decay = row_decay
 
     def __iter__(self) -> Iterator[torch.optim.Optimizer]:
         return iter(self.optimizers)
@@ -46,6 +60,28 @@ class Optimizers:
     def step(self) -> None:
         for optimizer in self.optimizers:
             optimizer.step()
+        if self.row_decay:
+            self._decay_touched_rows()
+
+    @property
+    def lr(self) -> float:
+        return float(self.optimizers[0].param_groups[0]["lr"])
+
+    def set_lr(self, lr: float) -> None:
+        """One step size for every parameter group (the plateau schedule lowers it)."""
+        for optimizer in self.optimizers:
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+
+    @torch.no_grad()
+    def _decay_touched_rows(self) -> None:
+        for optimizer in self.optimizers:
+            for group in optimizer.param_groups:
+                shrink = 1.0 - group["lr"] * self.row_decay
+                for param in group["params"]:
+                    if param.grad is not None and param.grad.is_sparse:
+                        rows = param.grad.coalesce().indices()[0]
+                        param.index_copy_(0, rows, param.index_select(0, rows) * shrink)
 
     def state_dict(self) -> dict[str, Any]:
         return {"optimizers": [optimizer.state_dict() for optimizer in self.optimizers]}
@@ -62,6 +98,7 @@ class Optimizers:
         return Optimizers(
             [wrapper(opt, named) for opt, named in zip(self.optimizers, self.named_parameters)],
             self.named_parameters,
+            self.row_decay,
         )
 
 
@@ -77,9 +114,14 @@ def split_sparse_parameters(model: nn.Module) -> tuple[NamedParameters, NamedPar
 
 
 def make_optimizers(
-    model: nn.Module, lr: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8
+    model: nn.Module,
+    lr: float,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+    row_decay: float = 0.0,
 ) -> Optimizers:
-    """SparseAdam for the sparse embedding tables, Adam for everything else (same ``lr``/``betas``)."""
+    """SparseAdam for the sparse embedding tables, Adam for everything else (same ``lr``/``betas``);
+    ``row_decay``: decoupled weight decay of the tables' touched rows."""
     sparse, dense = split_sparse_parameters(model)
     optimizers: list[torch.optim.Optimizer] = []
     groups: list[NamedParameters] = []
@@ -89,4 +131,23 @@ def make_optimizers(
     if dense:
         optimizers.append(torch.optim.Adam([p for _, p in dense], lr=lr, betas=betas, eps=eps))
         groups.append(dense)
-    return Optimizers(optimizers, groups)
+    return Optimizers(optimizers, groups, row_decay)
+
+
+@torch.no_grad()
+def clip_grad_norm(parameters: list[nn.Parameter], max_norm: float) -> float:
+    """Scale all gradients so their global L2 norm is at most ``max_norm``; returns the norm before.
+
+    ``torch.nn.utils.clip_grad_norm_`` refuses sparse gradients; here a sparse gradient counts
+    once per row after coalescing (the duplicate rows of an allgather are summed, as the
+    optimizer will).
+    """
+    grads = [p.grad for p in parameters if p.grad is not None]
+    squares = [(g.coalesce().values() if g.is_sparse else g).float().square().sum() for g in grads]
+    total = float(torch.stack(squares).sum().sqrt()) if squares else 0.0
+    if total > max_norm:
+        scale = max_norm / (total + 1e-6)
+        for param in parameters:
+            if param.grad is not None:
+                param.grad.mul_(scale)
+    return total

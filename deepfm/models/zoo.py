@@ -103,12 +103,18 @@ def _embedding(cfg: ModelConfig, cardinalities: list[int], n_numeric: int) -> Fi
 
 
 def _dnn(cfg: ModelConfig, num_fields: int) -> DNN:
-    return DNN(num_fields, cfg.embedding_dim, list(cfg.hidden_units), cfg.dropout, cfg.activation)
+    return DNN(num_fields, cfg.embedding_dim, list(cfg.hidden_units), cfg.dropout, cfg.activation, cfg.batch_norm)
 
 
 def _pnn(cfg: ModelConfig, num_fields: int) -> ProductNetwork:
     return ProductNetwork(
-        num_fields, cfg.embedding_dim, cfg.product, list(cfg.hidden_units), cfg.dropout, cfg.activation
+        num_fields,
+        cfg.embedding_dim,
+        cfg.product,
+        list(cfg.hidden_units),
+        cfg.dropout,
+        cfg.activation,
+        cfg.batch_norm,
     )
 
 

@@ -180,10 +180,19 @@ def _tracking_options(tracking: TrackingSettings) -> list[str]:
     return [item for key, value in values.items() for item in ("--set", f"tracking.mlflow.{key}={value}")]
 
 
+def day_roles(date: dt.date, train_days: int) -> dict[str, str]:
+    """Each day's role in run date ``date``: the training days, the validation day that selects
+    the model (early stopping, the kept bundle), and the scored day, which no step before
+    scoring opens."""
+    validation = date - dt.timedelta(days=1)
+    first, last = validation - dt.timedelta(days=train_days), validation - dt.timedelta(days=1)
+    return {"train": f"{first}..{last}", "validation": validation.isoformat(), "scored": date.isoformat()}
+
+
 def build_steps(settings: PipelineSettings, paths: RunPaths) -> list[Step]:
     """The steps of run date ``paths.date``, as the commands a user would type."""
     venv_bin = Path(settings.python).parent
-    validation_day = paths.date - dt.timedelta(days=1)
+    validation_day = dt.date.fromisoformat(day_roles(paths.date, settings.train_days)["validation"])
     spark_submit = [str(venv_bin / "spark-submit"), *settings.spark_submit, ENTRY_POINT]
     tracking = _tracking_options(settings.tracking)
     preprocess = Step(
@@ -324,6 +333,8 @@ def run_date(
     another run of the date holds it); returns each step's summary."""
     paths = RunPaths(settings.workdir, date)
     results: dict[str, dict[str, Any]] = {}
+    roles = day_roles(date, settings.train_days)
+    log.info("[%s] days: train %s, validation %s, scored %s", paths.day, *roles.values())
     with exclusive(paths.lock):
         for step in build_steps(settings, paths):
             if only is None or step.name == only:

@@ -8,8 +8,9 @@ Horovod at all, so the trainer also runs where Horovod is not installed.
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
@@ -72,6 +73,27 @@ def distributed_optimizer(
     return _hvd.DistributedOptimizer(
         optimizer, named_parameters=list(named_parameters), sparse_as_dense=sparse_as_dense
     )
+
+
+@contextlib.contextmanager
+def synchronized(optimizers: Iterable[torch.optim.Optimizer]) -> Iterator[None]:
+    """The averaged gradients are in place inside the block (to clip them), and ``step()`` in it
+    does not wait for them again (``synchronize`` + ``skip_synchronize``)."""
+    with contextlib.ExitStack() as stack:
+        if _hvd:
+            for optimizer in optimizers:
+                optimizer.synchronize()  # type: ignore[attr-defined]
+                stack.enter_context(optimizer.skip_synchronize())  # type: ignore[attr-defined]
+        yield
+
+
+def average_buffers(module: torch.nn.Module) -> None:
+    """Floating buffers (batch-norm running statistics) averaged over ranks: each rank's differ,
+    as each normalised its own batches, and the bundle and the ranks' evaluations need one set."""
+    if _hvd:
+        for name, buffer in module.named_buffers():
+            if buffer.is_floating_point():
+                buffer.copy_(_hvd.allreduce(buffer, op=_hvd.Average, name=f"buffer.{name}"))
 
 
 def broadcast_parameters(module: torch.nn.Module, root_rank: int = 0) -> None:

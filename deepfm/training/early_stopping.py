@@ -1,4 +1,5 @@
-"""Early stopping on validation AUC, with the best validation remembered (it picks the bundle)."""
+"""What validation decides: early stopping on validation AUC, with the best validation remembered
+(it picks the bundle), and learning-rate decay on a validation plateau."""
 
 from __future__ import annotations
 
@@ -31,3 +32,20 @@ class EarlyStopping:
         best.bad_rounds += 1
         best.stopped = bool(self.patience) and best.bad_rounds >= self.patience
         return False
+
+
+@dataclass(frozen=True)
+class PlateauDecay:
+    """After a validation without a gain the step size is multiplied by ``factor``, never below
+    ``floor`` (``factor`` 1: constant). With early stopping's patience above 1 the model gets
+    at least one round at the lower rate before training stops."""
+
+    factor: float = 1.0
+    floor: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.factor <= 1:
+            raise ValueError(f"lr_decay_factor must be in (0, 1], not {self.factor}")
+
+    def next_lr(self, lr: float, improved: bool) -> float:
+        return lr if improved else max(lr * self.factor, min(self.floor, lr))

@@ -35,10 +35,11 @@ from deepfm.core.metrics import BinaryMetrics
 from deepfm.core.tracking import Tracker, TrackingSettings, store_uri
 from deepfm.models import CTRModel, ModelConfig, ModelDefaults, Optimizers, build_model_for_spec, make_optimizers
 from deepfm.models.bundle import load_bundle, state_digest
+from deepfm.models.optim import clip_grad_norm
 from deepfm.models.surgery import pretrain_init, warm_start
 from deepfm.training import distributed as dist
 from deepfm.training.artifacts import RunArtifacts, TrainState, run_identity
-from deepfm.training.early_stopping import EarlyStopping
+from deepfm.training.early_stopping import EarlyStopping, PlateauDecay
 from deepfm.training.evaluate import autocast, evaluate
 from deepfm.training.feed import LOADERS, Batch, ShardLoader, make_loader, prefetch
 from deepfm.training.throughput import Throughput
@@ -75,6 +76,9 @@ class TrainConfig:
     checkpoint_every: int = 500
     early_stopping_patience: int = 2
     early_stopping_min_delta: float = 1e-4
+    lr_decay_factor: float = 1.0  # step size x factor after a validation without gain; 1: constant
+    lr_decay_floor: float = 0.0  # the decay never goes below this step size
+    grad_clip_norm: float = 0.0  # global L2 norm the averaged gradients are clipped to; 0: off
     log_every: int = 50
     fnn_pretrain_epochs: int = 1
     warm_start: Path | None = None
@@ -86,6 +90,9 @@ class TrainConfig:
             raise ValueError(f"lr_scaling must be 'linear' or 'none', not {self.lr_scaling!r}")
         if self.loader not in LOADERS:
             raise ValueError(f"loader must be one of {LOADERS}, not {self.loader!r}")
+        if self.grad_clip_norm < 0:
+            raise ValueError(f"grad_clip_norm must be >= 0, not {self.grad_clip_norm}")
+        PlateauDecay(self.lr_decay_factor, self.lr_decay_floor)  # validates the pair
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any], model_defaults: ModelDefaults) -> TrainConfig:
@@ -164,7 +171,7 @@ def build_parts(cfg: TrainConfig, spec: FeatureSpec, model_config: ModelConfig) 
     model = build_model_for_spec(cfg.model, spec, model_config).to(device)
     base_lr = cfg.learning_rate if cfg.learning_rate is not None else model_config.learning_rate
     lr = base_lr * (dist.size() if cfg.lr_scaling == "linear" else 1)
-    optimizers = make_optimizers(model, lr).wrap(
+    optimizers = make_optimizers(model, lr, row_decay=model_config.embedding_weight_decay).wrap(
         lambda opt, named: dist.distributed_optimizer(opt, named, cfg.sparse_as_dense)
     )
     rank, world = dist.rank(), dist.size()
@@ -193,14 +200,22 @@ def step_seed(seed: int, rank: int, global_step: int) -> int:
     return int(np.random.SeedSequence([seed, rank, global_step]).generate_state(1)[0])
 
 
-def train_step(model: nn.Module, optimizers: Optimizers, batch: Batch, amp: bool) -> torch.Tensor:
-    """One optimizer step on ``batch``; returns the mean loss (a detached 0-dim tensor)."""
+def train_step(
+    model: nn.Module, optimizers: Optimizers, batch: Batch, amp: bool, clip_norm: float = 0.0
+) -> torch.Tensor:
+    """One optimizer step on ``batch``, the averaged gradients clipped to ``clip_norm`` (0: not);
+    returns the mean loss (a detached 0-dim tensor)."""
     with autocast(batch.cat.device, amp):
         logits = model(batch.cat, batch.num)  # (B,)
     loss = F.binary_cross_entropy_with_logits(logits.float(), batch.label)
     optimizers.zero_grad()
     loss.backward()
-    optimizers.step()  # a distributed optimizer waits for the averaged gradients first
+    if clip_norm:
+        with dist.synchronized(optimizers):  # clip what every rank will apply: the average
+            clip_grad_norm(list(model.parameters()), clip_norm)
+            optimizers.step()
+    else:
+        optimizers.step()  # a distributed optimizer waits for the averaged gradients first
     return loss.detach()
 
 
@@ -234,7 +249,7 @@ def fit(cfg: TrainConfig, spec: FeatureSpec, parts: Parts, init: Init | None = N
             if meter.mark is None:  # the clock starts once the reader delivered
                 meter.start(s.global_step)
             torch.manual_seed(step_seed(cfg.seed, dist.rank(), s.global_step))
-            run.loss.add(train_step(parts.model, parts.optimizers, batch, cfg.amp), len(batch))
+            run.loss.add(train_step(parts.model, parts.optimizers, batch, cfg.amp, cfg.grad_clip_norm), len(batch))
             rows += len(batch)
             s.step_in_epoch += 1
             s.global_step += 1
@@ -320,6 +335,7 @@ class _Run:
             cfg.loader,
         )
         self.early = EarlyStopping(cfg.early_stopping_patience, cfg.early_stopping_min_delta, self.state.best)
+        self.decay = PlateauDecay(cfg.lr_decay_factor, cfg.lr_decay_floor)
         self.meter = Throughput(self.steps * cfg.epochs, cfg.batch_size)
         self.loss = _LossMeter(parts.device)
         self.tracker = Tracker(cfg.tracking, cfg.output, enabled=dist.is_primary())
@@ -373,12 +389,18 @@ class _Run:
     def validate(self) -> dict[str, Any]:
         """Every rank's shard of the validation split, merged; a new best becomes the bundle."""
         s, parts = self.state, self.parts
+        dist.average_buffers(parts.model)
         local = evaluate(parts.model, parts.val_loader.epoch(0), parts.device, self.cfg.amp)
         merged = BinaryMetrics.from_tensor(dist.allreduce_sum(local.to_tensor(), name="validation_metrics"))
         metrics = merged.compute()
-        record = {"epoch": s.epoch + 1, "global_step": s.global_step, **metrics}
+        lr = parts.optimizers.lr
+        record = {"epoch": s.epoch + 1, "global_step": s.global_step, "lr": lr, **metrics}
         s.validations.append(record)
-        if self.early.update(metrics["auc"], s.epoch + 1, s.global_step):
+        improved = self.early.update(metrics["auc"], s.epoch + 1, s.global_step)
+        if not s.best.stopped and self.decay.next_lr(lr, improved) != lr:
+            parts.optimizers.set_lr(self.decay.next_lr(lr, improved))
+            log.info("validation plateau: learning rate %.3g -> %.3g", lr, parts.optimizers.lr)
+        if improved:
             extra = {
                 "validation": record,
                 "world_size": dist.size(),
@@ -403,7 +425,11 @@ class _Run:
         return record
 
     def checkpoint(self) -> None:
-        """All ranks fold their loss in; rank 0 writes the checkpoint and the metrics so far."""
+        """All ranks fold their loss in; rank 0 writes the checkpoint and the metrics so far.
+
+        Batch-norm statistics are averaged first: a run resumed from this checkpoint continues
+        from the state every rank of the uninterrupted run has."""
+        dist.average_buffers(self.parts.model)
         self.loss.sync_into(self.state)
         self._tick()
         self.artifacts.save_checkpoint(self.parts.model, self.parts.optimizers, self.state, self.identity)
@@ -420,7 +446,8 @@ class _Run:
             "steps": s.step_in_epoch,
             "global_step": s.global_step,
             "train_loss": s.loss_sum / max(s.loss_rows, 1),
-            **{f"val_{k}": v for k, v in val.items() if k not in ("epoch", "global_step", "reliability")},
+            "lr": val.get("lr"),
+            **{f"val_{k}": v for k, v in val.items() if k not in ("epoch", "global_step", "lr", "reliability")},
             "samples_per_s_per_rank": [round(r, 1) for r in rates],
             "samples_per_s": round(sum(rates), 1),
             "train_seconds": round(train_seconds, 2),
