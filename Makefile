@@ -26,7 +26,7 @@ typecheck: setup
 	@$(VENV)/bin/mypy
 
 test: lint typecheck
-	@$(PY) -m pytest
+	@$(PY) -m pytest -n 2 --dist loadfile
 
 # Unit tests only: DEEPFM_FAST_TESTS makes a test that would start Spark fail instead.
 test-fast: setup

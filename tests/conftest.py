@@ -14,17 +14,29 @@ import pytest
 from deepfm.cli.config import spark_conf
 from deepfm.ops.spark import get_spark
 
+# The longest modules first: ``make test`` runs files whole on two workers (pytest-xdist,
+# ``--dist loadfile``), and a long file started last would run alone at the end.
+LONGEST_FIRST = ("test_pipeline.py", "test_scoring.py", "test_train.py", "test_preprocess.py")
+
 
 def pytest_configure(config: pytest.Config) -> None:
-    """One MLflow store for the run's trainings and scorings (subprocesses inherit it): a new
-    SQLite store costs seconds of schema migrations. Tests of the default store unset it."""
-    os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{tempfile.mkdtemp(prefix='deepfm-tests-')}/mlflow.db")
+    """One MLflow store per test process for its trainings and scorings (subprocesses inherit
+    it): a new SQLite store costs seconds of schema migrations, and SQLite takes one writer at a
+    time, so each xdist worker gets its own. Tests of the default store unset it."""
+    if os.environ.get("PYTEST_XDIST_WORKER") or "MLFLOW_TRACKING_URI" not in os.environ:
+        os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tempfile.mkdtemp(prefix='deepfm-tests-')}/mlflow.db"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "spark" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.slow)
+
+    def rank(item: pytest.Item) -> int:
+        name = item.path.name
+        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: the order within a module is kept
 
 
 @pytest.fixture(scope="session")
