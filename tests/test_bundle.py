@@ -63,7 +63,7 @@ def test_version_is_a_content_hash(tmp_path, model, spec):
     first = save_bundle(tmp_path / "a", model, spec)
     assert save_bundle(tmp_path / "b", model, spec) == first
     with torch.no_grad():
-        model.deep.mlp.layers[0].bias.add_(1.0)
+        model.deep.mlp.layers[0].weight.add_(1.0)
     assert save_bundle(tmp_path / "c", model, spec) != first
 
 

@@ -395,6 +395,10 @@ def test_config_overrides_nest_and_parse_yaml():
         TrainConfig.from_dict({"data": ".", "output": ".", "model": "lr", "epoch": 3}, MODEL_DEFAULTS)
     cfg = TrainConfig.from_dict({"data": ".", "output": ".", "model": "lr", "epochs": 3}, MODEL_DEFAULTS)
     assert TrainConfig.from_dict(cfg.to_dict(), MODEL_DEFAULTS) == cfg  # what a launcher passes on rebuilds it
+    # YAML reads "1e-5" (no dot) as a string; the setting's type decides
+    values = apply_sets({"data": ".", "output": ".", "model": "lr"}, ["lr_decay_floor=1e-5", "learning_rate=3e-4"])
+    cfg = TrainConfig.from_dict(values, MODEL_DEFAULTS)
+    assert (cfg.lr_decay_floor, cfg.learning_rate) == (1e-5, 3e-4)
 
 
 def test_cli_help_explains_every_option():

@@ -7,6 +7,7 @@ Notation (shapes in docstrings): ``B`` batch, ``C`` categorical fields, ``N`` nu
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid}
@@ -85,6 +86,19 @@ class FMInteraction(nn.Module):
         return 0.5 * (square_of_sum - sum_of_squares).sum(dim=1)
 
 
+class BatchNorm(nn.BatchNorm1d):
+    """``BatchNorm1d`` that normalises a one-row training batch (a shard's last batch can be one
+    row) with its running statistics, where ``BatchNorm1d`` raises."""
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """``[B, width]`` -> ``[B, width]``."""
+        if self.training and features.shape[0] == 1:
+            return F.batch_norm(
+                features, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps
+            )
+        return super().forward(features)
+
+
 class MLP(nn.Module):
     """``Linear -> [BatchNorm] -> activation -> dropout`` per hidden layer, then a linear read-out
     to one logit. Batch normalisation (Ioffe & Szegedy 2015) sits before the activation, as in
@@ -100,7 +114,7 @@ class MLP(nn.Module):
         for width in hidden_units:
             layers.append(nn.Linear(in_features, width, bias=not batch_norm))
             if batch_norm:
-                layers.append(nn.BatchNorm1d(width))
+                layers.append(BatchNorm(width))
             layers += [ACTIVATIONS[activation](), nn.Dropout(dropout)]
             in_features = width
         layers.append(nn.Linear(in_features, 1))

@@ -46,6 +46,7 @@ from deepfm.training.throughput import Throughput
 
 log = logging.getLogger(__name__)
 
+NUMBER_TYPES: dict[str, Callable[[Any], float | int]] = {"float": float, "float | None": float, "int": int}
 Init = Callable[[CTRModel], None]  # rank 0's initialisation of a fresh run (warm start, FNN)
 
 
@@ -101,9 +102,16 @@ class TrainConfig:
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"unknown training settings {unknown}; known: {sorted(known)}")
+        # YAML reads 1e-5 (no dot) as a string: numbers are cast by their declared type.
+        numbers = {
+            f.name: NUMBER_TYPES[str(f.type)](values[f.name])
+            for f in dataclasses.fields(cls)
+            if str(f.type) in NUMBER_TYPES and values.get(f.name) is not None
+        }
         return cls(
             **{
                 **values,
+                **numbers,
                 "data": Path(values["data"]),
                 "output": Path(values["output"]),
                 "model_config": model_defaults.resolve(values["model"], values.get("model_config") or {}),
