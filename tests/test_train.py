@@ -267,7 +267,7 @@ def test_every_model_of_the_library_trains(name, data, tmp_path):
         data,
         tmp_path,
         model=name,
-        epochs=1,
+        epochs=2,
         batch_size=256,
         learning_rate=0.003,
         model_config={"hidden_units": [32, 32]},
