@@ -405,9 +405,10 @@ class _Run:
         record = {"epoch": s.epoch + 1, "global_step": s.global_step, "lr": lr, **metrics}
         s.validations.append(record)
         improved = self.early.update(metrics["auc"], s.epoch + 1, s.global_step)
-        if not s.best.stopped and self.decay.next_lr(lr, improved) != lr:
-            parts.optimizers.set_lr(self.decay.next_lr(lr, improved))
-            log.info("validation plateau: learning rate %.3g -> %.3g", lr, parts.optimizers.lr)
+        next_lr = self.decay.next_lr(lr, improved)
+        if not s.best.stopped and next_lr != lr:
+            parts.optimizers.set_lr(next_lr)
+            log.info("validation plateau: learning rate %.3g -> %.3g", lr, next_lr)
         if improved:
             extra = {
                 "validation": record,
