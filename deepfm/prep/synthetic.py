@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
+from deepfm.core.metrics import auc
 from deepfm.prep.rawlogs import CATEGORICAL_FIELDS, INTEGER_FIELDS, REASONS
 
 log = logging.getLogger(__name__)
@@ -159,14 +159,6 @@ def _logits(world: World, ranks: np.ndarray, ints: np.ndarray, orders: int = 3) 
     return z
 
 
-def auc(labels: np.ndarray, scores: np.ndarray) -> float:
-    """Area under the ROC curve (Mann-Whitney, ties averaged)."""
-    ranks = pd.Series(scores).rank(method="average").to_numpy()
-    pos = labels.astype(bool)
-    n_pos, n_neg = pos.sum(), (~pos).sum()
-    return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
-
-
 def _malform(rng: np.random.Generator, cols: list[np.ndarray], rows: np.ndarray) -> np.ndarray:
     """Give each row in ``rows`` one defect; return the defect kind (index into REASONS)."""
     kinds = rng.integers(0, len(REASONS), size=len(rows))
@@ -200,7 +192,7 @@ def generate_day(world: World, seed: int, day_index: int, rows: int, malformed_f
     d = _draw_day(world, seed, day_index, rows, malformed_fraction)
     return DayLogs(
         lines=d.lines,
-        oracle_auc=auc(d.labels[d.valid], d.p[d.valid]),
+        oracle_auc=auc(d.p[d.valid], d.labels[d.valid]),
         ctr=float(d.labels[d.valid].mean()),
         malformed={r: int((d.kinds == k).sum()) for k, r in enumerate(REASONS)},
     )
@@ -266,7 +258,7 @@ def reference_ceilings(
         CEILINGS[0]: test.p[test.valid],
         **{CEILINGS[k]: _sigmoid(_logits(world, known, ints, k)) for k in (1, 2, 3)},
     }
-    return {name: {"auc": auc(labels, p), "logloss": _logloss(labels, p)} for name, p in scores.items()}
+    return {name: {"auc": auc(p, labels), "logloss": _logloss(labels, p)} for name, p in scores.items()}
 
 
 def _logloss(labels: np.ndarray, p: np.ndarray) -> float:
