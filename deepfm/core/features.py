@@ -9,9 +9,14 @@ Encoded layout (what the Parquet holds and the models read):
   - ``label``: float32 (0/1),
   - each categorical field (``vocab``, ``hash`` or ``bucketize``): int32 index in
     ``[0, cardinality)``, index 0 meaning missing / out-of-vocabulary,
+  - each multi-valued categorical field (``max_items`` n > 0, e.g. a user's installed apps):
+    n int32 slot columns ``<name>__0 .. <name>__<n-1>`` holding its items' indexes (as above) in
+    log order, then -1 for the unused slots. A row has at least one item: an empty or missing
+    list is the one item 0 (missing), as a missing single value is index 0,
   - each numeric field (``log`` or ``raw``): float32 value, missing as 0.
-Models take ``cat: LongTensor[batch, n_categorical]`` and ``num: FloatTensor[batch, n_numeric]``
-with columns in ``FeatureSpec.categorical_fields`` / ``numeric_fields`` order.
+Models take ``cat: LongTensor[batch, S]`` (``FeatureSpec.categorical_columns``: one column per
+single-valued field, ``max_items`` per multi-valued one) and ``num: FloatTensor[batch, n_numeric]``
+(``numeric_fields`` order); ``items_per_field`` tells them which columns pool into which field.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ SPEC_FILENAME = "feature_spec.json"
 # 2: the hash index is 1 + pmod(xxhash64(<seed int>, value), buckets - 1) (1 hashed
 # concat('<seed>:', value)); a spec of format 1 is refused rather than encoded differently.
 FORMAT_VERSION = 2
+PADDING = -1  # the index of an unused slot of a multi-valued field
 
 CATEGORICAL_TRANSFORMS = ("vocab", "hash", "bucketize")
 NUMERIC_TRANSFORMS = ("log", "raw")
@@ -43,7 +49,8 @@ class FeatureSpecError(ValueError):
 class FieldSpec:
     """How one raw field is encoded.
 
-    ``name`` is both the raw column and the encoded column. ``cardinality`` counts index 0.
+    ``name`` is both the raw column and the encoded column (``columns``: the slot columns of a
+    multi-valued field, ``max_items`` > 0). ``cardinality`` counts index 0.
     """
 
     name: str
@@ -52,21 +59,35 @@ class FieldSpec:
     vocabulary: tuple[str, ...] = ()
     boundaries: tuple[float, ...] = ()
     hash_buckets: int = 0
+    max_items: int = 0  # > 0: a multi-valued field of at most this many items per row
 
     def __post_init__(self) -> None:
         if self.transform not in CATEGORICAL_TRANSFORMS + NUMERIC_TRANSFORMS:
             raise FeatureSpecError(f"field {self.name}: unknown transform {self.transform!r}")
         if self.is_categorical and self.cardinality < 2:
             raise FeatureSpecError(f"field {self.name}: categorical cardinality must be >= 2")
+        if self.max_items < 0 or (self.max_items and self.transform not in ("vocab", "hash")):
+            raise FeatureSpecError(f"field {self.name}: a multi-valued field is encoded by vocab or hash")
 
     @property
     def is_categorical(self) -> bool:
         return self.transform in CATEGORICAL_TRANSFORMS
 
+    @property
+    def is_multi_valued(self) -> bool:
+        return self.max_items > 0
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """The encoded columns: the field's name, or a multi-valued field's slot columns."""
+        return tuple(f"{self.name}__{i}" for i in range(self.max_items)) if self.max_items else (self.name,)
+
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["vocabulary"] = list(self.vocabulary)
         d["boundaries"] = list(self.boundaries)
+        if not self.max_items:  # specs written before multi-valued fields keep their version
+            del d["max_items"]
         return d
 
     @classmethod
@@ -78,6 +99,7 @@ class FieldSpec:
             vocabulary=tuple(d.get("vocabulary", ())),
             boundaries=tuple(float(b) for b in d.get("boundaries", ())),
             hash_buckets=int(d.get("hash_buckets", 0)),
+            max_items=int(d.get("max_items", 0)),
         )
 
 
@@ -101,6 +123,21 @@ class FeatureSpec:
     @property
     def numeric_fields(self) -> list[FieldSpec]:
         return [f for f in self.fields if not f.is_categorical]
+
+    @property
+    def categorical_columns(self) -> list[str]:
+        """The columns of the models' ``cat`` input: each categorical field's ``columns``, in order."""
+        return [c for f in self.categorical_fields for c in f.columns]
+
+    @property
+    def items_per_field(self) -> list[int]:
+        """How many ``cat`` columns each categorical field spans (1, or its ``max_items``)."""
+        return [max(1, f.max_items) for f in self.categorical_fields]
+
+    @property
+    def encoded_columns(self) -> list[str]:
+        """Every encoded column of a row, label first (what the Parquet splits hold)."""
+        return [self.label, *(c for f in self.fields for c in f.columns)]
 
     @property
     def cardinalities(self) -> list[int]:
