@@ -21,6 +21,8 @@ from typing import Any
 
 import yaml
 
+from deepfm.core.schema import LogSchema
+
 
 def load_defaults(name: str) -> dict[str, Any]:
     """The default settings ``<name>.yaml`` (a fresh copy: callers may change it)."""
@@ -33,6 +35,22 @@ def load_defaults(name: str) -> dict[str, Any]:
     else:
         text = resources.files("deepfm").joinpath("conf", f"{name}.yaml").read_text()
     return copy.deepcopy(yaml.safe_load(text) or {})
+
+
+def load_schema(name_or_path: str) -> LogSchema:
+    """A log schema: a preset's name (``deepfm/conf/schemas/<name>.yaml``, or under
+    ``$DEEPFM_CONF_DIR/schemas/``) or the path of a schema file of the same layout."""
+    if name_or_path.endswith((".yaml", ".yml")) or os.sep in name_or_path:
+        text = Path(name_or_path).read_text()
+    else:
+        conf_dir = os.environ.get("DEEPFM_CONF_DIR")
+        presets = Path(conf_dir) / "schemas" if conf_dir else resources.files("deepfm").joinpath("conf", "schemas")
+        preset = presets / f"{name_or_path}.yaml"
+        if not preset.is_file():
+            names = sorted(p.name.removesuffix(".yaml") for p in presets.iterdir() if p.name.endswith(".yaml"))
+            raise FileNotFoundError(f"no log schema {name_or_path!r}: give a schema file or a preset of {names}")
+        text = preset.read_text()
+    return LogSchema.from_dict(yaml.safe_load(text))
 
 
 def deep_update(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:

@@ -1,18 +1,22 @@
-"""Raw click logs: finding a day's files, reading them, and parsing lines into typed columns.
+"""Raw click logs: finding a day's files, reading them, and validating and parsing their records
+as a declared :class:`~deepfm.core.schema.LogSchema` says (:class:`LogFormat`).
 
-A line is Criteo's ``label \\t I1..I13 \\t C1..C26``: label 0/1, integer fields, 8-hex-digit
-categorical fields; any field but the label may be empty. Two layouts of daily files:
+Two layouts of daily files:
   - ``date``: ``<root>/date=YYYY-MM-DD/<any files>`` (plain or ``.gz``),
   - ``criteo``: Criteo Terabyte's ``<root>/day_<N>[.gz]``, ``day_0`` being ``day0_date``.
+A record is a line of a ``text`` or ``json`` file, or a row of a ``parquet`` one (read as the
+JSON text of the row, so that every format is quarantined, anti-joined and parsed the same way).
 
-``with_reason`` gives each line its quarantine reason code (null when valid) and ``parse_valid``
-types the valid ones. A line is valid when it matches one regular expression (:data:`VALID_LINE`),
-so validation is one regex evaluation per row; the reason is worked out only for the rare rows
-that fail it.
+``LogFormat.with_reason`` gives each record its quarantine reason code and the field at fault
+(null when valid) and ``LogFormat.parse_valid`` types the valid ones. A text line is valid when it
+matches one regular expression built from the schema (:attr:`LogFormat.valid_line`; timestamps are
+also parsed), so validation is one regex evaluation per row; the reason is worked out only for the
+rare rows that fail it. JSON and Parquet records are checked field by field.
 
-Impression id: ``xxhash64(day, file name, raw line)``. It is stable across reruns and however
-Spark splits the files, and costs nothing when unused. Byte-identical lines in the same file share an id; they are
-indistinguishable impressions and get identical encodings and predictions.
+Impression id: ``xxhash64(day, file name, raw record)``, ``day`` the folder's. It is stable across
+reruns and however Spark splits the files, and costs nothing when unused. Byte-identical records in
+the same file share an id; they are indistinguishable impressions and get identical encodings and
+predictions.
 """
 
 from __future__ import annotations
@@ -20,34 +24,34 @@ from __future__ import annotations
 import datetime as dt
 import re
 from collections.abc import Mapping, Sequence
+from functools import reduce
+from itertools import groupby
+from operator import and_
 from typing import Any
 
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-LABEL = "label"
-INTEGER_FIELDS = tuple(f"I{i}" for i in range(1, 14))
-CATEGORICAL_FIELDS = tuple(f"C{i}" for i in range(1, 27))
-RAW_FIELDS = INTEGER_FIELDS + CATEGORICAL_FIELDS
-N_COLUMNS = 1 + len(RAW_FIELDS)
+from deepfm.core.schema import Column as LogColumn
+from deepfm.core.schema import LogSchema
+
 LAYOUTS = ("date", "criteo")
-# Quarantine reason codes, in the order they are checked (a row gets the first that applies).
-REASONS = ("wrong_field_count", "bad_label", "bad_numeric", "bad_categorical")
+# Quarantine reason codes, in the order a record is checked (it gets the first that applies): the
+# record as a whole, its label, then its columns in order, each with the code of its kind.
+RECORD_REASONS = {"text": "wrong_field_count", "json": "malformed_record", "parquet": "malformed_record"}
+# Columns the jobs add next to a log's own: a schema may not use these names.
+RESERVED = ("impression_id", "day", "split", "reason", "field", "raw_line", "raw_bytes", "source_file")
 
 # At most 18 digits so every valid value fits a long; more is reported as bad_numeric. Groups are
-# non-capturing and quantifiers possessive (a field cannot match a tab, so nothing is lost by not
-# backtracking): this regex is evaluated on every line and that makes it much cheaper. For the
-# same reason the character classes list single characters, not ranges: java.util.regex tests a
-# class of single characters with one bit-set lookup per input character, ranges with a chain of
-# predicates (figures: benchmarks/README.md).
-INTEGER_VALUE = r"(?:-?[0123456789]{1,18}+)?+"
-CATEGORICAL_VALUE = r"(?:[0123456789abcdef]{8})?+"
-_INTEGERS = f"(?:\t{INTEGER_VALUE}){{{len(INTEGER_FIELDS)}}}+"
-VALID_LINE = f"^[01]{_INTEGERS}(?:\t{CATEGORICAL_VALUE}){{{len(CATEGORICAL_FIELDS)}}}+$"
-# On a line with the right number of fields: label, then valid integer fields (a regex, not a
-# higher-order function over the split fields, so the expression stays code-generated).
-_VALID_INTEGERS = f"^[^\t]*+{_INTEGERS}\t"
-
+# non-capturing and quantifiers possessive (a field cannot match its delimiter, so nothing is lost
+# by not backtracking): the line regex is evaluated on every line and that makes it much cheaper.
+# For the same reason the character classes list single characters, not ranges: java.util.regex
+# tests a class of single characters with one bit-set lookup per input character, ranges with a
+# chain of predicates (figures: benchmarks/README.md).
+_DIGITS = "[0123456789]"
+INTEGER_VALUE = f"(?:-?{_DIGITS}{{1,18}}+)?+"
+FLOAT_VALUE = f"(?:[-+]?+(?:{_DIGITS}++(?:\\.{_DIGITS}*+)?+|\\.{_DIGITS}++)(?:[eE][-+]?+{_DIGITS}++)?+)?+"
+_REGEX_SPECIAL = set("\\^$.|?*+()[]{}")
 _CRITEO_FILE = re.compile(r"day_(\d+)(\.gz)?")
 
 
@@ -140,46 +144,6 @@ def _list_file(spark: SparkSession, path: str) -> list:
     return [fs.getFileStatus(jpath)] if fs.isFile(jpath) else []
 
 
-def read_raw_day(
-    spark: SparkSession,
-    input_root: str,
-    day: dt.date,
-    layout: str = "auto",
-    day0_date: dt.date | None = None,
-) -> DataFrame:
-    """One day's lines (``read_raw_days`` of its files)."""
-    return read_raw_days(spark, {day: day_paths(spark, input_root, day, layout, day0_date)})
-
-
-def read_raw_days(spark: SparkSession, files_by_day: Mapping[dt.date, Sequence[str]]) -> DataFrame:
-    """The lines of several days' files (``day_paths``) in one scan: ``raw_line`` (string),
-    ``day`` (date), ``source_file`` (file name).
-
-    One scan, not a union of one per day: the plan is analysed and code-generated once instead
-    of once per day, a fixed cost of every job (benchmarks/README.md). A line's day is looked up
-    from its file's last two path components (``date=D/name`` or ``root/day_N``, unique in both
-    layouts); a line of a file missing from the map would get a null day (the preprocessing job
-    checks its per-day line counts against the total).
-
-    ``source_file`` comes from ``input_file_name()``, not the ``_metadata`` column: Spark
-    reads all file metadata for every row once ``_metadata`` is referenced, used or not.
-    """
-    keys = {_file_key(spark, path): day for day, paths in files_by_day.items() for path in paths}
-    if len(keys) != sum(map(len, files_by_day.values())):
-        raise ValueError(f"input files with the same folder and name: {dict(files_by_day)}")
-    if len(files_by_day) == 1:  # one day (scoring): a constant, no lookup per line
-        day = F.lit(next(iter(files_by_day)))
-    else:
-        file_day = F.create_map(*(x for key, d in keys.items() for x in (F.lit(key), F.lit(d))))
-        day = file_day[F.substring_index(F.input_file_name(), "/", -2)]
-    paths = [path for day_files in files_by_day.values() for path in day_files]
-    return spark.read.text(paths).select(
-        F.col("value").alias("raw_line"),
-        day.alias("day"),
-        F.substring_index(F.input_file_name(), "/", -1).alias("source_file"),
-    )
-
-
 def _file_key(spark: SparkSession, path: str) -> str:
     """A file's last two path components as ``input_file_name()`` spells them (URI-encoded)."""
     jvm: Any = spark._jvm
@@ -187,47 +151,280 @@ def _file_key(spark: SparkSession, path: str) -> str:
     return "/".join(uri.rsplit("/", 2)[-2:])
 
 
-def reason(raw_line: Column) -> Column:
-    """The quarantine reason code of a line, null when it is valid."""
-    fields = F.split(raw_line, "\t", -1)
-    return (
-        F.when(raw_line.rlike(VALID_LINE), F.lit(None).cast("string"))
-        .when(F.size(fields) != N_COLUMNS, "wrong_field_count")
-        .when(~fields[0].isin("0", "1"), "bad_label")
-        .when(~raw_line.rlike(_VALID_INTEGERS), "bad_numeric")
-        .otherwise("bad_categorical")  # everything else in VALID_LINE checked: a categorical value
-    )
+def _regex_literal(text: str) -> str:
+    """``text`` as a Java regex matching it literally (special characters escaped, a tab kept bare)."""
+    return "".join(f"\\{c}" if c in _REGEX_SPECIAL else c for c in text)
 
 
-def with_reason(raw: DataFrame) -> DataFrame:
-    """``raw`` plus a ``reason`` column (null for valid lines)."""
-    return raw.withColumn("reason", reason(F.col("raw_line")))
+def _codes(column: LogColumn) -> list[str]:
+    """The reason codes a value of ``column`` can get, in checking order."""
+    if column.kind in ("integer", "float"):
+        return ["bad_numeric"]
+    if column.kind == "timestamp":
+        return ["bad_timestamp"]
+    codes = ["value_too_long"] if column.kind in ("categorical", "multi") and column.max_length else []
+    return codes + (["bad_categorical"] if column.kind == "categorical" and column.pattern else [])
 
 
-# Valid lines are parsed by Spark's CSV parser: one expression instead of 40 keeps the code
-# generated per row small enough for the JIT to compile. Empty fields become null.
-RAW_SCHEMA = ", ".join(
-    [f"{LABEL} INT", *(f"{n} BIGINT" for n in INTEGER_FIELDS), *(f"{n} STRING" for n in CATEGORICAL_FIELDS)]
-)
-_CSV_OPTIONS = {"sep": "\t", "mode": "FAILFAST"}  # only ever given lines matching VALID_LINE
+def _ddl(name: str, type_: str) -> str:
+    return f"`{name}` {type_}"
 
 
-def parse_valid(lines: DataFrame) -> DataFrame:
-    """Typed rows of lines known to be valid (``read_raw_days`` rows, invalid ones removed).
+class LogFormat:
+    """The Spark expressions that read, validate and parse the records of one :class:`LogSchema`.
 
-    Out: ``impression_id`` (long), ``day``, ``label`` (int), ``I1..I13`` (long), ``C1..C26``
-    (string); empty fields are null.
+    Records flow as ``read_days`` rows (``raw_line``, ``day``, ``source_file``) -> ``with_reason``
+    (adds ``reason`` and ``field``, null when valid) -> the valid ones -> ``parse_valid`` (typed
+    columns). Built-in Spark functions only: no Python runs per row.
     """
-    line = F.col("raw_line")
-    return lines.select(
-        F.xxhash64("day", "source_file", line).alias("impression_id"),
-        "day",
-        F.from_csv(line, RAW_SCHEMA, _CSV_OPTIONS).alias("_parsed"),
-    ).select("impression_id", "day", *(F.col(f"_parsed.{n}") for n in (LABEL, *RAW_FIELDS)))
+
+    def __init__(self, schema: LogSchema) -> None:
+        if reserved := {c.name for c in schema.columns} & set(RESERVED):
+            raise ValueError(f"schema {schema.name}: column names {sorted(reserved)} are reserved")
+        self.schema = schema
+        self._delimiter = _regex_literal(schema.delimiter)
+        # The Criteo fast path: a 0/1 label parsed straight to an int.
+        self._binary_label = schema.positive == ("1",) and schema.negative == ("0",)
+
+    @property
+    def reasons(self) -> tuple[str, ...]:
+        """Every reason code a record of this schema can get, in checking order."""
+        codes = [RECORD_REASONS[self.schema.format], "bad_label"]
+        codes += [code for c in self.schema.columns for code in _codes(c)]
+        return tuple(dict.fromkeys(codes))
+
+    @property
+    def rules(self) -> dict[str, Any]:
+        """Everything that decides a record's validity and parse (what a day cache is keyed on)."""
+        return {"schema": self.schema.to_dict(), "reasons": self.reasons, "valid_line": self.valid_line}
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def read_days(self, spark: SparkSession, files_by_day: Mapping[dt.date, Sequence[str]]) -> DataFrame:
+        """The records of several days' files (``day_paths``) in one scan: ``raw_line`` (string),
+        ``day`` (date of the file's folder), ``source_file`` (file name). A text header line is
+        dropped (it is not a record).
+
+        One scan, not a union of one per day: the plan is analysed and code-generated once instead
+        of once per day, a fixed cost of every job (benchmarks/README.md). A record's day is looked
+        up from its file's last two path components (``date=D/name`` or ``root/day_N``, unique in
+        both layouts); a record of a file missing from the map would get a null day (the
+        preprocessing job checks its per-day counts against the total).
+
+        ``source_file`` comes from ``input_file_name()``, not the ``_metadata`` column: Spark
+        reads all file metadata for every row once ``_metadata`` is referenced, used or not.
+        """
+        keys = {_file_key(spark, path): day for day, paths in files_by_day.items() for path in paths}
+        if len(keys) != sum(map(len, files_by_day.values())):
+            raise ValueError(f"input files with the same folder and name: {dict(files_by_day)}")
+        if len(files_by_day) == 1:  # one day (scoring): a constant, no lookup per record
+            day = F.lit(next(iter(files_by_day)))
+        else:
+            file_day = F.create_map(*(x for key, d in keys.items() for x in (F.lit(key), F.lit(d))))
+            day = file_day[F.substring_index(F.input_file_name(), "/", -2)]
+        paths = [path for day_files in files_by_day.values() for path in day_files]
+        source = F.substring_index(F.input_file_name(), "/", -1).alias("source_file")
+        if self.schema.format == "parquet":
+            rows = spark.read.parquet(*paths)
+            if missing := [c.name for c in self.schema.columns if c.name not in rows.columns]:
+                raise ValueError(f"Parquet input lacks columns {missing} of log schema {self.schema.name}")
+            record = F.to_json(F.struct(*(F.col(f"`{c.name}`") for c in self.schema.columns)))
+            return rows.select(record.alias("raw_line"), day.alias("day"), source)
+        lines = spark.read.text(paths)
+        if self.schema.header:
+            lines = lines.where(
+                F.col("value") != F.lit(self.schema.delimiter.join(c.name for c in self.schema.columns))
+            )
+        return lines.select(F.col("value").alias("raw_line"), day.alias("day"), source)
+
+    def read_day(
+        self,
+        spark: SparkSession,
+        input_root: str,
+        day: dt.date,
+        layout: str = "auto",
+        day0_date: dt.date | None = None,
+    ) -> DataFrame:
+        """One day's records (``read_days`` of its files)."""
+        return self.read_days(spark, {day: day_paths(spark, input_root, day, layout, day0_date)})
+
+    # -- validation ---------------------------------------------------------------------------
+
+    def _value_regex(self, column: LogColumn) -> str:
+        """The regex one text value of ``column`` must match in full (empty allowed: missing)."""
+        other = f"[^{self._delimiter}]"
+        if column.kind == "label":
+            values = [*self.schema.positive, *self.schema.negative]
+            if all(len(v) == 1 for v in values):
+                return f"[{''.join(_regex_literal(v) for v in sorted(values))}]"
+            return f"(?:{'|'.join(_regex_literal(v) for v in values)})"
+        if column.kind == "integer":
+            return INTEGER_VALUE
+        if column.kind == "float":
+            return FLOAT_VALUE
+        if column.kind == "categorical" and column.pattern:
+            return f"(?:{column.pattern})?+"
+        if column.kind in ("categorical", "multi") and column.max_length:
+            if column.kind == "categorical":
+                return f"{other}{{0,{column.max_length}}}+"
+            item_char = f"[^{self._delimiter}{_regex_literal(column.item_delimiter)}]"
+            item = f"{item_char}{{0,{column.max_length}}}+"
+            return f"(?:{item}(?:{_regex_literal(column.item_delimiter)}{item})*+)?+"
+        return f"{other}*+"
+
+    @property
+    def valid_line(self) -> str | None:
+        """Text: the regex a valid line matches (runs of like columns as one repeated group; with
+        timestamps, their values must also parse). None for JSON and Parquet records."""
+        if self.schema.format != "text":
+            return None
+        regexes = [self._value_regex(c) for c in self.schema.columns]
+        parts = [regexes[0]]
+        for regex, run in groupby(regexes[1:]):
+            count = len(list(run))
+            parts.append(f"(?:{self._delimiter}{regex}){{{count}}}+" if count > 1 else f"{self._delimiter}{regex}")
+        return f"^{''.join(parts)}$"
+
+    def _values(self, raw_line: Column) -> tuple[dict[str, Column], Column]:
+        """Each column's raw value (a string; for a JSON or Parquet multi column an array of
+        strings) and whether the record as a whole is malformed."""
+        if self.schema.format == "text":
+            fields = F.split(raw_line, self._delimiter, -1)
+            values = {c.name: fields[i] for i, c in enumerate(self.schema.columns)}
+            return values, F.size(fields) != len(self.schema.columns)
+        record = F.from_json(raw_line, self._record_ddl(), {"columnNameOfCorruptRecord": "_corrupt_record"})
+        values = {c.name: record[c.name] for c in self.schema.columns}
+        return values, record.isNull() | record["_corrupt_record"].isNotNull()
+
+    def _record_ddl(self) -> str:
+        """JSON records as strings (a JSON number's text, too), multi columns as string arrays."""
+        types = [_ddl(c.name, "ARRAY<STRING>" if c.kind == "multi" else "STRING") for c in self.schema.columns]
+        return ", ".join([*types, "_corrupt_record STRING"])
+
+    def _item_array(self, column: LogColumn, value: Column) -> Column:
+        items = F.split(value, _regex_literal(column.item_delimiter), -1) if self.schema.format == "text" else value
+        return F.filter(items, lambda item: item != F.lit(""))
+
+    def _timestamp(self, column: LogColumn, value: Column) -> Column:
+        """A timestamp value parsed; null when empty or unparsable."""
+        if column.time_format == "unix":
+            seconds = F.when(value.rlike(f"^{INTEGER_VALUE}$"), value.cast("long"))
+            return F.from_utc_timestamp(F.timestamp_seconds(seconds), self.schema.time_zone)
+        return F.try_to_timestamp(value, F.lit(column.time_format))
+
+    def _problems(self, column: LogColumn, value: Column) -> list[tuple[str, Column]]:
+        """(reason, the value has it) for each of ``column``'s ``_codes``, in checking order."""
+        present = value.isNotNull() if column.kind == "multi" else value.isNotNull() & (value != F.lit(""))
+        tests = {
+            "bad_numeric": lambda: ~value.rlike(f"^{self._value_regex(column)}$"),
+            "bad_categorical": lambda: ~value.rlike(f"^(?:{column.pattern})$"),
+            "bad_timestamp": lambda: self._timestamp(column, value).isNull(),
+            "value_too_long": lambda: (
+                F.coalesce(
+                    F.exists(self._item_array(column, value), lambda item: F.length(item) > column.max_length),
+                    F.lit(False),
+                )
+                if column.kind == "multi"
+                else F.length(value) > column.max_length
+            ),
+        }
+        return [(code, present & tests[code]()) for code in _codes(column)]
+
+    def check(self, raw_line: Column) -> Column:
+        """The first problem of a record: ``struct(reason, field)``, null when it is valid."""
+        values, malformed = self._values(raw_line)
+        label = values[self.schema.label]
+        checks: list[tuple[Column, str, str | None]] = [
+            (malformed, RECORD_REASONS[self.schema.format], None),
+            (label.isNull() | ~label.isin(*self.schema.positive, *self.schema.negative), "bad_label", None),
+        ]
+        for c in self.schema.columns:
+            checks += [(problem, code, c.name) for code, problem in self._problems(c, values[c.name])]
+        outcome = F.when(self._valid(raw_line, values, malformed), F.lit(None))
+        for problem, code, field in checks:
+            outcome = outcome.when(
+                problem, F.struct(F.lit(code).alias("reason"), F.lit(field).cast("string").alias("field"))
+            )
+        return outcome
+
+    def _valid(self, raw_line: Column, values: dict[str, Column], malformed: Column) -> Column:
+        """The cheap test most records take: the line regex (text), else no check failing."""
+        timestamps = [c for c in self.schema.columns if c.kind == "timestamp"]
+        if self.valid_line is not None:
+            parsed = [
+                (values[c.name] == F.lit("")) | self._timestamp(c, values[c.name]).isNotNull() for c in timestamps
+            ]
+            return reduce(and_, parsed, raw_line.rlike(self.valid_line))
+        label = values[self.schema.label]
+        clean = [~malformed, label.isin(*self.schema.positive, *self.schema.negative)]
+        clean += [~problem for c in self.schema.columns for _, problem in self._problems(c, values[c.name])]
+        return reduce(and_, [F.coalesce(x, F.lit(False)) for x in clean])
+
+    def with_reason(self, raw: DataFrame) -> DataFrame:
+        """``raw`` plus ``reason`` and ``field`` (the column at fault): null for valid records."""
+        return raw.withColumn("_check", self.check(F.col("raw_line"))).select(
+            *raw.columns, F.col("_check.reason").alias("reason"), F.col("_check.field").alias("field")
+        )
+
+    # -- parsing ------------------------------------------------------------------------------
+
+    def parse_valid(self, lines: DataFrame) -> DataFrame:
+        """Typed rows of records known to be valid (``read_days`` rows, invalid ones removed).
+
+        Out: ``impression_id`` (long), ``day`` (the event time's date with an ``event_time``
+        column, else the folder's), the label (int 0/1), then the schema's feature fields
+        (``LogSchema.feature_kinds``): integer as long, float as double, categorical as string,
+        multi as an array of at most ``max_items`` non-empty strings; empty values are null.
+        """
+        line = F.col("raw_line")
+        staged = lines.select(
+            F.xxhash64("day", "source_file", line).alias("impression_id"),
+            F.col("day").alias("_folder_day"),
+            self._record(line).alias("_record"),
+        )
+        values = {c.name: self._typed(c, F.col("_record")[c.name]) for c in self.schema.columns}
+        features = []
+        for c in self.schema.columns:
+            if c.kind in ("integer", "float", "categorical"):
+                features.append(values[c.name].alias(c.name))
+            elif c.kind == "multi":
+                features.append(F.slice(self._item_array(c, values[c.name]), 1, c.max_items).alias(c.name))
+        day, derived = F.col("_folder_day"), []
+        if self.schema.event_time:
+            column = self.schema.column(self.schema.event_time)
+            at = self._timestamp(column, values[column.name])
+            day = F.to_date(at)
+            functions = {"hour": F.hour, "weekday": F.dayofweek}
+            derived = [functions[d](at).alias(f"{column.name}_{d}") for d in self.schema.derived]
+        label = values[self.schema.label]
+        if not self._binary_label:
+            label = F.when(label.isin(*self.schema.positive), 1).otherwise(0)
+        return staged.select("impression_id", day.alias("day"), label.alias(self.schema.label), *features, *derived)
+
+    def _record(self, line: Column) -> Column:
+        """A record's values as one struct: text through Spark's CSV parser, typed (one expression
+        instead of one per column keeps the code generated per row small enough for the JIT;
+        quoting off, as the line regex split fields on the bare delimiter), JSON and Parquet
+        records as strings (``_record_ddl``), typed by ``_typed``."""
+        if self.schema.format != "text":
+            return F.from_json(line, self._record_ddl())
+        types = {"integer": "BIGINT", "float": "DOUBLE"}
+        ddl = ", ".join(
+            _ddl(c.name, "INT" if c.kind == "label" and self._binary_label else types.get(c.kind, "STRING"))
+            for c in self.schema.columns
+        )
+        return F.from_csv(line, ddl, {"sep": self.schema.delimiter, "quote": "\u0000", "mode": "FAILFAST"})
+
+    def _typed(self, column: LogColumn, value: Column) -> Column:
+        """A ``_record`` value as its kind's type (text is typed by the CSV parser already)."""
+        types = {"integer": "long", "float": "double"}
+        if self.schema.format == "text" or column.kind not in types:
+            return value
+        return value.cast(types[column.kind])
 
 
 def without_quarantined(lines: DataFrame, quarantine: str, quarantined_rows: int) -> DataFrame:
-    """``lines`` (``read_raw_days`` rows) minus the ``quarantined_rows`` lines written to the
+    """``lines`` (``LogFormat.read_days`` rows) minus the ``quarantined_rows`` lines written to the
     ``quarantine`` Parquet (``quarantined`` output, any partitioning): the valid lines, for
     ``parse_valid``. With none quarantined, ``lines`` as they are (no join, no read).
 
@@ -251,10 +448,12 @@ def _raw_bytes(line: Column) -> Column:
 def quarantined(checked: DataFrame) -> DataFrame:
     """The invalid lines of ``with_reason`` output, losslessly and readably: ``raw_bytes`` (the
     line's bytes as read), ``raw_line`` (the same line as valid UTF-8, an invalid byte sequence
-    replaced by U+FFFD: Parquet strings, pandas and pyarrow require valid UTF-8), ``day``, ``reason``."""
+    replaced by U+FFFD: Parquet strings, pandas and pyarrow require valid UTF-8), ``day``, ``reason``
+    and ``field`` (the column at fault; null for a problem of the whole record or its label)."""
     return checked.where(F.col("reason").isNotNull()).select(
         _raw_bytes(F.col("raw_line")).alias("raw_bytes"),
         F.make_valid_utf8("raw_line").alias("raw_line"),
         "day",
         "reason",
+        "field",
     )
