@@ -21,26 +21,14 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 from pyspark.sql import functions as F
-from testkit import ENV, deepfm_command
+from testkit import CATEGORICAL_FIELDS, CRITEO, ENV, INTEGER_FIELDS, deepfm_command
 
 from deepfm.cli.config import deep_update, load_defaults
 from deepfm.core import fs
 from deepfm.core.features import FeatureSpec, FieldSpec
 from deepfm.prep.encoding import FeatureConfig, encode, fit
 from deepfm.prep.preprocess import Options, Window, run
-from deepfm.prep.rawlogs import (
-    CATEGORICAL_FIELDS,
-    INTEGER_FIELDS,
-    REASONS,
-    InputDayError,
-    day_paths,
-    detect_layout,
-    parse_valid,
-    quarantined,
-    read_raw_day,
-    read_raw_days,
-    with_reason,
-)
+from deepfm.prep.rawlogs import InputDayError, LogFormat, day_paths, detect_layout, quarantined
 from deepfm.prep.synthetic import write_logs
 
 END = dt.date(2026, 3, 4)  # test day; training days 2026-03-01..03
@@ -48,6 +36,8 @@ TRAIN_DAYS = 2  # then a validation day (END - 1) and the test day (END)
 DAYS = TRAIN_DAYS + 2
 FIRST = END - dt.timedelta(days=DAYS - 1)
 ENCODED = ("label", *INTEGER_FIELDS, *CATEGORICAL_FIELDS)
+LOGS = LogFormat(CRITEO)
+REASONS = LOGS.reasons
 
 
 def line(label: str = "0", ints: dict[str, str] | None = None, cats: dict[str, str] | None = None) -> str:
@@ -64,7 +54,7 @@ def write_day(root: Path, day: dt.date, lines: list[str], name: str = "part-0000
 
 
 def features(overrides: dict | None = None) -> FeatureConfig:
-    return FeatureConfig.from_dict(deep_update(load_defaults("features"), overrides or {}))
+    return FeatureConfig.from_dict(deep_update(load_defaults("features"), overrides or {}), CRITEO)
 
 
 def options(raw: Path, out: Path, features_overrides: dict | None = None, **kw) -> Options:
@@ -73,9 +63,9 @@ def options(raw: Path, out: Path, features_overrides: dict | None = None, **kw) 
 
 
 def parse(lines):
-    """Typed valid rows and quarantined rows of ``read_raw_days`` lines, as the jobs split them."""
-    checked = with_reason(lines)
-    return parse_valid(checked.where(F.col("reason").isNull())), quarantined(checked)
+    """Typed valid rows and quarantined rows of ``read_days`` lines, as the jobs split them."""
+    checked = LOGS.with_reason(lines)
+    return LOGS.parse_valid(checked.where(F.col("reason").isNull())), quarantined(checked)
 
 
 def rows(out: Path, split: str) -> list[tuple]:
@@ -89,7 +79,7 @@ def test_one_scan_of_several_days_gives_each_line_its_files_day(tmp_path, spark)
     for k, day in enumerate(days):
         write_day(root, day, [line(str(k % 2))] * (k + 1), "part 0.tsv")  # the same file name every day
     files = {day: day_paths(spark, str(root), day) for day in days}
-    lines = read_raw_days(spark, files).groupBy("day", "source_file").count().collect()
+    lines = LOGS.read_days(spark, files).groupBy("day", "source_file").count().collect()
     assert sorted((r.day, r.source_file, r["count"]) for r in lines) == [
         (day, "part%200.tsv", k + 1) for k, day in reversed(list(enumerate(days)))
     ]
@@ -130,7 +120,7 @@ def test_parse_gives_each_malformed_line_its_reason_and_types_the_rest(tmp_path,
         line(cats={"C26": "xyz12345"}): "bad_categorical",
     }
     write_day(tmp_path, END, [*valid, *malformed, *valid])
-    typed, quarantine = parse(read_raw_day(spark, str(tmp_path), END))
+    typed, quarantine = parse(LOGS.read_day(spark, str(tmp_path), END))
 
     assert {(r.raw_line, r.reason) for r in quarantine.collect()} == set(malformed.items())
     assert all(bytes(r.raw_bytes) == r.raw_line.encode() for r in quarantine.collect())
@@ -139,7 +129,7 @@ def test_parse_gives_each_malformed_line_its_reason_and_types_the_rest(tmp_path,
     assert sorted((tuple(r)[1:] for r in got), key=str) == sorted([*valid.values(), *valid.values()], key=str)
     # The id is a hash of (day, file, line): identical lines share it, distinct lines do not.
     assert len({r.impression_id for r in got}) == len(valid)
-    again = parse(read_raw_day(spark, str(tmp_path), END))[0].select("impression_id").collect()
+    again = parse(LOGS.read_day(spark, str(tmp_path), END))[0].select("impression_id").collect()
     assert sorted(r.impression_id for r in again) == sorted(r.impression_id for r in got)
 
 
@@ -185,12 +175,23 @@ def test_job_counts_reconcile_and_output_layout(generated, spark):
     assert json.loads((out / "summary.json").read_text()) == summary
 
     quarantine = spark.read.parquet(str(out / "quarantine"))
-    assert quarantine.columns == ["raw_bytes", "raw_line", "reason", "day"]
+    assert quarantine.columns == ["raw_bytes", "raw_line", "reason", "field", "day"]
     by_reason = quarantine.groupBy("reason").count().collect()
-    assert {r.reason: r["count"] for r in by_reason} == {
+    planted = {
         reason: sum(d["malformed"][reason] for d in manifest["days"].values())
         for reason in manifest["days"][str(END)]["malformed"]
     }
+    assert {r.reason: r["count"] for r in by_reason} == planted
+    # The field at fault: a column of the reason's kind, none for the record's shape or label.
+    fields = {(r.reason, r.field and r.field[0]) for r in quarantine.select("reason", "field").distinct().collect()}
+    assert fields == {("wrong_field_count", None), ("bad_label", None), ("bad_numeric", "I"), ("bad_categorical", "C")}
+    rejected = summary["rejected_by_field"]
+    assert sum(n for by in rejected.values() for n in by.values()) == sum(planted.values())
+    assert set(rejected["(record)"]) == {"wrong_field_count", "bad_label"}
+    # Missing values per field, over every valid row: the generator leaves C12 empty ~30% of the time.
+    written = sum(d["rows_written"] for d in summary["days"].values())
+    assert summary["missing_by_field"]["I2"] == 0 and 0.2 < summary["missing_by_field"]["C12"] / written < 0.4
+    assert summary["schema"]["name"] == "criteo" and summary["totals"]["rows_outside_window"] == 0
 
     spec = FeatureSpec.load(out)
     assert summary["spec_version"] == spec.version

@@ -25,7 +25,7 @@ import pytest
 import torch
 from mlflow import MlflowClient
 from pyspark.sql import functions as F
-from testkit import model_for_spec
+from testkit import CATEGORICAL_FIELDS, CRITEO, INTEGER_FIELDS, model_for_spec
 
 from deepfm import ENTRY_POINT
 from deepfm.cli.config import spark_conf
@@ -34,7 +34,7 @@ from deepfm.core.metrics import BinaryMetrics, auc
 from deepfm.models.bundle import BundleError, load_bundle, save_bundle
 from deepfm.ops.spark import spark_submit_args
 from deepfm.prep.encoding import encode
-from deepfm.prep.rawlogs import CATEGORICAL_FIELDS, INTEGER_FIELDS, parse_valid, read_raw_day, with_reason
+from deepfm.prep.rawlogs import LogFormat
 from deepfm.prep.synthetic import write_logs
 from deepfm.serving.delta import TableError, TableRef, ensure_table
 from deepfm.serving.predict import MetricsSum, day_metrics, metrics_vector
@@ -62,6 +62,7 @@ def small_spec(raw_day: Path) -> FeatureSpec:
             *(FieldSpec(name, "hash", 500, hash_buckets=500) for name in CATEGORICAL_FIELDS[1:]),
         ),
         hash_seed=3,
+        schema=CRITEO,
     )
 
 
@@ -223,8 +224,9 @@ def test_scores_equal_the_bundle_applied_in_torch(spark, world, first_run):
     scored = day_rows(spark, table, DAY0).select("impression_id", "ctr").toPandas()
     bundle = load_bundle(world["bundle"])
     spec = bundle.spec
-    checked = with_reason(read_raw_day(spark, str(world["root"] / "raw"), DAY0))
-    valid = parse_valid(checked.where(F.col("reason").isNull()))
+    logs = LogFormat(CRITEO)
+    checked = logs.with_reason(logs.read_day(spark, str(world["root"] / "raw"), DAY0))
+    valid = logs.parse_valid(checked.where(F.col("reason").isNull()))
     encoded = encode(valid, spec).toPandas()
     with torch.no_grad():
         logits = bundle.model.eval()(

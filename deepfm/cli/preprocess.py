@@ -1,10 +1,13 @@
-"""Parse, validate and encode raw Criteo-layout click logs for one end date.
+"""Parse, validate and encode raw click logs of a declared schema (--schema) for one end date.
 
 The TEST_DAYS days ending on END_DATE are the test days, the VALIDATION_DAYS days before them the
 validation days (model selection: early stopping, the kept bundle), and the TRAIN_DAYS days before
 those the training days (the feature spec is fitted on them only). Writes
 OUTPUT/{train,validation,test}/day=YYYY-MM-DD/ Parquet, OUTPUT/quarantine/ (malformed lines with a
-reason), OUTPUT/feature_spec.json and OUTPUT/summary.json, replacing any previous OUTPUT whole.
+reason and the field at fault), OUTPUT/feature_spec.json (with the log schema) and OUTPUT/summary.json
+(counts per day, rejected and missing values per field), replacing any previous OUTPUT whole. With
+an event-time schema a row's day is its event's date, and rows logged late (in the --late-days
+folders after the window) still count for their own day.
 Prints the summary as JSON. Exit status: 0 done, 2 a missing or unreadable input day.
 
     spark-submit $(deepfm submit-args) preprocess --end-date 2024-01-08
@@ -23,7 +26,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from deepfm.cli.config import JobParser, load_defaults, spark_conf
+from deepfm.cli.config import JobParser, load_defaults, load_schema, spark_conf
 from deepfm.cli.logs import setup_logging
 from deepfm.ops.spark import get_spark
 from deepfm.prep import preprocess, rawlogs
@@ -42,6 +45,17 @@ def parser() -> JobParser:
         help="the last day of the window (the last test day; with --test-days 0 the last validation day), YYYY-MM-DD",
     )
     p.option("--input", key="input", help="root folder of the raw daily logs (any Hadoop path)")
+    p.option(
+        "--schema",
+        key="schema",
+        help="log schema of the input: a preset (criteo, avazu, appstore: deepfm/conf/schemas/) or a schema file",
+    )
+    p.option(
+        "--late-days",
+        key="late_days",
+        type=int,
+        help="event-time schemas: folders after the window also read for rows logged late",
+    )
     p.option(
         "--output",
         key="output",
@@ -116,7 +130,7 @@ def options(end_date: dt.date, values: Mapping[str, Any]) -> preprocess.Options:
         input=str(values["input"]),
         output=str(values["output"]).format(end_date=end_date.isoformat()),
         end_date=end_date,
-        features=FeatureConfig.from_dict(values["features"]),
+        features=FeatureConfig.from_dict(values["features"], load_schema(str(values["schema"]))),
         train_days=int(values["train_days"]),
         validation_days=int(values["validation_days"]),
         test_days=int(values["test_days"]),
@@ -128,6 +142,7 @@ def options(end_date: dt.date, values: Mapping[str, Any]) -> preprocess.Options:
         row_group_rows=int(values["row_group_rows"]),
         min_row_groups_per_day=int(values["min_row_groups_per_day"]),
         day_cache=values["day_cache"] or None,
+        late_days=int(values["late_days"]),
     )
 
 

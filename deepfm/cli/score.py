@@ -5,9 +5,10 @@
 (``deepfm score ...`` works too.) A rerun for the same date replaces that date's rows; other
 dates are untouched. The last line of output is a JSON summary (also written to --summary).
 Exit status: 0 done, 1 done but rows in != scored + rejected, 2 refused before writing anything
-(bad bundle, incompatible table, missing input day). Defaults: deepfm/conf/score.yaml; the raw
-input (--input, --layout, --day0-date) from deepfm/conf/preprocess.yaml, so scoring reads the
-logs where and as preprocessing does.
+(bad bundle, logs of another schema than the model's, incompatible table, missing input day).
+The logs are read with the log schema the model's feature spec was fitted on. Defaults:
+deepfm/conf/score.yaml; the raw input (--input, --layout, --day0-date) from
+deepfm/conf/preprocess.yaml, so scoring reads the logs where and as preprocessing does.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import json
 import logging
 from collections.abc import Sequence
 
-from deepfm.cli.config import JobParser, load_defaults, spark_conf
+from deepfm.cli.config import JobParser, load_defaults, load_schema, spark_conf
 from deepfm.cli.logs import setup_logging
 from deepfm.core import fs
 from deepfm.prep.rawlogs import LAYOUTS
@@ -39,6 +40,11 @@ def parser() -> JobParser:
     p.option("--input", key="input", help="raw log root: date=YYYY-MM-DD/ folders or Criteo day_N[.gz] files")
     p.option("--layout", key="layout", choices=("auto", *LAYOUTS), help="raw layout (auto: detected from the root)")
     p.option("--day0-date", key="day0_date", help="criteo layout: the date of day_0")
+    p.add_argument(
+        "--schema",
+        help="the logs' schema (a preset or a schema file), checked against the one the model was fitted on "
+        "(default: that one)",
+    )
     p.option(
         "--metrics-table",
         key="metrics_table",
@@ -76,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from deepfm.ops.spark import get_spark
     from deepfm.prep.rawlogs import InputDayError
     from deepfm.serving.delta import TableError
-    from deepfm.serving.score import ScoreOptions, run
+    from deepfm.serving.score import SchemaMismatchError, ScoreOptions, run
 
     options = ScoreOptions(
         date=args.date,
@@ -88,6 +94,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         layout=values["layout"],
         day0_date=dt.date.fromisoformat(str(values["day0_date"])),
         allow_schema_evolution=bool(values["allow_schema_evolution"]),
+        schema=load_schema(args.schema) if args.schema else None,
+        legacy_schema=load_schema("criteo"),  # specs written before schemas were recorded are Criteo's
         batch_size=int(values["batch_size"]),
         torch_threads=int(values["torch_threads"]),
         tracking=TrackingSettings.from_dict(values["tracking"]["mlflow"]),
@@ -96,7 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         summary = run(spark, options)
         status = 0 if summary["reconciled"] else 1
-    except (TableError, BundleError, FeatureSpecError, InputDayError, RegistryError) as exc:
+    except (TableError, BundleError, FeatureSpecError, InputDayError, RegistryError, SchemaMismatchError) as exc:
         log.error("refused, nothing written: %s", exc)
         summary, status = {"date": args.date.isoformat(), "error": str(exc)}, 2
     finally:

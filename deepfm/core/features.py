@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from deepfm.core import fs
+from deepfm.core.schema import LogSchema, SchemaError
 
 SPEC_FILENAME = "feature_spec.json"
 # 2: the hash index is 1 + pmod(xxhash64(<seed int>, value), buckets - 1) (1 hashed
@@ -107,6 +108,8 @@ class FieldSpec:
 class FeatureSpec:
     """Ordered fields plus everything needed to reproduce the encoding.
 
+    ``schema``: the log schema the spec was fitted on (raw logs of another schema cannot be
+    encoded with it); None in specs written before schemas were declared, which were all Criteo's.
     ``metadata`` (source days, row counts, creation time) documents the fit and is not part
     of ``version``.
     """
@@ -115,6 +118,7 @@ class FeatureSpec:
     hash_seed: int = 0
     label: str = "label"
     metadata: dict[str, Any] = field(default_factory=dict, compare=False)
+    schema: LogSchema | None = None
 
     @property
     def categorical_fields(self) -> list[FieldSpec]:
@@ -157,11 +161,9 @@ class FeatureSpec:
         raise KeyError(name)
 
     def _encoding_dict(self) -> dict[str, Any]:
-        return {
-            "fields": [f.to_dict() for f in self.fields],
-            "hash_seed": self.hash_seed,
-            "label": self.label,
-        }
+        schema = {"schema": self.schema.to_dict()} if self.schema is not None else {}
+        fields = [f.to_dict() for f in self.fields]
+        return {"fields": fields, "hash_seed": self.hash_seed, "label": self.label, **schema}
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -184,8 +186,9 @@ class FeatureSpec:
                 hash_seed=int(d["hash_seed"]),
                 label=d["label"],
                 metadata=dict(d.get("metadata", {})),
+                schema=LogSchema.from_dict(d["schema"]) if d.get("schema") else None,
             )
-        except (KeyError, TypeError, AttributeError) as exc:
+        except (KeyError, TypeError, AttributeError, SchemaError) as exc:
             raise FeatureSpecError(f"corrupt feature spec: missing or malformed {exc}") from exc
         if "version" in d and d["version"] != spec.version:
             raise FeatureSpecError(f"corrupt feature spec: stored version {d['version']} != recomputed {spec.version}")

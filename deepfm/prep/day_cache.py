@@ -32,13 +32,15 @@ import json
 import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from pyspark.sql import SparkSession
 
 from deepfm.core import fs
 from deepfm.prep import rawlogs
 
-FORMAT = 2  # 2: quarantined lines keep their raw bytes (raw_bytes) beside a readable raw_line
+# 2: quarantined lines keep their raw bytes (raw_bytes) beside a readable raw_line; 3: and the field at fault
+FORMAT = 3
 VALIDATION_FILENAME = "validation.json"
 
 
@@ -55,14 +57,12 @@ class DayCache:
         self.reused: dict[str, list[str]] = {"validation": [], "value_counts": []}  # days, for the summary
 
     @classmethod
-    def open(cls, spark: SparkSession, root: str | Path, files: Mapping[dt.date, Sequence[str]]) -> DayCache:
-        """The cache at ``root`` for the days of ``files`` (``preprocess.discover``)."""
-        rules = {
-            "format": FORMAT,
-            "valid_line": rawlogs.VALID_LINE,
-            "reasons": rawlogs.REASONS,
-            "schema": rawlogs.RAW_SCHEMA,
-        }
+    def open(
+        cls, spark: SparkSession, root: str | Path, files: Mapping[dt.date, Sequence[str]], rules: Mapping[str, Any]
+    ) -> DayCache:
+        """The cache at ``root`` for the days of ``files`` (``preprocess.discover``), read by
+        ``rules`` (``LogFormat.rules``: what decides a record's validity and parse)."""
+        rules = {"format": FORMAT, **rules}
         entries = {
             day: Path(root)
             / f"day={day.isoformat()}"

@@ -2,7 +2,7 @@
 
 This is the one encoding mechanism: preprocessing encodes the training and test days with it,
 scoring encodes new raw rows with the spec saved in the model bundle. Both take parsed raw rows
-(:func:`deepfm.prep.rawlogs.parse_valid`) and built-in Spark expressions only (no Python UDF).
+(:meth:`deepfm.prep.rawlogs.LogFormat.parse_valid`) and built-in Spark expressions only (no Python UDF).
 
 Transforms (chosen per field by a :class:`FeatureConfig`), index 0 always meaning missing / OOV:
   - ``vocab``: values seen at least ``min_count`` times on the training rows, ranked by
@@ -14,6 +14,8 @@ Transforms (chosen per field by a :class:`FeatureConfig`), index 0 always meanin
     deduplicated); index ``1 + #{b_i <= x}``, cardinality ``len(b) + 2``.
   - ``log``: ``log1p(max(x, 0))`` as float32; ``raw``: ``x`` as float32; missing -> 0.
 ``vocab`` and ``hash`` key on the raw value as a string, so they also apply to integer fields.
+A multi-valued field (an array of strings per row) encodes each item with its ``vocab`` or ``hash``
+transform into its slot columns (see :mod:`deepfm.core.features`); its vocabulary counts items.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from functools import reduce
+from functools import partial, reduce
 from operator import add
 from typing import Any
 
@@ -30,14 +32,16 @@ import pandas as pd
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
-from deepfm.core.features import FeatureSpec, FieldSpec
-from deepfm.prep.rawlogs import CATEGORICAL_FIELDS, INTEGER_FIELDS, LABEL
+from deepfm.core.features import PADDING, FeatureSpec, FieldSpec
+from deepfm.core.schema import LogSchema
 
 log = logging.getLogger(__name__)
 
 KIND_TRANSFORMS = {
     "categorical": ("vocab", "hash"),
+    "multi": ("vocab", "hash"),
     "integer": ("log", "raw", "bucketize", "vocab", "hash"),
+    "float": ("log", "raw", "bucketize"),
 }
 # Vocabularies up to this size are broadcast to every task; larger ones use a shuffle join.
 BROADCAST_MAX_VOCABULARY = 5_000_000
@@ -53,6 +57,7 @@ class FieldPlan:
     min_count: int = 1
     hash_buckets: int = 0
     buckets: int = 0  # quantile buckets (bucketize)
+    max_items: int = 0  # multi: items kept per row (the log schema's)
 
     def __post_init__(self) -> None:
         if self.transform not in KIND_TRANSFORMS[self.kind]:
@@ -68,26 +73,32 @@ class FieldPlan:
 
 @dataclass(frozen=True)
 class FeatureConfig:
-    """How raw fields become model inputs (``deepfm/conf/features.yaml``, typed): one plan per
-    raw field, the hash seed and the relative error of fitted quantiles."""
+    """How a log schema's feature fields become model inputs (``deepfm/conf/features.yaml``,
+    typed): one plan per field, the hash seed and the relative error of fitted quantiles."""
 
+    schema: LogSchema
     plans: tuple[FieldPlan, ...]
     hash_seed: int = 0
     relative_error: float = 0.001
 
     @classmethod
-    def from_dict(cls, conf: Mapping[str, Any]) -> FeatureConfig:
+    def from_dict(cls, conf: Mapping[str, Any], schema: LogSchema) -> FeatureConfig:
         """From the YAML layout: a default transform per kind of field, then per-field overrides."""
         overrides = dict(conf.get("fields") or {})
-        unknown = overrides.keys() - set(INTEGER_FIELDS + CATEGORICAL_FIELDS)
+        kinds = schema.feature_kinds
+        unknown = overrides.keys() - kinds.keys()
         if unknown:
-            raise ValueError(f"feature settings override unknown fields {sorted(unknown)}")
+            raise ValueError(f"feature settings override fields {sorted(unknown)} not in log schema {schema.name}")
         plans = []
-        for kind, names in (("integer", INTEGER_FIELDS), ("categorical", CATEGORICAL_FIELDS)):
-            for name in names:
-                settings = {**conf["defaults"][kind], **(overrides.get(name) or {})}
-                plans.append(FieldPlan(name=name, kind=kind, **settings))
-        return cls(tuple(plans), int(conf.get("hash_seed", 0)), float(conf.get("relative_error", 0.001)))
+        for name, kind in kinds.items():
+            settings = {**conf["defaults"][kind], **(overrides.get(name) or {})}
+            if kind == "multi":
+                settings["max_items"] = schema.column(name).max_items
+            plans.append(FieldPlan(name=name, kind=kind, **settings))
+        return cls(schema, tuple(plans), int(conf.get("hash_seed", 0)), float(conf.get("relative_error", 0.001)))
+
+    def plan(self, name: str) -> FieldPlan:
+        return next(p for p in self.plans if p.name == name)
 
     @property
     def vocabulary_fields(self) -> list[str]:
@@ -109,17 +120,23 @@ def _quantile_probabilities(buckets: int) -> list[float]:
     return [k / buckets for k in range(1, buckets)]
 
 
-def value_counts(rows: DataFrame, fields: Sequence[str], by: Sequence[str] = ()) -> DataFrame:
-    """How often each non-null value of each of ``fields`` occurs in ``rows`` (per ``by`` group).
+def value_counts(
+    rows: DataFrame, fields: Sequence[str], by: Sequence[str] = (), multi: Sequence[str] = ()
+) -> DataFrame:
+    """How often each non-null value of each of ``fields`` occurs in ``rows`` (per ``by`` group);
+    the fields in ``multi`` are arrays, whose every item counts.
 
     Out: ``*by``, ``field`` (name), ``value`` (the string vocabularies key on), ``count`` (long).
-    One (field position, value) pair per field and row, counted in one aggregation: an int field
-    key aggregates faster than the field's name, which replaces it afterwards.
+    One (field position, value) pair per field (item) and row, counted in one aggregation: an int
+    field key aggregates faster than the field's name, which replaces it afterwards.
     """
-    pairs = rows.select(
-        *by,
-        F.inline(F.array(*(F.struct(F.lit(i).alias("field"), _key(n).alias("value")) for i, n in enumerate(fields)))),
-    )
+
+    def pair(i: int, value: Column) -> Column:
+        return F.struct(F.lit(i).alias("field"), value.alias("value"))
+
+    single = F.array(*(pair(i, _key(n)) for i, n in enumerate(fields) if n not in multi))
+    items = [F.transform(F.col(n), partial(pair, i)) for i, n in enumerate(fields) if n in multi]
+    pairs = rows.select(*by, F.inline(F.concat(single, *items) if items else single))
     counted = pairs.where(F.col("value").isNotNull()).groupBy(*by, "field", "value").count()
     names = F.array(*(F.lit(n) for n in fields))
     return counted.select(*by, names[F.col("field")].alias("field"), "value", "count")
@@ -160,7 +177,8 @@ def _fit_statistics(
     ]
     vocabularies = {}
     if vocab_plans:
-        counted = value_counts(train, [p.name for p in vocab_plans]) if counts is None else counts
+        names, multi = [p.name for p in vocab_plans], [p.name for p in vocab_plans if p.kind == "multi"]
+        counted = value_counts(train, names, multi=multi) if counts is None else counts
         vocabularies = _vocabularies(counted, vocab_plans)
     row = train.agg(*quantiles).first() if quantiles else None
     found = row.asDict() if row is not None else {}
@@ -171,9 +189,11 @@ def _fit_statistics(
 def _field_spec(plan: FieldPlan, vocabulary: tuple[str, ...], boundaries: tuple[float, ...]) -> FieldSpec:
     if plan.transform == "vocab":
         # Index 0 is reserved; a field with no frequent value still gets a (never used) index 1.
-        return FieldSpec(plan.name, "vocab", cardinality=max(2, len(vocabulary) + 1), vocabulary=vocabulary)
+        cardinality = max(2, len(vocabulary) + 1)
+        return FieldSpec(plan.name, "vocab", cardinality, vocabulary=vocabulary, max_items=plan.max_items)
     if plan.transform == "hash":
-        return FieldSpec(plan.name, "hash", cardinality=plan.hash_buckets, hash_buckets=plan.hash_buckets)
+        buckets = plan.hash_buckets
+        return FieldSpec(plan.name, "hash", cardinality=buckets, hash_buckets=buckets, max_items=plan.max_items)
     if plan.transform == "bucketize":
         return FieldSpec(plan.name, "bucketize", cardinality=len(boundaries) + 2, boundaries=boundaries)
     return FieldSpec(plan.name, plan.transform)
@@ -197,8 +217,9 @@ def fit(
     spec = FeatureSpec(
         fields=fields,
         hash_seed=config.hash_seed,
-        label=LABEL,
+        label=config.schema.label,
         metadata={**(metadata or {}), "field_plans": [asdict(p) for p in plans]},
+        schema=config.schema,
     )
     log.info(
         "fitted feature spec %s: cardinalities %s",
@@ -209,21 +230,39 @@ def fit(
 
 
 def _vocabulary_frame(df: DataFrame, field: FieldSpec) -> DataFrame:
-    """``field``'s vocabulary: ``_<field>_value`` (string), ``_<field>_index`` (int, 1-based) and
-    ``_<field>_key`` (the value hashed as the rows' probe key is)."""
+    """``field``'s vocabulary: ``value`` (string), ``index`` (int, 1-based) and ``key`` (the value
+    hashed as the rows' probe key is)."""
     table = pd.DataFrame(
         {
-            f"_{field.name}_value": pd.Series(field.vocabulary, dtype=object),
-            f"_{field.name}_index": np.arange(1, len(field.vocabulary) + 1, dtype=np.int32),
+            "value": pd.Series(field.vocabulary, dtype=object),
+            "index": np.arange(1, len(field.vocabulary) + 1, dtype=np.int32),
         }
     )
-    frame = df.sparkSession.createDataFrame(table, schema=f"`_{field.name}_value` string, `_{field.name}_index` int")
-    return frame.withColumn(f"_{field.name}_key", _probe_key(F.col(f"_{field.name}_value")))
+    frame = df.sparkSession.createDataFrame(table, schema="value string, index int")
+    return frame.withColumn("key", _probe_key(F.col("value")))
+
+
+def _item(field: FieldSpec, slot: int) -> Column:
+    """Item ``slot`` (0-based) of a multi-valued field's array, null past its end."""
+    return F.try_element_at(F.col(field.name), F.lit(slot + 1))
+
+
+def _lookups(fields: Sequence[FieldSpec]) -> list[tuple[str, Column, int]]:
+    """(encoded column, the raw value it looks up, position of its field in ``fields``): one per
+    single-valued field, one per slot of a multi-valued one."""
+    lookups = []
+    for k, f in enumerate(fields):
+        if f.is_multi_valued:
+            lookups += [(column, _item(f, i), k) for i, column in enumerate(f.columns)]
+        else:
+            lookups.append((f.name, _key(f.name), k))
+    return lookups
 
 
 def _join_vocabularies(df: DataFrame, fields: Sequence[FieldSpec]) -> DataFrame:
     """``df`` left-joined with each field's vocabulary on the value's 64-bit hash, adding
-    ``_<field>_value`` and ``_<field>_index`` (null where the hash is not in the vocabulary).
+    ``_<column>_value`` and ``_<column>_index`` per encoded column (null where the hash is not in
+    the vocabulary): a multi-valued field's slots each join its one vocabulary.
 
     A join on one long key probes a long-keyed hash map, cheaper per row than a join on the string
     (figures: benchmarks/README.md); ``_encoded`` then compares the
@@ -232,17 +271,19 @@ def _join_vocabularies(df: DataFrame, fields: Sequence[FieldSpec]) -> DataFrame:
 
     The joins are one SQL statement, analysed once: 26 ``DataFrame.join`` calls re-analyse the
     growing plan each time, seconds of driver time whatever the rows. Vocabularies up to
-    ``BROADCAST_MAX_VOCABULARY`` values are broadcast; larger ones use a shuffle join.
+    ``BROADCAST_MAX_VOCABULARY`` values are broadcast (once per field, however many slots join
+    it: Spark reuses the exchange); larger ones use a shuffle join.
     """
     if not fields:
         return df
-    probes = df.select("*", *(_probe_key(_key(f.name)).alias(f"_{f.name}_probe") for f in fields))
+    lookups = _lookups(fields)
+    probes = df.select("*", *(_probe_key(value).alias(f"_{column}_probe") for column, value, _ in lookups))
     joins, broadcast, added = [], [], []
-    for k, f in enumerate(fields):
-        table = f"_{f.name}_vocabulary"
-        joins.append(f"LEFT JOIN {{vocabulary_{k}}} AS {table} ON rows.`_{f.name}_probe` = {table}.`_{f.name}_key`")
-        added += [f"{table}.`_{f.name}_value`", f"{table}.`_{f.name}_index`"]
-        if len(f.vocabulary) <= BROADCAST_MAX_VOCABULARY:
+    for j, (column, _, k) in enumerate(lookups):
+        table = f"vocabulary_{j}"
+        joins.append(f"LEFT JOIN {{vocabulary_{k}}} AS {table} ON rows.`_{column}_probe` = {table}.key")
+        added += [f"{table}.value AS `_{column}_value`", f"{table}.index AS `_{column}_index`"]
+        if len(fields[k].vocabulary) <= BROADCAST_MAX_VOCABULARY:
             broadcast.append(table)
     hint = f"/*+ BROADCAST({', '.join(broadcast)}) */ " if broadcast else ""
     kept = [f"rows.`{c}`" for c in df.columns]
@@ -251,30 +292,44 @@ def _join_vocabularies(df: DataFrame, fields: Sequence[FieldSpec]) -> DataFrame:
     return df.sparkSession.sql(query, None, rows=probes, **vocabularies)
 
 
-def _encoded(field: FieldSpec, hash_seed: int) -> Column:
-    x = F.col(field.name)
+def _index(field: FieldSpec, column: str, value: Column, hash_seed: int) -> Column:
+    """The index of one raw value (a single field's, or one item) by ``field``'s transform."""
     if field.transform == "vocab":
-        matched = F.col(f"_{field.name}_value") == _key(field.name)
-        index = F.when(matched, F.col(f"_{field.name}_index")).otherwise(0)
-    elif field.transform == "hash":
-        hashed = F.xxhash64(F.lit(hash_seed), _key(field.name))  # seed first: no per-row string built
-        index = F.when(x.isNull(), 0).otherwise(F.pmod(hashed, F.lit(field.hash_buckets - 1)) + 1)
-    elif field.transform == "bucketize":
-        value = x.cast("double")
-        above = reduce(add, ((value >= F.lit(b)).cast("int") for b in field.boundaries), F.lit(0))
-        index = F.when(x.isNull(), 0).otherwise(above + 1)
-    elif field.transform == "log":
-        return F.coalesce(F.log1p(F.greatest(x, F.lit(0))), F.lit(0.0)).cast("float").alias(field.name)
-    else:  # raw
-        return F.coalesce(x, F.lit(0)).cast("float").alias(field.name)
-    return index.cast("int").alias(field.name)
+        return F.when(F.col(f"_{column}_value") == value, F.col(f"_{column}_index")).otherwise(0)
+    if field.transform == "hash":
+        hashed = F.xxhash64(F.lit(hash_seed), value)  # seed first: no per-row string built
+        return F.when(value.isNull(), 0).otherwise(F.pmod(hashed, F.lit(field.hash_buckets - 1)) + 1)
+    # bucketize
+    number = value.cast("double")
+    above = reduce(add, ((number >= F.lit(b)).cast("int") for b in field.boundaries), F.lit(0))
+    return F.when(value.isNull(), 0).otherwise(above + 1)
+
+
+def _encoded(field: FieldSpec, hash_seed: int) -> list[Column]:
+    """``field``'s encoded columns (one, or a multi-valued field's slots)."""
+    x = F.col(field.name)
+    if field.transform == "log":
+        return [F.coalesce(F.log1p(F.greatest(x, F.lit(0))), F.lit(0.0)).cast("float").alias(field.name)]
+    if field.transform == "raw":
+        return [F.coalesce(x, F.lit(0)).cast("float").alias(field.name)]
+    if not field.is_multi_valued:
+        value = x if field.transform == "bucketize" else _key(field.name)
+        return [_index(field, field.name, value, hash_seed).cast("int").alias(field.name)]
+    # Slot 0 of an empty list is item 0 (missing); later slots past the list's end are padding.
+    items = F.size(x)
+    slots = []
+    for i, column in enumerate(field.columns):
+        index = _index(field, column, _item(field, i), hash_seed)
+        past_end = F.lit(0) if i == 0 else F.lit(PADDING)
+        slots.append(F.when(items > i, index).otherwise(past_end).cast("int").alias(column))
+    return slots
 
 
 def encode(df: DataFrame, spec: FeatureSpec) -> DataFrame:
     """Encode parsed rows with ``spec``.
 
-    Out: ``label`` (float32, when ``df`` has one), the spec's fields in spec order (int32 index
-    or float32 value, see :mod:`deepfm.core.features`), then ``df``'s other columns unchanged
+    Out: ``label`` (float32, when ``df`` has one), the spec's encoded columns in spec order (int32
+    index or float32 value, see :mod:`deepfm.core.features`), then ``df``'s other columns unchanged
     (e.g. ``impression_id``, ``day``).
     """
     missing = [f.name for f in spec.fields if f.name not in df.columns]
@@ -285,6 +340,6 @@ def encode(df: DataFrame, spec: FeatureSpec) -> DataFrame:
     label = [F.col(spec.label).cast("float").alias(spec.label)] if spec.label in df.columns else []
     return joined.select(
         *label,
-        *(_encoded(f, spec.hash_seed) for f in spec.fields),
+        *(c for f in spec.fields for c in _encoded(f, spec.hash_seed)),
         *(F.col(c) for c in df.columns if c not in encoded_names),
     )

@@ -1,5 +1,5 @@
-"""The daily preprocessing job: raw click logs in, encoded train/validation/test Parquet and feature
-spec out.
+"""The daily preprocessing job: raw click logs of any declared schema in, encoded
+train/validation/test Parquet and feature spec out.
 
 For an end date D the test days are the ``test_days`` days ending on D (none in the daily
 pipeline, which scores the next day instead), the validation days the ``validation_days`` days
@@ -14,7 +14,13 @@ recorded in the summary:
   fit       fit the feature spec on the training days' valid rows only,
   encode    encode all days with the spec in one Parquet write, partitioned by split and day,
   finalize  reconcile counts per day, save the spec and the summary, swap the output in.
-Each stage reads the days it needs in one scan (``rawlogs.read_raw_days``).
+Each stage reads the days it needs in one scan (``LogFormat.read_days``).
+
+A row's day is its folder's, or with an ``event_time`` column in the log schema the date of its
+event: then the ``late_days`` folders after the window are read too (rows logged late), rows are
+split by event day, rows whose event falls outside the window are dropped and counted, and counts
+reconcile over the whole run (lines read per folder = rows written per event day + quarantined +
+outside the window) instead of day by day.
 
 With a day cache (``Options.day_cache``, ``deepfm.prep.day_cache``), what a day's input alone decides
 (its line counts, quarantined lines and value counts) is kept between runs: a daily run, whose
@@ -27,9 +33,10 @@ it whole):
   train/day=YYYY-MM-DD/part-*.parquet   label float32, then the spec's fields (int32 / float32)
   validation/day=YYYY-MM-DD/part-*.parquet
   test/day=YYYY-MM-DD/part-*.parquet
-  quarantine/day=YYYY-MM-DD/part-*.parquet   raw_bytes (lossless), raw_line (valid UTF-8), reason
-  feature_spec.json                     the fitted FeatureSpec (deepfm.core.features)
-  summary.json                          per-day counts, stage timings, spec version, days
+  quarantine/day=YYYY-MM-DD/part-*.parquet   raw_bytes (lossless), raw_line (valid UTF-8), reason, field
+  feature_spec.json                     the fitted FeatureSpec (deepfm.core.features), with its log schema
+  summary.json                          per-day counts, rejected and missing values per field, stage
+                                        timings, spec version, days
 Every Parquet file holds one row group of at most ``row_group_rows`` rows (Petastorm shards by
 row group), and each day gets at least ``min_row_groups_per_day`` of them even when small.
 
@@ -64,13 +71,16 @@ from deepfm.core.timing import Stages
 from deepfm.prep import encoding, rawlogs
 from deepfm.prep.day_cache import DayCache
 from deepfm.prep.encoding import FeatureConfig
+from deepfm.prep.rawlogs import LogFormat
 
 log = logging.getLogger(__name__)
 
 SUMMARY_FILENAME = "summary.json"
 SPLITS = ("train", "validation", "test")
 QUARANTINE = "quarantine"
-QUARANTINE_SCHEMA = pa.schema([("raw_bytes", pa.binary()), ("raw_line", pa.string()), ("reason", pa.string())])
+QUARANTINE_SCHEMA = pa.schema(
+    [("raw_bytes", pa.binary()), ("raw_line", pa.string()), ("reason", pa.string()), ("field", pa.string())]
+)
 
 
 @dataclass(frozen=True)
@@ -80,7 +90,7 @@ class Options:
     input: str
     output: str
     end_date: dt.date
-    features: FeatureConfig
+    features: FeatureConfig  # with the log schema of the input (features.schema)
     train_days: int = 7
     validation_days: int = 1  # days before the test window; 0 with validation_fraction
     test_days: int = 1
@@ -92,6 +102,7 @@ class Options:
     row_group_rows: int = 131_072
     min_row_groups_per_day: int = 4
     day_cache: str | None = None  # driver-local folder of per-day results kept between runs (None: off)
+    late_days: int = 1  # event-time logs: folders after the window read for rows logged late
 
 
 @dataclass
@@ -143,7 +154,10 @@ class Window:
         return [*self.train, *self.validation, *self.test]
 
     def split(self, day: dt.date) -> str:
-        """The split of a whole day (a training day also feeds validation rows by fraction)."""
+        """The split of a whole day (a training day also feeds validation rows by fraction); ``late``
+        for a folder after the window, read for the late rows of event-time logs."""
+        if day > self.days[-1]:
+            return "late"
         return "test" if day in self.test else "validation" if day in self.validation else "train"
 
     def split_of_rows(self) -> Column:
@@ -170,7 +184,8 @@ def _skip_or_raise(error: rawlogs.InputDayError, skip: bool, skipped: dict[str, 
 def discover(
     spark: SparkSession, opts: Options, days: list[dt.date], skipped: dict[str, str]
 ) -> tuple[str, dict[dt.date, list[str]]]:
-    """The input layout and each available day's files (``rawlogs.day_paths``)."""
+    """The input layout and each available day's files (``rawlogs.day_paths``); with event-time
+    logs also the ``late_days`` folders after the window that exist (none is required)."""
     layout = rawlogs.detect_layout(spark, opts.input) if opts.layout == "auto" else opts.layout
     files = {}
     for day in days:
@@ -178,6 +193,12 @@ def discover(
             files[day] = rawlogs.day_paths(spark, opts.input, day, layout, opts.day0_date)
         except rawlogs.InputDayError as error:
             _skip_or_raise(error, opts.skip_missing_days, skipped)
+    late = [days[-1] + dt.timedelta(days=k) for k in range(1, opts.late_days + 1)]
+    for day in late if opts.features.schema.event_time else []:
+        try:
+            files[day] = rawlogs.day_paths(spark, opts.input, day, layout, opts.day0_date)
+        except rawlogs.InputDayError as error:
+            log.info("no late rows read from %s: %s", day, error.problem)
     log.info("input %s (%s layout): %d of %d days found", opts.input, layout, len(files), len(days))
     return layout, files
 
@@ -189,9 +210,9 @@ def _rows_per_day(days: list[dt.date], where: Column | None = None, suffix: str 
 
 
 def validate_days(
-    spark: SparkSession, files: dict[dt.date, list[str]], window: Window, quarantine_dir: Path
+    spark: SparkSession, logs: LogFormat, files: dict[dt.date, list[str]], window: Window, quarantine_dir: Path
 ) -> dict[dt.date, DayCounts]:
-    """Count every day's lines and write the malformed ones (``rawlogs.quarantined``) to
+    """Count every day's records and write the malformed ones (``rawlogs.quarantined``) to
     ``<quarantine_dir>/day=<day>/``, in one Spark job over all days.
 
     Lines read per day are counted before the filter and quarantined ones per day and reason
@@ -201,9 +222,9 @@ def validate_days(
     """
     days = sorted(files)
     read, kept = Observation("read"), Observation("quarantined")
-    lines = rawlogs.read_raw_days(spark, files)
-    checked = rawlogs.with_reason(lines.observe(read, F.count(F.lit(1)).alias("all"), *_rows_per_day(days)))
-    by_reason = (c for r in rawlogs.REASONS for c in _rows_per_day(days, F.col("reason") == r, f" {r}"))
+    lines = logs.read_days(spark, files)
+    checked = logs.with_reason(lines.observe(read, F.count(F.lit(1)).alias("all"), *_rows_per_day(days)))
+    by_reason = (c for r in logs.reasons for c in _rows_per_day(days, F.col("reason") == r, f" {r}"))
     # Appended: the day-by-day fallback adds one day's folder per job (the folder is new each run).
     rawlogs.quarantined(checked).observe(kept, *by_reason).write.partitionBy("day").mode("append").parquet(
         _local_uri(quarantine_dir)
@@ -213,7 +234,7 @@ def validate_days(
         raise RuntimeError(f"lines read {rows_read} do not add up to the total: a file without a day")
     counts = {}
     for day in days:
-        reasons = {r: rows_kept[f"{day.isoformat()} {r}"] for r in rawlogs.REASONS}
+        reasons = {r: rows_kept[f"{day.isoformat()} {r}"] for r in logs.reasons}
         counts[day] = DayCounts.validated(window.split(day), rows_read[day.isoformat()], reasons)
         if not _day_dir(quarantine_dir, day).exists():
             _write_empty_parquet(_day_dir(quarantine_dir, day), QUARANTINE_SCHEMA)
@@ -234,6 +255,7 @@ def _write_empty_parquet(directory: Path, schema: pa.Schema) -> None:
 
 def validate(
     spark: SparkSession,
+    logs: LogFormat,
     files: dict[dt.date, list[str]],
     window: Window,
     quarantine_dir: Path,
@@ -257,7 +279,7 @@ def validate(
     log.info("validating %d days%s", len(fresh), f" ({len(counts)} kept in the day cache)" if cache else "")
     try:
         results: Mapping[dt.date, DayCounts | rawlogs.InputDayError] = (
-            validate_days(spark, fresh, window, quarantine_dir) if fresh else {}
+            validate_days(spark, logs, fresh, window, quarantine_dir) if fresh else {}
         )
     except (Py4JJavaError, PySparkException) as exc:
         log.warning(
@@ -266,7 +288,7 @@ def validate(
         )
         for day in fresh:
             shutil.rmtree(_day_dir(quarantine_dir, day), ignore_errors=True)
-        results = _validate_day_by_day(spark, fresh, window, quarantine_dir)
+        results = _validate_day_by_day(spark, logs, fresh, window, quarantine_dir)
     for day, result in results.items():
         if isinstance(result, DayCounts) and result.rows_read == 0:
             result = rawlogs.InputDayError(day, "no lines")
@@ -281,13 +303,13 @@ def validate(
 
 
 def _validate_day_by_day(
-    spark: SparkSession, files: dict[dt.date, list[str]], window: Window, quarantine_dir: Path
+    spark: SparkSession, logs: LogFormat, files: dict[dt.date, list[str]], window: Window, quarantine_dir: Path
 ) -> dict[dt.date, DayCounts | rawlogs.InputDayError]:
     """``validate_days`` of one day at a time, each day's counts or the error naming it."""
     results: dict[dt.date, DayCounts | rawlogs.InputDayError] = {}
     for day, day_files in files.items():
         try:
-            results.update(validate_days(spark, {day: day_files}, window, quarantine_dir))
+            results.update(validate_days(spark, logs, {day: day_files}, window, quarantine_dir))
         except (Py4JJavaError, PySparkException) as exc:
             results[day] = rawlogs.InputDayError(day, f"unreadable: {str(exc).strip().splitlines()[0]}")
     return results
@@ -305,19 +327,21 @@ def _day_dir(root: Path, day: dt.date) -> Path:
 
 def valid_rows(
     spark: SparkSession,
+    logs: LogFormat,
     files: dict[dt.date, list[str]],
     counts: dict[dt.date, DayCounts],
     days: list[dt.date],
     quarantine_dir: Path,
 ) -> DataFrame:
-    """Typed valid rows of ``days``: their lines (one scan) minus the quarantined ones."""
-    lines = rawlogs.read_raw_days(spark, {d: files[d] for d in days})
+    """Typed valid rows of the folders of ``days``: their records (one scan) minus the quarantined ones."""
+    lines = logs.read_days(spark, {d: files[d] for d in days})
     quarantined = sum(counts[d].rows_quarantined for d in days)
-    return rawlogs.parse_valid(rawlogs.without_quarantined(lines, _local_uri(quarantine_dir), quarantined))
+    return logs.parse_valid(rawlogs.without_quarantined(lines, _local_uri(quarantine_dir), quarantined))
 
 
 def fit_spec(
     spark: SparkSession,
+    logs: LogFormat,
     files: dict[dt.date, list[str]],
     counts: dict[dt.date, DayCounts],
     quarantine_dir: Path,
@@ -328,7 +352,8 @@ def fit_spec(
 ) -> FeatureSpec:
     """Fit the feature spec on the valid training rows (never a validation or test row); with a
     ``cache``, the vocabularies from the days' value counts kept there (``day_value_counts``: whole
-    days, so not when the validation split is a fraction of the training days' rows)."""
+    days, so not when the validation split is a fraction of the training days' rows, nor with
+    event-time logs, whose training rows may sit in any folder of the run)."""
     train_days = [d for d in sorted(counts) if counts[d].split == "train"]
     if not train_days:
         raise RuntimeError(f"no training day available for end date {end_date}")
@@ -342,12 +367,16 @@ def fit_spec(
         "rows_per_day": {d.isoformat(): counts[d].rows_valid for d in train_days},
         "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
-    rows_of = partial(valid_rows, spark, files, counts, quarantine_dir=quarantine_dir)
+    rows_of = partial(valid_rows, spark, logs, files, counts, quarantine_dir=quarantine_dir)
     fields = features.vocabulary_fields
-    train = rows_of(train_days)
+    multi = [name for name in fields if features.plan(name).kind == "multi"]
+    if logs.schema.event_time:
+        train, cache = rows_of(sorted(counts)).where(F.col("day").isin(window.train)), None
+    else:
+        train = rows_of(train_days)
     if window.validation_fraction:
         train, cache = train.where(~window.hashed_validation()), None
-    value_counts = day_value_counts(spark, rows_of, train_days, fields, cache) if cache and fields else None
+    value_counts = day_value_counts(spark, rows_of, train_days, fields, multi, cache) if cache and fields else None
     return encoding.fit(train, features, metadata, value_counts)
 
 
@@ -356,17 +385,18 @@ def day_value_counts(
     rows_of: Callable[[list[dt.date]], DataFrame],
     days: list[dt.date],
     fields: list[str],
+    multi: list[str],
     cache: DayCache,
 ) -> DataFrame:
-    """``encoding.value_counts`` of ``fields`` on each of ``days`` (one row per day and value),
-    read from ``cache``; the days not kept there are counted first, on ``rows_of(those days)``
-    (``valid_rows``, one job), and kept."""
+    """``encoding.value_counts`` of ``fields`` (``multi``: the multi-valued ones) on each of ``days``
+    (one row per day and value), read from ``cache``; the days not kept there are counted first,
+    on ``rows_of(those days)`` (``valid_rows``, one job), and kept."""
     missing = [day for day in days if not cache.has_values(day, fields)]
     log.info("counting values of %d days (%d kept in the day cache)", len(missing), len(days) - len(missing))
     if missing:
         staging = cache.scratch_dir()
         try:
-            per_day = encoding.value_counts(rows_of(missing), fields, by=["day"])
+            per_day = encoding.value_counts(rows_of(missing), fields, by=["day"], multi=multi)
             per_day.write.partitionBy("day").parquet(_local_uri(staging))
             for day in missing:
                 if not _day_dir(staging, day).exists():  # no value at all that day
@@ -386,46 +416,73 @@ def rows_per_file(counts: dict[dt.date, DayCounts], row_group_rows: int, min_row
 
 def encode_days(
     spark: SparkSession,
+    logs: LogFormat,
     files: dict[dt.date, list[str]],
     counts: dict[dt.date, DayCounts],
     spec: FeatureSpec,
     out_dir: Path,
     max_rows_per_file: int,
     window: Window,
-) -> None:
+) -> dict[str, Any]:
     """Encode every day with ``spec`` and write ``<out_dir>/<split>/day=<day>/``.
 
     One Spark job for all days (the vocabularies are broadcast once), written partitioned by
     split (``Window.split_of_rows``) and day, then the ``split=`` folders renamed to plain
     ``train/``, ``validation/`` and ``test/``. Sets ``rows_written`` in ``counts`` from rows
-    observed on their way to the writer.
+    observed on their way to the writer (by event day for event-time logs, whose rows outside the
+    window are dropped). Returns the missing values per field and the rows outside the window,
+    observed in the same pass.
     """
-    days = sorted(counts)
-    written = Observation("written")
-    encoded = encoding.encode(valid_rows(spark, files, counts, days, out_dir / QUARANTINE), spec)
-    columns = [spec.label, *(f.name for f in spec.fields)]
+    written, seen = Observation("written"), Observation("parsed")
+    rows = valid_rows(spark, logs, files, counts, sorted(counts), out_dir / QUARANTINE)
+    in_window = F.col("day").isin(window.days)
+    missing = [_missing(logs.schema.feature_kinds[f.name], f.name).alias(f.name) for f in spec.fields]
+    rows = rows.observe(seen, F.count_if(~in_window).alias("outside the window"), *missing).where(in_window)
     staging = out_dir / "_encoded"
     (
-        encoded.select(*columns, "day", window.split_of_rows().alias("split"))
-        .observe(written, *_rows_per_day(days))
+        encoding.encode(rows, spec)
+        .select(*spec.encoded_columns, "day", window.split_of_rows().alias("split"))
+        .observe(written, *_rows_per_day(window.days))
         .write.partitionBy("split", "day")
         .option("maxRecordsPerFile", max_rows_per_file)
         .mode("overwrite")
         .parquet(_local_uri(staging))
     )
-    for day, n in written.get.items():
-        counts[dt.date.fromisoformat(day)].rows_written = int(n)
+    for day_text, n in written.get.items():
+        day = dt.date.fromisoformat(day_text)
+        if day in counts or n:  # an event day whose own folder is missing may still have late rows
+            counts.setdefault(day, DayCounts(window.split(day))).rows_written = int(n)
     for split in SPLITS:
         if (staging / f"split={split}").exists():
             (staging / f"split={split}").rename(out_dir / split)
     shutil.rmtree(staging)
+    parsed = seen.get
+    outside = int(parsed.pop("outside the window"))
+    return {"rows_outside_window": outside, "missing_by_field": {name: int(n) for name, n in parsed.items()}}
 
 
-def reconcile(counts: dict[dt.date, DayCounts]) -> None:
-    """Require rows read = rows written + rows quarantined, for every day."""
+def _missing(kind: str, name: str) -> Column:
+    """Observation metric: rows without a value of field ``name`` (a multi field: no item)."""
+    return F.count_if(F.size(name) == 0) if kind == "multi" else F.count_if(F.col(name).isNull())
+
+
+def rejected_by_field(spark: SparkSession, quarantine_dir: Path) -> dict[str, dict[str, int]]:
+    """Quarantined records per field at fault and reason (``(record)``: the whole record or its
+    label), read back from the quarantine (small: a fraction of the input)."""
+    rows = spark.read.parquet(_local_uri(quarantine_dir)).groupBy("field", "reason").count().collect()
+    by_field: dict[str, dict[str, int]] = {}
+    for row in sorted(rows, key=lambda r: (r["field"] or "", r["reason"])):
+        by_field.setdefault(row["field"] or "(record)", {})[row["reason"]] = int(row["count"])
+    return by_field
+
+
+def reconcile(counts: dict[dt.date, DayCounts], outside_window: int, event_time: bool) -> None:
+    """Require rows read = rows written + rows quarantined, for every day; with event-time logs
+    (rows read by folder, written by event day), over the run: read = written + quarantined +
+    outside the window."""
     for day, c in sorted(counts.items()):
         log.info(
-            "%s %-5s read %d = written %d + quarantined %d %s",
+            "%s %-5s read %d, written %d, quarantined %d %s",
             day,
             c.split,
             c.rows_read,
@@ -433,6 +490,17 @@ def reconcile(counts: dict[dt.date, DayCounts]) -> None:
             c.rows_quarantined,
             c.quarantined_by_reason,
         )
+    if event_time:
+        read, written, quarantined = (sum(getattr(c, k) for c in counts.values()) for k in
+                                      ("rows_read", "rows_written", "rows_quarantined"))  # fmt: skip
+        log.info("read %d = written %d + quarantined %d + outside the window %d", read, written, quarantined,
+                 outside_window)  # fmt: skip
+        if read != written + quarantined + outside_window:
+            raise RuntimeError(
+                f"row counts do not reconcile: read {read} != written {written} + quarantined {quarantined} "
+                f"+ outside the window {outside_window}"
+            )
+        return
     broken = [d.isoformat() for d, c in counts.items() if c.rows_read != c.rows_written + c.rows_quarantined]
     if broken:
         raise RuntimeError(f"row counts do not reconcile (read != written + quarantined) for days {broken}")
@@ -446,10 +514,15 @@ def summarize(
     skipped: dict[str, str],
     stage_seconds: dict[str, float],
     max_rows_per_file: int,
+    fields: Mapping[str, Any],
     cache: DayCache | None = None,
 ) -> dict[str, Any]:
+    """The run's summary; ``fields``: ``rejected_by_field``, ``missing_by_field`` and
+    ``rows_outside_window``."""
     days = {d.isoformat(): asdict(c) for d, c in sorted(counts.items())}
     totals = {k: sum(c[k] for c in days.values()) for k in ("rows_read", "rows_written", "rows_quarantined")}
+    totals["rows_outside_window"] = fields["rows_outside_window"]
+    schema = opts.features.schema
     return {
         "end_date": opts.end_date.isoformat(),
         "train_days": [d for d, c in days.items() if c["split"] == "train"],
@@ -458,11 +531,14 @@ def summarize(
         "test_days": [d for d, c in days.items() if c["split"] == "test"],
         "skipped_days": skipped,
         "input": opts.input,
+        "schema": {"name": schema.name, "fingerprint": schema.fingerprint, "days_by": schema.event_time or "folder"},
         "layout": layout,
         "output": opts.output,
         "spec_version": spec.version,
         "days": days,
         "totals": totals,
+        "rejected_by_field": fields["rejected_by_field"],
+        "missing_by_field": fields["missing_by_field"],
         "stage_seconds": stage_seconds,
         "rows_per_file": max_rows_per_file,
         "day_cache": {"root": str(cache.root), "reused": cache.reused} if cache else None,
@@ -479,24 +555,35 @@ def run(spark: SparkSession, opts: Options) -> dict[str, Any]:
     log.info("preprocess %s: train %s, validation %s%s, test %s -> %s", opts.end_date, _span(window.train),
              _span(window.validation), f" + {opts.validation_fraction:.0%} of the training rows" if
              opts.validation_fraction else "", _span(window.test), output)  # fmt: skip
+    logs = LogFormat(opts.features.schema)
     with fs.staged_dir(output) as tmp:
         with stages("discover"):
             layout, files = discover(spark, opts, window.days, skipped)
-            cache = DayCache.open(spark, opts.day_cache, files) if opts.day_cache else None
+            cache = _day_cache(spark, opts, logs, files)
         with stages("validate"):
-            counts = validate(spark, files, window, tmp / QUARANTINE, opts.skip_missing_days, skipped, cache)
+            counts = validate(spark, logs, files, window, tmp / QUARANTINE, opts.skip_missing_days, skipped, cache)
         with stages("fit"):
-            spec = fit_spec(spark, files, counts, tmp / QUARANTINE, opts.features, opts.end_date, window, cache)
+            spec = fit_spec(spark, logs, files, counts, tmp / QUARANTINE, opts.features, opts.end_date, window, cache)
         with stages("encode"):
             max_rows = rows_per_file(counts, opts.row_group_rows, opts.min_row_groups_per_day)
-            encode_days(spark, files, counts, spec, tmp, max_rows, window)
+            fields = encode_days(spark, logs, files, counts, spec, tmp, max_rows, window)
         with stages("finalize"):
-            reconcile(counts)
+            reconcile(counts, fields["rows_outside_window"], bool(logs.schema.event_time))
+            fields["rejected_by_field"] = rejected_by_field(spark, tmp / QUARANTINE)
             spec.save(tmp)
-        summary = summarize(opts, layout, spec, counts, skipped, stages.seconds, max_rows, cache)
+        summary = summarize(opts, layout, spec, counts, skipped, stages.seconds, max_rows, fields, cache)
         (tmp / SUMMARY_FILENAME).write_text(json.dumps(summary, indent=2))
     log.info("preprocess %s done: %s, spec %s", opts.end_date, summary["totals"], spec.version)
     return summary
+
+
+def _day_cache(spark: SparkSession, opts: Options, logs: LogFormat, files: dict[dt.date, list[str]]) -> DayCache | None:
+    """The day cache, when on: not for event-time logs, whose days are not their folders'."""
+    if opts.day_cache and logs.schema.event_time:
+        log.info("day cache off: the %s log dates rows by %s, not by folder", logs.schema.name, logs.schema.event_time)
+    if not opts.day_cache or logs.schema.event_time:
+        return None
+    return DayCache.open(spark, opts.day_cache, files, logs.rules)
 
 
 def _span(days: list[dt.date]) -> str:

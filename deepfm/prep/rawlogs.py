@@ -374,7 +374,8 @@ class LogFormat:
         Out: ``impression_id`` (long), ``day`` (the event time's date with an ``event_time``
         column, else the folder's), the label (int 0/1), then the schema's feature fields
         (``LogSchema.feature_kinds``): integer as long, float as double, categorical as string,
-        multi as an array of at most ``max_items`` non-empty strings; empty values are null.
+        multi as an array of at most ``max_items`` non-empty strings (empty when missing); other
+        empty values are null.
         """
         line = F.col("raw_line")
         staged = lines.select(
@@ -388,7 +389,8 @@ class LogFormat:
             if c.kind in ("integer", "float", "categorical"):
                 features.append(values[c.name].alias(c.name))
             elif c.kind == "multi":
-                features.append(F.slice(self._item_array(c, values[c.name]), 1, c.max_items).alias(c.name))
+                items = F.coalesce(self._item_array(c, values[c.name]), F.array().cast("array<string>"))
+                features.append(F.slice(items, 1, c.max_items).alias(c.name))
         day, derived = F.col("_folder_day"), []
         if self.schema.event_time:
             column = self.schema.column(self.schema.event_time)

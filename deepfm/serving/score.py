@@ -1,6 +1,6 @@
 """Daily batch scoring: one day of raw click logs -> predicted CTRs in a Delta table.
 
-    load bundle ─► read_raw_day ─┬─► validate ─► rejects Parquet  <rejects>/<D>/      (pass 1)
+    load bundle ─► read_day ─────┬─► validate ─► rejects Parquet  <rejects>/<D>/      (pass 1)
                                  └─► minus rejects ─► parse ─► encode(bundle spec)      (pass 2)
                                        ─► predict (mapInArrow) ─► Delta replaceWhere "date = D"
     then: the day's metrics (rows, mean CTR, AUC / logloss / calibration), summed by the predict
@@ -8,10 +8,12 @@
     table, and one summary that reconciles rows in = scored (the commit's own row count) +
     rejected, and the commit's row count with the rows the metrics were summed over.
 
-Every refusal (missing or corrupt bundle or spec, incompatible table, missing input day)
-happens before the first write. A rerun for a date atomically swaps that date's partition
-(``replaceWhere``); runs for different dates touch disjoint partitions, which Delta's optimistic
-concurrency lets both commit.
+The logs are read with the log schema recorded in the bundle's feature spec. Every refusal
+(missing or corrupt bundle or spec, logs declared of another schema or that do not look like the
+bundle's, incompatible table, missing input day) happens before the first write. A rerun for a
+date atomically swaps that date's partition (``replaceWhere``); runs for different dates touch
+disjoint partitions, which Delta's optimistic concurrency lets both commit. With an event-time
+schema, the day scored is the folder's: every row written to it, whatever its event time.
 """
 
 from __future__ import annotations
@@ -28,10 +30,11 @@ from pyspark.sql import DataFrame, Observation, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from deepfm.core.schema import LogSchema
 from deepfm.core.timing import Stages
 from deepfm.core.tracking import Tracker, TrackingSettings, resolve_model
 from deepfm.models.bundle import load_bundle
-from deepfm.prep.rawlogs import parse_valid, quarantined, read_raw_day, with_reason, without_quarantined
+from deepfm.prep.rawlogs import LogFormat, quarantined, without_quarantined
 from deepfm.serving.delta import (
     TableError,
     TableRef,
@@ -96,6 +99,10 @@ class ScoreOptions:
     layout: str = "auto"
     day0_date: dt.date | None = None
     allow_schema_evolution: bool = False
+    # The logs' schema as the user declares it (None: the bundle's); it must be the bundle's.
+    schema: LogSchema | None = None
+    # The schema of bundles whose spec predates recorded schemas (they were all Criteo's).
+    legacy_schema: LogSchema | None = None
     batch_size: int = 8192
     torch_threads: int = 0  # 0: spark.task.cpus (see torch_threads)
     tracking: TrackingSettings = field(default_factory=lambda: TrackingSettings(enabled=False))
@@ -143,6 +150,44 @@ def counted(df: DataFrame, name: str) -> tuple[DataFrame, Observation]:
     return df.observe(observation, F.count(F.lit(1)).alias("rows")), observation
 
 
+class SchemaMismatchError(ValueError):
+    """The logs are declared of, or look like, another schema than the model's spec was fitted on."""
+
+
+def fitted_schema(spec_schema: LogSchema | None, opts: ScoreOptions) -> LogSchema:
+    """The schema to read the logs with: the bundle's; a declared one must be the same."""
+    schema = spec_schema or opts.legacy_schema
+    if schema is None:
+        raise SchemaMismatchError("the bundle's feature spec records no log schema and no legacy schema was given")
+    if opts.schema is not None and opts.schema.fingerprint != schema.fingerprint:
+        raise SchemaMismatchError(
+            f"the logs are declared as schema {opts.schema.name!r} ({opts.schema.fingerprint}) but the model was "
+            f"fitted on schema {schema.name!r} ({schema.fingerprint}): score them with a model trained on their schema"
+        )
+    return schema
+
+
+# Records of a day looked at before anything is written; if none of them is valid and the most
+# common problem is the record's shape, the logs are not of the model's schema.
+SNIFF_RECORDS = 200
+
+
+def check_logs_match(raw: DataFrame, logs: LogFormat) -> None:
+    """Refuse logs whose first records all fail at the record level (field count, broken JSON),
+    or all lack a known label: logs of another schema than the model's."""
+    first = logs.with_reason(raw.limit(SNIFF_RECORDS)).groupBy("reason").count().collect()
+    by_reason = {row["reason"]: int(row["count"]) for row in first}
+    if not first or None in by_reason:
+        return
+    worst = max(by_reason, key=by_reason.__getitem__)
+    if worst in ("wrong_field_count", "malformed_record", "bad_label"):
+        example = raw.limit(1).collect()[0]["raw_line"][:200]
+        raise SchemaMismatchError(
+            f"none of the day's first {sum(by_reason.values())} records is a valid {logs.schema.name!r} record "
+            f"(the model's log schema): {by_reason}; the first reads {example!r}"
+        )
+
+
 def run(spark: SparkSession, opts: ScoreOptions) -> dict[str, Any]:
     """Score ``opts.date``; return the run summary. Refusals raise before anything is written."""
     start, stages = time.perf_counter(), Stages(log)
@@ -159,6 +204,7 @@ def run(spark: SparkSession, opts: ScoreOptions) -> dict[str, Any]:
     )
     with stages("load bundle"):
         bundle = load_bundle(bundle_path)  # BundleError / FeatureSpecError if missing or corrupt
+        logs = LogFormat(fitted_schema(bundle.spec.schema, opts))
     with stages("check tables"):
         check_table(spark, table, SCORES_SCHEMA, [PARTITION_COLUMN], opts.allow_schema_evolution)
         check_table(spark, metrics_table, METRICS_SCHEMA, [], opts.allow_schema_evolution)
@@ -182,15 +228,16 @@ def run(spark: SparkSession, opts: ScoreOptions) -> dict[str, Any]:
     threads = torch_threads(spark, opts.torch_threads)
 
     # Lines in and rejects are counted while the rejects are written, not by scans of their own.
-    raw, lines = counted(
-        read_raw_day(spark, opts.input_root, opts.date, opts.layout, opts.day0_date), f"rows_in_{run_info.run_id}"
-    )
-    rejects, rejected_rows = counted(quarantined(with_reason(raw)), f"rejected_{run_info.run_id}")
+    day = logs.read_day(spark, opts.input_root, opts.date, opts.layout, opts.day0_date)
+    with stages("check logs"):
+        check_logs_match(day, logs)
+    raw, lines = counted(day, f"rows_in_{run_info.run_id}")
+    rejects, rejected_rows = counted(quarantined(logs.with_reason(raw)), f"rejected_{run_info.run_id}")
     with stages("write rejects"):
         rejects.write.mode("overwrite").parquet(rejects_dir)
         rows_in, rejected = lines.get["rows"], rejected_rows.get["rows"]
     # The rejects pass validated every line; the scoring pass drops the rejects by anti-join.
-    valid = parse_valid(without_quarantined(raw, rejects_dir, rejected))
+    valid = logs.parse_valid(without_quarantined(raw, rejects_dir, rejected))
     # The day's metrics are summed from the predictions as they are made (one pass, no re-read).
     state = spark.sparkContext.accumulator(None, MetricsSum())
     scores = with_run_columns(predict(encode_day(valid, bundle.spec), bundle_path, bundle, threads, state), run_info)

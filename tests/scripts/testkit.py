@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from deepfm.cli.config import load_defaults
+from deepfm.cli.config import load_defaults, load_schema
 from deepfm.core.features import FeatureSpec
 from deepfm.models import CTRModel, ModelConfig, ModelDefaults, build_model, build_model_for_spec
 
@@ -16,6 +16,10 @@ REPO = Path(__file__).resolve().parent.parent.parent
 PYTHON = sys.executable
 VENV_BIN = Path(PYTHON).parent
 MODEL_DEFAULTS = ModelDefaults(load_defaults("models"))
+# Criteo's log schema (the default) and its fields.
+CRITEO = load_schema("criteo")
+INTEGER_FIELDS = tuple(name for name, kind in CRITEO.feature_kinds.items() if kind == "integer")
+CATEGORICAL_FIELDS = tuple(name for name, kind in CRITEO.feature_kinds.items() if kind == "categorical")
 # Subprocesses (spark-submit, horovodrun, the CLI) use this virtualenv's tools and interpreter.
 ENV = {
     **os.environ,
