@@ -11,7 +11,7 @@ from testkit import model as build
 from testkit import model_config, model_for_spec
 from torch import nn
 
-from deepfm.core.features import FeatureSpec, FieldSpec
+from deepfm.core.features import PADDING, FeatureSpec, FieldSpec
 from deepfm.core.metrics import auc
 from deepfm.models import ModelConfig, ModelDefaults, build_model, make_optimizers, model_names
 from deepfm.models.layers import FieldEmbedding, FMInteraction, InnerProducts, OuterProducts
@@ -251,6 +251,89 @@ def test_second_order_terms_learn_a_pure_pairwise_interaction():
     lr_auc, fm_auc, deepfm_auc = (train_and_auc(name) for name in ("lr", "fm", "deepfm"))
     assert lr_auc < 0.6
     assert fm_auc > 0.85 and deepfm_auc > 0.85
+
+
+# Multi-valued fields: n slot columns per field, items then PADDING, pooled with x_i = 1/n.
+
+
+def multi_valued_inputs(batch: int, cardinalities: list[int], items: list[int], n_numeric: int, seed: int = 0):
+    """``cat [batch, sum(items)]``: one index per single-valued field; a multi-valued field's slots
+    hold 1..n items (repeats possible), then PADDING; every count occurs across the rows."""
+    g = torch.Generator().manual_seed(seed)
+    columns = []
+    for card, n in zip(cardinalities, items):
+        slots = torch.randint(0, card, (batch, n), generator=g)
+        used = torch.arange(batch).remainder(n).add(1).unsqueeze(1)  # items in the row: 1, 2, .., n, 1, ..
+        columns.append(slots.masked_fill(torch.arange(n) >= used, PADDING))
+    return torch.cat(columns, dim=1), torch.randn(batch, n_numeric, generator=g)
+
+
+def test_fm_over_pooled_fields_equals_the_pairwise_sum_over_their_features():
+    """Rendle's FM with x_i = 1/n per item of a multi-valued field, 1 per single value, the value
+    per numeric field: sum over all feature pairs i<j, pairs inside one field included."""
+    cards, items, n_numeric = [5, 7, 6, 4], [1, 4, 1, 3], 2
+    embedding = FieldEmbedding(cards, n_numeric, dim=3, init_std=1.0, items_per_field=items).double()
+    cat, num = multi_valued_inputs(8, cards, items, n_numeric)
+    num = num.double()
+    pooled = embedding.pool(cat, num)
+    table, offsets = embedding.categorical.weight, torch.tensor([0, *cards[:-1]]).cumsum(0)
+    for b in range(len(cat)):
+        features = []  # (x_i, v_i)
+        for field, slots in enumerate(cat[b].split(items)):
+            present = slots[slots != PADDING]
+            features += [(1.0 / len(present), table[offsets[field] + i]) for i in present]
+        features += [(num[b, j], embedding.numeric[j]) for j in range(n_numeric)]
+        naive = sum(xi * xj * (vi @ vj) for (xi, vi), (xj, vj) in itertools.combinations(features, 2))
+        torch.testing.assert_close(FMInteraction()(pooled.vectors[b : b + 1], pooled.squares[b : b + 1])[0], naive)
+    # the squares are what count the pairs inside a field: without them the FM is another sum
+    assert not torch.allclose(FMInteraction()(pooled.vectors), FMInteraction()(pooled.vectors, pooled.squares))
+
+
+def test_a_multi_valued_field_is_the_mean_of_its_items_and_its_gradient_reaches_only_them():
+    embedding = FieldEmbedding([4, 10], n_numeric=1, dim=2, init_std=1.0, items_per_field=[1, 3])
+    cat = torch.tensor([[2, 5, 7, PADDING], [1, 9, PADDING, PADDING], [3, 6, 6, 8]])
+    vectors = embedding(cat, torch.ones(3, 1))
+    table = embedding.categorical.weight
+    assert vectors.shape == (3, 3, 2)  # fields, not columns
+    torch.testing.assert_close(vectors[:, 0], table[[2, 1, 3]])
+    torch.testing.assert_close(vectors[0, 1], (table[4 + 5] + table[4 + 7]) / 2)
+    torch.testing.assert_close(vectors[1, 1], table[4 + 9])
+    torch.testing.assert_close(vectors[2, 1], (2 * table[4 + 6] + table[4 + 8]) / 3)  # a repeated item counts twice
+    vectors[:, 1].sum().backward()
+    assert table.grad.is_sparse
+    weights = torch.zeros(14)
+    weights[[4 + 5, 4 + 7]] = 1 / 2
+    weights[4 + 9] = 1.0
+    weights[[4 + 6, 4 + 8]] = torch.tensor([2 / 3, 1 / 3])
+    torch.testing.assert_close(table.grad.to_dense(), weights.unsqueeze(1).expand(14, 2))  # padding: none
+
+
+@pytest.mark.parametrize("name", model_names())
+def test_every_model_trains_on_a_spec_with_a_multi_valued_field(name):
+    spec = FeatureSpec(
+        fields=(
+            FieldSpec("C1", "vocab", cardinality=4, vocabulary=("a", "b", "c")),
+            FieldSpec("apps", "hash", cardinality=21, hash_buckets=21, max_items=4),
+            FieldSpec("I1", "log"),
+        )
+    )
+    torch.manual_seed(0)
+    model = model_for_spec(name, spec, SMALL)
+    assert model.items_per_field == [1, 4]
+    cat, num = multi_valued_inputs(16, spec.cardinalities, spec.items_per_field, 1)
+    labels = torch.randint(0, 2, (16,), generator=torch.Generator().manual_seed(1)).float()
+    optimizers = make_optimizers(model, lr=1e-2)
+    F.binary_cross_entropy_with_logits(model(cat, num), labels).backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    optimizers.step()
+    reordered = cat.clone()  # each row's items in reverse slot order: a set, the same row
+    for row, count in enumerate((cat[:, 1:] != PADDING).sum(dim=1).tolist()):
+        reordered[row, 1 : 1 + count] = cat[row, 1 : 1 + count].flip(0)
+    model.eval()
+    with torch.no_grad():
+        logits = model(cat, num)
+        assert logits.shape == (16,) and torch.isfinite(logits).all()
+        torch.testing.assert_close(model(reordered, num), logits)
 
 
 # The training recipe: each piece is a setting, and each acts as its setting says.
