@@ -16,7 +16,7 @@ from deepfm.core.metrics import auc
 from deepfm.models import ModelConfig, ModelDefaults, build_model, make_optimizers, model_names
 from deepfm.models.layers import FieldEmbedding, FMInteraction, InnerProducts, OuterProducts
 from deepfm.models.optim import clip_grad_norm
-from deepfm.models.surgery import pretrain_init
+from deepfm.models.surgery import embedding_row_map, pretrain_init, warm_start
 from deepfm.training.early_stopping import PlateauDecay
 
 CARDINALITIES = [6, 9, 4]
@@ -334,6 +334,37 @@ def test_every_model_trains_on_a_spec_with_a_multi_valued_field(name):
         logits = model(cat, num)
         assert logits.shape == (16,) and torch.isfinite(logits).all()
         torch.testing.assert_close(model(reordered, num), logits)
+
+
+def apps_spec(apps: tuple[str, ...], max_items: int, tags_items: int) -> FeatureSpec:
+    return FeatureSpec(
+        fields=(
+            FieldSpec("C1", "hash", cardinality=5, hash_buckets=5),
+            FieldSpec("apps", "vocab", cardinality=len(apps) + 1, vocabulary=apps, max_items=max_items),
+            FieldSpec("tags", "hash", cardinality=6, hash_buckets=6, max_items=tags_items),
+            FieldSpec("I0", "raw"),
+        )
+    )
+
+
+def test_warm_start_maps_a_multi_valued_fields_items_by_value_across_a_vocabulary_change():
+    old_spec, new_spec = apps_spec(("a", "b", "c"), 3, 2), apps_spec(("c", "d", "a", "e"), 5, 4)
+    # apps by value (c: 3 -> 1, a: 1 -> 3, d and e new); tags one to one although max_items grew
+    assert embedding_row_map(new_spec, old_spec).tolist() == [0, 1, 2, 3, 4, 5, 8, -1, 6, -1, *range(9, 15)]
+    torch.manual_seed(0)
+    old = model_for_spec("deepfm", old_spec, SMALL).eval()
+    new = model_for_spec("deepfm", new_spec, SMALL).eval()
+    assert warm_start(new, new_spec, old, old_spec) == {"kept_rows": 14, "new_rows": 2}
+    num = torch.tensor([[0.5]])
+    old_row = torch.tensor([[2, 1, 3, PADDING, 4, PADDING]])  # C1 2, apps {a, c}, tags {4}
+    new_row = torch.tensor([[2, 3, 1, PADDING, PADDING, PADDING, 4, PADDING, PADDING, PADDING]])
+    with torch.no_grad():
+        torch.testing.assert_close(new(new_row, num), old(old_row, num))
+    single = FeatureSpec(
+        (old_spec.fields[0], FieldSpec("apps", "vocab", cardinality=3, vocabulary=("a", "b")), *old_spec.fields[2:])
+    )
+    with pytest.raises(ValueError, match="field apps was multi-valued, is single-valued now"):
+        warm_start(model_for_spec("deepfm", single, SMALL), single, old, old_spec)
 
 
 # The training recipe: each piece is a setting, and each acts as its setting says.
