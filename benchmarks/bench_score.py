@@ -106,7 +106,7 @@ def main() -> None:
         stage = rows_per_second(lambda: to_noop(scores, rows))
 
         local = encoded.toPandas()
-        cat = local[[f.name for f in spec.categorical_fields]].to_numpy(np.int64)
+        cat = local[spec.categorical_columns].to_numpy(np.int64)
         num = local[[f.name for f in spec.numeric_fields]].to_numpy(np.float32)
         bare_by_threads = {}
         for threads in sorted({torch.get_num_threads(), 1}, reverse=True):

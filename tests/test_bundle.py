@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import stat
 
+import pyarrow as pa
 import pytest
 import torch
 import yaml
@@ -12,7 +13,7 @@ from testkit import model_for_spec
 
 from deepfm.cli.config import load_defaults
 from deepfm.core import fs
-from deepfm.core.features import FeatureSpec, FeatureSpecError, FieldSpec
+from deepfm.core.features import PADDING, FeatureSpec, FeatureSpecError, FieldSpec
 from deepfm.core.metrics import BinaryMetrics
 from deepfm.models import ModelDefaults
 from deepfm.models.bundle import META_FILENAME, WEIGHTS_FILENAME, BundleError, load_bundle, save_bundle
@@ -160,3 +161,43 @@ def test_bundle_files_get_the_umask_permissions_not_private_ones(tmp_path, model
     save_bundle(tmp_path / "bundle", model, spec)
     for path in (tmp_path / "bundle", *(tmp_path / "bundle").iterdir()):
         assert stat.S_IMODE(path.stat().st_mode) == (fs.DIR_MODE if path.is_dir() else fs.FILE_MODE), path
+
+
+def apps_spec(max_items: int) -> FeatureSpec:
+    return FeatureSpec(
+        fields=(
+            FieldSpec("I1", "log"),
+            FieldSpec("C1", "vocab", cardinality=4, vocabulary=("a", "b", "c")),
+            FieldSpec("apps", "hash", cardinality=11, hash_buckets=10, max_items=max_items),
+        )
+    )
+
+
+def test_a_bundle_with_a_multi_valued_field_rebuilds_it_and_scoring_reads_its_slot_columns(tmp_path):
+    spec = apps_spec(max_items=3)
+    torch.manual_seed(0)
+    model = model_for_spec("deepfm", spec, CONFIG).eval()
+    cat = torch.tensor([[1, 4, 7, PADDING], [0, 10, PADDING, PADDING], [2, 3, 3, 9]])
+    num = torch.tensor([[0.5], [1.5], [0.0]])
+    version = save_bundle(tmp_path / "bundle", model, spec)
+    bundle = load_bundle(tmp_path / "bundle")
+    assert bundle.spec == spec and bundle.model.items_per_field == [1, 3]
+    with torch.no_grad():
+        expected = model(cat, num)
+        assert torch.equal(bundle.model(cat, num), expected)
+    with pytest.raises(BundleError, match="items per field"):
+        save_bundle(tmp_path / "other", model, apps_spec(max_items=5))
+
+    from deepfm.serving.predict import predict_fn  # imports pyspark (no JVM): only this test pays for it
+
+    columns = {name: pa.array(cat[:, j].int().numpy()) for j, name in enumerate(spec.categorical_columns)}
+    batch = pa.RecordBatch.from_pydict(
+        {
+            "impression_id": pa.array([7, 8, 9]),
+            "label": pa.array([1.0, 0.0, None], pa.float32()),
+            "I1": num[:, 0].numpy(),
+        }
+        | columns
+    )
+    scored = list(predict_fn(str(tmp_path / "bundle"), version, spec, torch.get_num_threads())([batch]))
+    torch.testing.assert_close(torch.from_numpy(scored[0].column("ctr").to_numpy()), torch.sigmoid(expected))

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 from tiny_ctr_data import ROW_ID_SCALE, write_dataset
 
 import deepfm.training.petastorm_io
+from deepfm.core.features import PADDING, FeatureSpec, FieldSpec
 from deepfm.training.feed import ShortReadError, epoch_seed, make_loader, prefetch, row_groups, shard_row_groups
 
 ROW_ID = 0  # ``row_id`` is the first numeric column of the tiny spec
@@ -54,7 +57,7 @@ def test_shards_are_disjoint_and_complete(dataset, kind):
         )
         batches = list(loader.epoch(0))
         assert all(len(b) == 128 for b in batches[:-1])
-        assert batches[0].cat.dtype == torch.int64 and batches[0].cat.shape[1] == len(spec.categorical_fields)
+        assert batches[0].cat.dtype == torch.int64 and batches[0].cat.shape[1] == len(spec.categorical_columns)
         assert batches[0].num.dtype == torch.float32 and batches[0].label.dtype == torch.float32
         assert len(batches) == loader.num_batches
         per_shard.append(_ids(batches))
@@ -73,6 +76,44 @@ def test_both_feeders_yield_the_same_batches(dataset):
         for kind in ("arrow", "petastorm")
     }
     assert ids["arrow"] == ids["petastorm"]
+
+
+def write_multi_valued(root, rows: int = 1200, max_items: int = 4) -> tuple[FeatureSpec, np.ndarray]:
+    """A split with a multi-valued field ``apps`` as its int32 slot columns (1..max_items items,
+    then PADDING), written by pyarrow; returns the spec and every row's ``cat`` by row id."""
+    spec = FeatureSpec(
+        fields=(
+            FieldSpec("C1", "hash", cardinality=8, hash_buckets=8),
+            FieldSpec("apps", "hash", cardinality=30, hash_buckets=30, max_items=max_items),
+            FieldSpec("row_id", "raw"),
+        )
+    )
+    rng = np.random.default_rng(0)
+    items = rng.integers(0, 30, (rows, max_items), dtype=np.int32)
+    items[np.arange(max_items) >= rng.integers(1, max_items + 1, (rows, 1))] = PADDING
+    cat = np.column_stack([rng.integers(0, 8, rows, dtype=np.int32), items])
+    for part, ids in enumerate(np.array_split(np.arange(rows), 3)):
+        columns = {name: cat[ids, j] for j, name in enumerate(spec.categorical_columns)}
+        label = rng.integers(0, 2, len(ids)).astype(np.float32)
+        table = pa.table({"label": label, **columns, "row_id": ids.astype(np.float32)})
+        pq.write_table(table, root / f"part-{part}.parquet", row_group_size=100)
+    return spec, cat
+
+
+def test_both_feeders_read_a_multi_valued_fields_slot_columns_as_cat_columns(tmp_path):
+    spec, cat = write_multi_valued(tmp_path)
+    batches = {
+        kind: list(make_loader(kind, tmp_path, spec, 128, shard=1, shard_count=2, shuffle_buffer=300, seed=3).epoch(1))
+        for kind in ("arrow", "petastorm")
+    }
+    arrow, petastorm = batches["arrow"], batches["petastorm"]
+    assert len(arrow) == len(petastorm) == 5
+    assert all(torch.equal(a, p) for x, y in zip(arrow, petastorm) for a, p in zip(x, y))
+    read = torch.cat([b.cat for b in arrow])
+    assert read.dtype == torch.int64 and read.shape == (600, 1 + 4)
+    ids = torch.cat([b.num[:, 0] for b in arrow]).long()
+    assert torch.equal(read, torch.from_numpy(cat[ids.numpy()]).long())  # each row's items and padding, in slot order
+    assert (read == PADDING).any()
 
 
 @pytest.mark.parametrize("kind", ["arrow", "petastorm"])

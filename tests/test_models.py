@@ -11,12 +11,12 @@ from testkit import model as build
 from testkit import model_config, model_for_spec
 from torch import nn
 
-from deepfm.core.features import FeatureSpec, FieldSpec
+from deepfm.core.features import PADDING, FeatureSpec, FieldSpec
 from deepfm.core.metrics import auc
 from deepfm.models import ModelConfig, ModelDefaults, build_model, make_optimizers, model_names
 from deepfm.models.layers import FieldEmbedding, FMInteraction, InnerProducts, OuterProducts
 from deepfm.models.optim import clip_grad_norm
-from deepfm.models.surgery import pretrain_init
+from deepfm.models.surgery import embedding_row_map, pretrain_init, warm_start
 from deepfm.training.early_stopping import PlateauDecay
 
 CARDINALITIES = [6, 9, 4]
@@ -251,6 +251,120 @@ def test_second_order_terms_learn_a_pure_pairwise_interaction():
     lr_auc, fm_auc, deepfm_auc = (train_and_auc(name) for name in ("lr", "fm", "deepfm"))
     assert lr_auc < 0.6
     assert fm_auc > 0.85 and deepfm_auc > 0.85
+
+
+# Multi-valued fields: n slot columns per field, items then PADDING, pooled with x_i = 1/n.
+
+
+def multi_valued_inputs(batch: int, cardinalities: list[int], items: list[int], n_numeric: int, seed: int = 0):
+    """``cat [batch, sum(items)]``: one index per single-valued field; a multi-valued field's slots
+    hold 1..n items (repeats possible), then PADDING; every count occurs across the rows."""
+    g = torch.Generator().manual_seed(seed)
+    columns = []
+    for card, n in zip(cardinalities, items):
+        slots = torch.randint(0, card, (batch, n), generator=g)
+        used = torch.arange(batch).remainder(n).add(1).unsqueeze(1)  # items in the row: 1, 2, .., n, 1, ..
+        columns.append(slots.masked_fill(torch.arange(n) >= used, PADDING))
+    return torch.cat(columns, dim=1), torch.randn(batch, n_numeric, generator=g)
+
+
+def test_fm_over_pooled_fields_equals_the_pairwise_sum_over_their_features():
+    """Rendle's FM with x_i = 1/n per item of a multi-valued field, 1 per single value, the value
+    per numeric field: sum over all feature pairs i<j, pairs inside one field included."""
+    cards, items, n_numeric = [5, 7, 6, 4], [1, 4, 1, 3], 2
+    embedding = FieldEmbedding(cards, n_numeric, dim=3, init_std=1.0, items_per_field=items).double()
+    cat, num = multi_valued_inputs(8, cards, items, n_numeric)
+    num = num.double()
+    pooled = embedding.pool(cat, num)
+    table, offsets = embedding.categorical.weight, torch.tensor([0, *cards[:-1]]).cumsum(0)
+    for b in range(len(cat)):
+        features = []  # (x_i, v_i)
+        for field, slots in enumerate(cat[b].split(items)):
+            present = slots[slots != PADDING]
+            features += [(1.0 / len(present), table[offsets[field] + i]) for i in present]
+        features += [(num[b, j], embedding.numeric[j]) for j in range(n_numeric)]
+        naive = sum(xi * xj * (vi @ vj) for (xi, vi), (xj, vj) in itertools.combinations(features, 2))
+        torch.testing.assert_close(FMInteraction()(pooled.vectors[b : b + 1], pooled.squares[b : b + 1])[0], naive)
+    # the squares are what count the pairs inside a field: without them the FM is another sum
+    assert not torch.allclose(FMInteraction()(pooled.vectors), FMInteraction()(pooled.vectors, pooled.squares))
+
+
+def test_a_multi_valued_field_is_the_mean_of_its_items_and_its_gradient_reaches_only_them():
+    embedding = FieldEmbedding([4, 10], n_numeric=1, dim=2, init_std=1.0, items_per_field=[1, 3])
+    cat = torch.tensor([[2, 5, 7, PADDING], [1, 9, PADDING, PADDING], [3, 6, 6, 8]])
+    vectors = embedding(cat, torch.ones(3, 1))
+    table = embedding.categorical.weight
+    assert vectors.shape == (3, 3, 2)  # fields, not columns
+    torch.testing.assert_close(vectors[:, 0], table[[2, 1, 3]])
+    torch.testing.assert_close(vectors[0, 1], (table[4 + 5] + table[4 + 7]) / 2)
+    torch.testing.assert_close(vectors[1, 1], table[4 + 9])
+    torch.testing.assert_close(vectors[2, 1], (2 * table[4 + 6] + table[4 + 8]) / 3)  # a repeated item counts twice
+    vectors[:, 1].sum().backward()
+    assert table.grad.is_sparse
+    weights = torch.zeros(14)
+    weights[[4 + 5, 4 + 7]] = 1 / 2
+    weights[4 + 9] = 1.0
+    weights[[4 + 6, 4 + 8]] = torch.tensor([2 / 3, 1 / 3])
+    torch.testing.assert_close(table.grad.to_dense(), weights.unsqueeze(1).expand(14, 2))  # padding: none
+
+
+@pytest.mark.parametrize("name", model_names())
+def test_every_model_trains_on_a_spec_with_a_multi_valued_field(name):
+    spec = FeatureSpec(
+        fields=(
+            FieldSpec("C1", "vocab", cardinality=4, vocabulary=("a", "b", "c")),
+            FieldSpec("apps", "hash", cardinality=21, hash_buckets=21, max_items=4),
+            FieldSpec("I1", "log"),
+        )
+    )
+    torch.manual_seed(0)
+    model = model_for_spec(name, spec, SMALL)
+    assert model.items_per_field == [1, 4]
+    cat, num = multi_valued_inputs(16, spec.cardinalities, spec.items_per_field, 1)
+    labels = torch.randint(0, 2, (16,), generator=torch.Generator().manual_seed(1)).float()
+    optimizers = make_optimizers(model, lr=1e-2)
+    F.binary_cross_entropy_with_logits(model(cat, num), labels).backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    optimizers.step()
+    reordered = cat.clone()  # each row's items in reverse slot order: a set, the same row
+    for row, count in enumerate((cat[:, 1:] != PADDING).sum(dim=1).tolist()):
+        reordered[row, 1 : 1 + count] = cat[row, 1 : 1 + count].flip(0)
+    model.eval()
+    with torch.no_grad():
+        logits = model(cat, num)
+        assert logits.shape == (16,) and torch.isfinite(logits).all()
+        torch.testing.assert_close(model(reordered, num), logits)
+
+
+def apps_spec(apps: tuple[str, ...], max_items: int, tags_items: int) -> FeatureSpec:
+    return FeatureSpec(
+        fields=(
+            FieldSpec("C1", "hash", cardinality=5, hash_buckets=5),
+            FieldSpec("apps", "vocab", cardinality=len(apps) + 1, vocabulary=apps, max_items=max_items),
+            FieldSpec("tags", "hash", cardinality=6, hash_buckets=6, max_items=tags_items),
+            FieldSpec("I0", "raw"),
+        )
+    )
+
+
+def test_warm_start_maps_a_multi_valued_fields_items_by_value_across_a_vocabulary_change():
+    old_spec, new_spec = apps_spec(("a", "b", "c"), 3, 2), apps_spec(("c", "d", "a", "e"), 5, 4)
+    # apps by value (c: 3 -> 1, a: 1 -> 3, d and e new); tags one to one although max_items grew
+    assert embedding_row_map(new_spec, old_spec).tolist() == [0, 1, 2, 3, 4, 5, 8, -1, 6, -1, *range(9, 15)]
+    torch.manual_seed(0)
+    old = model_for_spec("deepfm", old_spec, SMALL).eval()
+    new = model_for_spec("deepfm", new_spec, SMALL).eval()
+    assert warm_start(new, new_spec, old, old_spec) == {"kept_rows": 14, "new_rows": 2}
+    num = torch.tensor([[0.5]])
+    old_row = torch.tensor([[2, 1, 3, PADDING, 4, PADDING]])  # C1 2, apps {a, c}, tags {4}
+    new_row = torch.tensor([[2, 3, 1, PADDING, PADDING, PADDING, 4, PADDING, PADDING, PADDING]])
+    with torch.no_grad():
+        torch.testing.assert_close(new(new_row, num), old(old_row, num))
+    single = FeatureSpec(
+        (old_spec.fields[0], FieldSpec("apps", "vocab", cardinality=3, vocabulary=("a", "b")), *old_spec.fields[2:])
+    )
+    with pytest.raises(ValueError, match="field apps was multi-valued, is single-valued now"):
+        warm_start(model_for_spec("deepfm", single, SMALL), single, old, old_spec)
 
 
 # The training recipe: each piece is a setting, and each acts as its setting says.

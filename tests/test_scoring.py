@@ -230,7 +230,7 @@ def test_scores_equal_the_bundle_applied_in_torch(spark, world, first_run):
     encoded = encode(valid, spec).toPandas()
     with torch.no_grad():
         logits = bundle.model.eval()(
-            torch.from_numpy(encoded[[f.name for f in spec.categorical_fields]].to_numpy(np.int64)),
+            torch.from_numpy(encoded[spec.categorical_columns].to_numpy(np.int64)),
             torch.from_numpy(encoded[[f.name for f in spec.numeric_fields]].to_numpy(np.float32)),
         )
     encoded["expected"] = torch.sigmoid(logits).numpy()

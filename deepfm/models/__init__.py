@@ -1,8 +1,8 @@
 """CTR models of the DeepFM paper: layers, the model zoo, their optimizers, typed configs, bundles.
 
-Input contract: ``cat [B, n_categorical]`` long indices (0 = missing/OOV) and
-``num [B, n_numeric]`` float (already transformed), in ``FeatureSpec`` field order;
-output: logits ``[B]``.
+Input contract: ``cat [B, S]`` long indices (0 = missing/OOV; -1 = an unused slot of a
+multi-valued field) in ``FeatureSpec.categorical_columns`` order, and ``num [B, n_numeric]`` float
+(already transformed) in ``numeric_fields`` order; output: logits ``[B]``.
 """
 
 from deepfm.models.config import ModelConfig, ModelDefaults

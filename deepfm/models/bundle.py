@@ -30,7 +30,7 @@ from deepfm.core import fs
 from deepfm.core.features import FeatureSpec, FeatureSpecError
 from deepfm.core.metrics import BinaryMetrics
 from deepfm.models.config import ModelConfig
-from deepfm.models.zoo import CTRModel, build_model
+from deepfm.models.zoo import CTRModel, build_model_for_spec
 
 BUNDLE_FORMAT = 1
 WEIGHTS_FILENAME = "weights.pt"
@@ -81,11 +81,12 @@ def save_bundle(
 
     ``validation`` is the metrics state of the validation that selected these weights.
     """
-    layout = (spec.cardinalities, len(spec.numeric_fields))
-    if layout != (model.cardinalities, model.n_numeric):
+    layout = (spec.cardinalities, len(spec.numeric_fields), spec.items_per_field)
+    model_layout = (model.cardinalities, model.n_numeric, model.items_per_field)
+    if layout != model_layout:
         raise BundleError(
-            f"feature spec {spec.version} has cardinalities/numeric count {layout}, "
-            f"the model {(model.cardinalities, model.n_numeric)}"
+            f"feature spec {spec.version} has cardinalities/numeric count/items per field {layout}, "
+            f"the model {model_layout}"
         )
     state = {key: tensor.detach().cpu() for key, tensor in model.state_dict().items()}
     version = bundle_version(state, model.name, model.config, spec)
@@ -134,7 +135,7 @@ def load_bundle(path: str | os.PathLike[str], map_location: str | torch.device =
     if bundle_version(state, name, config, spec) != meta["version"]:
         raise BundleError(f"bundle {path} is corrupt: its content does not hash to version {meta['version']}")
     try:
-        model = build_model(name, spec.cardinalities, len(spec.numeric_fields), config)
+        model = build_model_for_spec(name, spec, config)
         model.load_state_dict(state)
     except (ValueError, KeyError, RuntimeError) as exc:
         raise BundleError(f"bundle {path}: cannot rebuild model {name!r} from its config and weights: {exc}") from exc

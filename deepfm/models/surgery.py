@@ -3,6 +3,8 @@ across feature specs (yesterday's model into today's, whose vocabularies moved).
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import torch
 from torch import nn
@@ -40,16 +42,25 @@ def embedding_row_map(spec: FeatureSpec, old_spec: FeatureSpec) -> np.ndarray:
 
     A ``vocab`` value keeps its old row wherever its index moved; ``hash`` and ``bucketize``
     rows map one to one when buckets, boundaries and hash seed are unchanged; index 0
-    (missing/OOV) always maps to the old index 0.
+    (missing/OOV) always maps to the old index 0. A multi-valued field's rows are its items',
+    indexed as a single field's values, so they map alike whatever its ``max_items`` (which only
+    bounds the items a row keeps). A field that became multi-valued, or stopped being, is
+    refused: its old rows are features of another kind (one value, ``x = 1``, against one item of
+    a set, ``x = 1/n``).
     """
     parts, old_offset = [], 0
     for new, old in zip(spec.categorical_fields, old_spec.categorical_fields, strict=True):
+        if new.is_multi_valued != old.is_multi_valued:
+            kinds = ["multi-valued" if f.is_multi_valued else "single-valued" for f in (old, new)]
+            raise ValueError(f"warm start: field {new.name} was {kinds[0]}, is {kinds[1]} now")
         rows = np.full(new.cardinality, -1, dtype=np.int64)
         rows[0] = 0
         if new.transform == old.transform == "vocab":
             old_index = {value: i + 1 for i, value in enumerate(old.vocabulary)}
             rows[1 : len(new.vocabulary) + 1] = [old_index.get(value, -1) for value in new.vocabulary]
-        elif new == old and (new.transform != "hash" or spec.hash_seed == old_spec.hash_seed):
+        elif dataclasses.replace(new, max_items=old.max_items) == old and (
+            new.transform != "hash" or spec.hash_seed == old_spec.hash_seed
+        ):
             rows[:] = np.arange(new.cardinality)
         parts.append(np.where(rows >= 0, rows + old_offset, -1))
         old_offset += old.cardinality

@@ -39,15 +39,15 @@ from deepfm.models.layers import DNN, FieldEmbedding, FirstOrderEmbedding, FMInt
 
 
 class CTRModel(nn.Module):
-    """``forward(cat [B, C] long, num [B, N] float) -> logits [B]`` (pre-sigmoid).
+    """``forward(cat [B, S] long, num [B, N] float) -> logits [B]`` (pre-sigmoid).
 
     Parts, each optional:
       ``wide``            rows ``[w_i, v_i]``: the first-order term and the latent vectors ``v``,
       ``fm``              the pairwise term over ``v``,
       ``deep``            an MLP/PNN over ``deep_embedding``'s vectors, or over ``v`` when
                           ``deep_embedding`` is None (the shared embedding of DeepFM).
-    ``name`` and ``config`` are what ``build_model`` needs to rebuild the same architecture, e.g.
-    from a bundle.
+    ``name``, ``config`` and the layout (``cardinalities``, ``n_numeric``, ``items_per_field``)
+    are what ``build_model`` needs to rebuild the same architecture, e.g. from a bundle.
     """
 
     def __init__(
@@ -56,6 +56,7 @@ class CTRModel(nn.Module):
         config: ModelConfig,
         cardinalities: list[int],
         n_numeric: int,
+        items_per_field: list[int],
         *,
         wide: FirstOrderEmbedding | None = None,
         fm: FMInteraction | None = None,
@@ -69,37 +70,39 @@ class CTRModel(nn.Module):
         self.config = config
         self.cardinalities = list(cardinalities)
         self.n_numeric = n_numeric
+        self.items_per_field = list(items_per_field)
         self.wide = wide
         self.fm = fm
         self.deep = deep
         self.deep_embedding = deep_embedding
 
     def forward(self, cat: torch.Tensor, num: torch.Tensor) -> torch.Tensor:
-        """``cat [B, C]``, ``num [B, N]`` -> ``[B]`` logits."""
+        """``cat [B, S]``, ``num [B, N]`` -> ``[B]`` logits."""
         terms: list[torch.Tensor] = []
-        latent = None
+        latent = squares = None
         if self.wide is not None:
-            first_order, latent = self.wide(cat, num)
-            terms.append(first_order)
+            wide = self.wide(cat, num)
+            terms.append(wide.term)
+            latent, squares = wide.latent, wide.squares
         if self.fm is not None:
-            terms.append(self.fm(latent))
+            terms.append(self.fm(latent, squares))
         if self.deep is not None:
             deep_input = self.deep_embedding(cat, num) if self.deep_embedding is not None else latent
             terms.append(self.deep(deep_input))
         return sum(terms[1:], terms[0])
 
 
-Builder = Callable[[str, ModelConfig, list[int], int], CTRModel]
+Builder = Callable[[str, ModelConfig, list[int], int, list[int]], CTRModel]
 DeepFactory = Callable[[ModelConfig, int], nn.Module]
 
 
-def _wide(cfg: ModelConfig, cardinalities: list[int], n_numeric: int, latent: bool) -> FirstOrderEmbedding:
+def _wide(cfg: ModelConfig, cards: list[int], n_num: int, items: list[int], latent: bool) -> FirstOrderEmbedding:
     latent_dim = cfg.embedding_dim if latent else 0
-    return FirstOrderEmbedding(cardinalities, n_numeric, latent_dim, cfg.embedding_init_std)
+    return FirstOrderEmbedding(cards, n_num, latent_dim, cfg.embedding_init_std, items)
 
 
-def _embedding(cfg: ModelConfig, cardinalities: list[int], n_numeric: int) -> FieldEmbedding:
-    return FieldEmbedding(cardinalities, n_numeric, cfg.embedding_dim, cfg.embedding_init_std)
+def _embedding(cfg: ModelConfig, cards: list[int], n_num: int, items: list[int]) -> FieldEmbedding:
+    return FieldEmbedding(cards, n_num, cfg.embedding_dim, cfg.embedding_init_std, items)
 
 
 def _dnn(cfg: ModelConfig, num_fields: int) -> DNN:
@@ -118,20 +121,21 @@ def _pnn(cfg: ModelConfig, num_fields: int) -> ProductNetwork:
     )
 
 
-def _build_lr(name: str, cfg: ModelConfig, cards: list[int], n_num: int) -> CTRModel:
-    return CTRModel(name, cfg, cards, n_num, wide=_wide(cfg, cards, n_num, latent=False))
+def _build_lr(name: str, cfg: ModelConfig, cards: list[int], n_num: int, items: list[int]) -> CTRModel:
+    return CTRModel(name, cfg, cards, n_num, items, wide=_wide(cfg, cards, n_num, items, latent=False))
 
 
-def _build_fm(name: str, cfg: ModelConfig, cards: list[int], n_num: int) -> CTRModel:
-    return CTRModel(name, cfg, cards, n_num, wide=_wide(cfg, cards, n_num, latent=True), fm=FMInteraction())
+def _build_fm(name: str, cfg: ModelConfig, cards: list[int], n_num: int, items: list[int]) -> CTRModel:
+    wide = _wide(cfg, cards, n_num, items, latent=True)
+    return CTRModel(name, cfg, cards, n_num, items, wide=wide, fm=FMInteraction())
 
 
 def _build_deep_only(deep: DeepFactory) -> Builder:
     """FNN and the PNNs: a deep part over their own embedding, nothing else."""
 
-    def build(name: str, cfg: ModelConfig, cards: list[int], n_num: int) -> CTRModel:
-        embedding = _embedding(cfg, cards, n_num)
-        return CTRModel(name, cfg, cards, n_num, deep=deep(cfg, embedding.num_fields), deep_embedding=embedding)
+    def build(name: str, cfg: ModelConfig, cards: list[int], n_num: int, items: list[int]) -> CTRModel:
+        embedding = _embedding(cfg, cards, n_num, items)
+        return CTRModel(name, cfg, cards, n_num, items, deep=deep(cfg, embedding.num_fields), deep_embedding=embedding)
 
     return build
 
@@ -144,16 +148,17 @@ def _build_wide_deep(*, fm: bool, shared: bool, deep: DeepFactory) -> Builder:
     columns stored next to the LR weights, which are parameters of the deep part alone.
     """
 
-    def build(name: str, cfg: ModelConfig, cards: list[int], n_num: int) -> CTRModel:
+    def build(name: str, cfg: ModelConfig, cards: list[int], n_num: int, items: list[int]) -> CTRModel:
         return CTRModel(
             name,
             cfg,
             cards,
             n_num,
-            wide=_wide(cfg, cards, n_num, latent=True),
+            items,
+            wide=_wide(cfg, cards, n_num, items, latent=True),
             fm=FMInteraction() if fm else None,
             deep=deep(cfg, len(cards) + n_num),
-            deep_embedding=None if shared else _embedding(cfg, cards, n_num),
+            deep_embedding=None if shared else _embedding(cfg, cards, n_num, items),
         )
 
     return build
@@ -177,16 +182,24 @@ def model_names() -> list[str]:
     return list(MODEL_BUILDERS)
 
 
-def build_model(name: str, cardinalities: list[int], n_numeric: int, config: ModelConfig) -> CTRModel:
+def build_model(
+    name: str,
+    cardinalities: list[int],
+    n_numeric: int,
+    config: ModelConfig,
+    items_per_field: list[int] | None = None,
+) -> CTRModel:
     """Build registry model ``name`` for ``cardinalities`` (rows per categorical field, index 0
-    included) and ``n_numeric`` numeric fields; ``model.config`` is ``config``."""
+    included), ``n_numeric`` numeric fields and ``items_per_field`` (``cat`` columns per
+    categorical field, > 1 for a multi-valued one; default all 1); ``model.config`` is ``config``."""
     if name not in MODEL_BUILDERS:
         raise ValueError(f"unknown model {name!r}; choose from {model_names()}")
     if any(c < 1 for c in cardinalities):
         raise ValueError(f"cardinalities must be >= 1, got {cardinalities}")
-    return MODEL_BUILDERS[name](name, config, list(cardinalities), n_numeric)
+    items = list(items_per_field) if items_per_field is not None else [1] * len(cardinalities)
+    return MODEL_BUILDERS[name](name, config, list(cardinalities), n_numeric, items)
 
 
 def build_model_for_spec(name: str, spec: FeatureSpec, config: ModelConfig) -> CTRModel:
     """``build_model`` for the field layout of ``spec``."""
-    return build_model(name, spec.cardinalities, len(spec.numeric_fields), config)
+    return build_model(name, spec.cardinalities, len(spec.numeric_fields), config, spec.items_per_field)

@@ -81,7 +81,7 @@ def predict_fn(
     or speculative duplicate attempt's is not added), and ``run`` checks the summed row count
     against the commit's.
     """
-    cat_names = [f.name for f in spec.categorical_fields]
+    cat_names = spec.categorical_columns
     num_names = [f.name for f in spec.numeric_fields]
     label = spec.label
 
@@ -126,7 +126,7 @@ def encode_day(valid: DataFrame, spec: FeatureSpec) -> DataFrame:
     if valid.rdd.getNumPartitions() < cores:
         valid = valid.repartition(cores)
     return encode(valid, spec).select(
-        "impression_id", spec.label, *(f.name for f in spec.categorical_fields), *(f.name for f in spec.numeric_fields)
+        "impression_id", spec.label, *spec.categorical_columns, *(f.name for f in spec.numeric_fields)
     )
 
 

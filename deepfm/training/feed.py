@@ -41,7 +41,8 @@ class ShortReadError(RuntimeError):
 
 
 class Batch(NamedTuple):
-    """``cat`` LongTensor[B, n_cat], ``num`` FloatTensor[B, n_num], ``label`` FloatTensor[B]."""
+    """``cat`` LongTensor[B, S] (``FeatureSpec.categorical_columns``), ``num`` FloatTensor[B, n_num],
+    ``label`` FloatTensor[B]."""
 
     cat: torch.Tensor
     num: torch.Tensor
@@ -63,7 +64,8 @@ class RowGroup:
 
 @dataclass(frozen=True)
 class Columns:
-    """Which Parquet columns feed which model input, in ``FeatureSpec`` order."""
+    """Which Parquet columns feed which model input, in ``FeatureSpec`` order: a multi-valued
+    field's slot columns are plain int32 columns of ``cat`` (no list columns to decode)."""
 
     categorical: tuple[str, ...]
     numeric: tuple[str, ...]
@@ -71,9 +73,7 @@ class Columns:
 
     @classmethod
     def from_spec(cls, spec: FeatureSpec) -> Columns:
-        return cls(
-            tuple(f.name for f in spec.categorical_fields), tuple(f.name for f in spec.numeric_fields), spec.label
-        )
+        return cls(tuple(spec.categorical_columns), tuple(f.name for f in spec.numeric_fields), spec.label)
 
     @property
     def all(self) -> list[str]:
@@ -189,7 +189,7 @@ class ShardLoader:
 class _Window:
     """The shuffle window: rows of a few row groups in reused arrays, permuted and cut into batches.
 
-    ``cat`` int32[capacity, n_cat] (as stored; widened to int64 per batch, which halves the
+    ``cat`` int32[capacity, S] (as stored; widened to int64 per batch, which halves the
     window's memory traffic), ``num`` float32[capacity, n_num], ``label`` float32[capacity] are
     filled column by column straight from the reader's arrays (the one stacking pass); batches
     are gathered copies, so the arrays are refilled while batches are still in use.
