@@ -38,7 +38,7 @@ from pathlib import Path
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from deepfm.cli.config import load_defaults, spark_conf
+from deepfm.cli.config import load_defaults, load_schema, spark_conf
 from deepfm.ops.spark import get_spark
 from deepfm.prep import preprocess, rawlogs
 from deepfm.prep.encoding import FeatureConfig
@@ -46,6 +46,7 @@ from deepfm.prep.synthetic import MANIFEST, write_logs
 
 START = dt.date(2024, 1, 1)
 MODES = ("vocab", "hash")
+CRITEO = load_schema("criteo")
 
 
 def logs(root: Path, days: int, rows_per_day: int, gz: bool) -> Path:
@@ -58,11 +59,8 @@ def logs(root: Path, days: int, rows_per_day: int, gz: bool) -> Path:
 
 def bare_pass(spark: SparkSession, paths: list[str], out: Path) -> None:
     fields = F.split("value", "\t", -1)
-    columns = [
-        fields[0].cast("int").alias(rawlogs.LABEL),
-        *(fields[1 + i].cast("int").alias(n) for i, n in enumerate(rawlogs.INTEGER_FIELDS)),
-        *(fields[14 + i].alias(n) for i, n in enumerate(rawlogs.CATEGORICAL_FIELDS)),
-    ]
+    types = {"label": "int", "integer": "int", "categorical": "string"}
+    columns = [fields[i].cast(types[c.kind]).alias(c.name) for i, c in enumerate(CRITEO.columns)]
     spark.read.text(paths).select(*columns).write.mode("overwrite").parquet(out.as_uri())
 
 
@@ -75,7 +73,7 @@ def job(
         input=str(raw),
         output=str(out),
         end_date=end,
-        features=FeatureConfig.from_dict(features),
+        features=FeatureConfig.from_dict(features, CRITEO),
         train_days=days - 2,  # the window stays `days` long: a validation day and a test day end it
         validation_days=1,
         test_days=1,

@@ -36,12 +36,12 @@ import torch
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from deepfm.cli.config import load_defaults, spark_conf
+from deepfm.cli.config import load_defaults, load_schema, spark_conf
 from deepfm.models import ModelDefaults, build_model_for_spec
 from deepfm.models.bundle import load_bundle, save_bundle
 from deepfm.ops.spark import get_spark
 from deepfm.prep.encoding import FeatureConfig, fit
-from deepfm.prep.rawlogs import parse_valid, read_raw_day, with_reason
+from deepfm.prep.rawlogs import LogFormat
 from deepfm.prep.synthetic import write_logs
 from deepfm.serving.predict import encode_day, predict, torch_threads
 from deepfm.serving.score import ScoreOptions, run
@@ -82,9 +82,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench_score_") as tmp:
         root = Path(tmp)
         write_logs(root / "raw", days=1, rows_per_day=args.rows, start_date=DAY, seed=1)
-        checked = with_reason(read_raw_day(spark, str(root / "raw"), DAY))
-        valid = parse_valid(checked.where(F.col("reason").isNull()))
-        spec = fit(valid, FeatureConfig.from_dict(load_defaults("features")))
+        schema = load_schema("criteo")
+        logs = LogFormat(schema)
+        checked = logs.with_reason(logs.read_day(spark, str(root / "raw"), DAY))
+        valid = logs.parse_valid(checked.where(F.col("reason").isNull()).drop("reason", "field"))
+        spec = fit(valid, FeatureConfig.from_dict(load_defaults("features"), schema))
         model = build_model_for_spec(args.model, spec, ModelDefaults(load_defaults("models")).resolve(args.model))
         bundle_path = str(root / "bundle")
         save_bundle(bundle_path, model, spec)

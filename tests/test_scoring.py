@@ -375,6 +375,18 @@ def test_incompatible_table_is_refused_unless_evolution_allowed(spark, world):
     assert summary["reconciled"] and "ctr" in spark.read.format("delta").load(str(evolving)).columns
 
 
+def test_a_table_whose_creation_was_killed_before_its_first_commit_is_created_again(spark, world, first_run):
+    log = world["root"] / "half_created" / "_delta_log"
+    log.mkdir(parents=True)
+    (log / ".00000000000000000000.json.0b1c.tmp").write_text("{}")  # the first commit, never renamed
+    summary = run(spark, options(world, DAY0, "half_created"))
+    assert summary["reconciled"] and summary["scored"] == first_run["scored"]
+    (world["root"] / "not_delta").mkdir()
+    (world["root"] / "not_delta" / "data.csv").write_text("a,b\n")
+    with pytest.raises(TableError, match="exists and is not a Delta table"):
+        run(spark, options(world, DAY0, "not_delta"))
+
+
 def test_a_run_killed_while_writing_the_day_reruns_to_one_copy_of_it(spark, world, first_run):
     """kill -9 of the job (driver JVM and Python) as the Delta write starts; the rerun commits the
     day once, whatever the killed run left in the table's folder."""

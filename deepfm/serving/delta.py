@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import logging
+import re
+import shutil
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -98,7 +100,10 @@ def check_table(
     type and partitioning conflicts are refused regardless.
     """
     if not ref.exists(spark):
-        if ref.is_path and Path(ref.location).exists() and any(Path(ref.location).iterdir()):
+        if ref.is_path and _interrupted_create(Path(ref.location)):
+            log.warning("table %s: removing what a killed run left of its creation (no commit)", ref)
+            shutil.rmtree(ref.location)
+        elif ref.is_path and Path(ref.location).exists() and any(Path(ref.location).iterdir()):
             raise TableError(f"table {ref}: the path exists and is not a Delta table")
         return
     table = DeltaTable.forName(spark, ref.ident)
@@ -110,6 +115,20 @@ def check_table(
         raise TableError(f"table {ref} has an incompatible schema: {'; '.join(fatal + evolvable)}{hint}")
     if evolvable:
         log.warning("table %s will gain columns: %s", ref, "; ".join(evolvable))
+
+
+def _interrupted_create(location: Path) -> bool:
+    """A folder holding nothing but a ``_delta_log`` without a committed version: what a run
+    killed while creating the table leaves (Delta writes the first commit to a temporary file,
+    then renames it)."""
+    if not (location / "_delta_log").is_dir():
+        return False
+    files = [p for p in location.rglob("*") if p.is_file()]
+    in_log = all(p.is_relative_to(location / "_delta_log") for p in files)
+    return in_log and not any(_COMMIT.fullmatch(p.name) for p in files)
+
+
+_COMMIT = re.compile(r"\d{20}\.(json|checkpoint\.parquet)")
 
 
 def ensure_table(spark: SparkSession, ref: TableRef, schema: T.StructType, partition_by: list[str]) -> None:
