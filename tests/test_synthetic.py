@@ -1,5 +1,5 @@
 """The click-log generator: any schema's layout, deterministic, Criteo's files unchanged, malformed
-rows of each reason, late rows, a learnable signal."""
+rows of each reason, late rows, a learnable signal (one Spark test: LogFormat reads what was planted)."""
 
 from __future__ import annotations
 
@@ -207,3 +207,21 @@ def test_reference_ceilings_bound_what_a_model_can_learn_from_the_training_days(
     assert aucs[0] > aucs[3] > aucs[2] > aucs[1] > 0.55  # fewer known effects, a lower ceiling
     nothing = reference_ceilings(manifest, days[:2], days[2], min_count=10**9)
     assert len({round(nothing[name]["auc"], 12) for name in CEILINGS[1:]}) == 1  # numeric effects only
+
+
+def test_log_format_finds_exactly_the_planted_defects_and_dates_rows_by_event_time(tmp_path, spark):
+    for schema in SCHEMAS.values():
+        manifest = write_logs(tmp_path / schema.name, 3, 400, START, schema=schema, seed=5, malformed_fraction=0.1)
+        log_format, entries = LogFormat(schema), manifest["days"]
+        files = {dt.date.fromisoformat(day): [str(tmp_path / schema.name / e["file"])] for day, e in entries.items()}
+        checked = log_format.with_reason(log_format.read_days(spark, files)).cache()
+        found = Counter((str(r.day), r.reason) for r in checked.where("reason IS NOT NULL").collect())
+        assert found == Counter({(day, r): n for day, e in entries.items() for r, n in e["malformed"].items()})
+        # A day's valid rows, its late ones in the next day's file included (the last day's are not written).
+        parsed = log_format.parse_valid(checked.where("reason IS NULL").drop("reason", "field"))
+        dated = Counter(str(r.day) for r in parsed.select("day").collect())
+        last = max(entries)
+        valid = {day: 400 - sum(e["malformed"].values()) - e["late_rows"] * (day == last) for day, e in entries.items()}
+        assert dated == Counter(valid), schema.name
+        assert (entries[str(START)]["late_rows"] > 0) == bool(schema.event_time)  # folder days would differ
+        checked.unpersist()
