@@ -333,15 +333,17 @@ def machine() -> dict[str, Any]:
 
 def ceilings(data: Path) -> dict[str, Any] | None:
     """The generator's reference ceilings on the test day (``synthetic.reference_ceilings``), when
-    the preprocessed logs were generated (a ``generator.json`` beside them) and have a test day."""
+    the preprocessed logs were generated (a ``generator.json`` beside them, recording their schema:
+    older generators did not) and have a test day."""
     summary = json.loads((data / "summary.json").read_text()) if (data / "summary.json").exists() else {}
-    manifest = Path(summary.get("input", "")) / MANIFEST
-    if not (summary.get("test_days") and manifest.exists() and summary.get("layout") == "date"):
+    path = Path(summary.get("input", "")) / MANIFEST
+    manifest = json.loads(path.read_text()) if path.exists() else {}
+    if not (summary.get("test_days") and "schema" in manifest and summary.get("layout") == "date"):
         return None
     plans = FeatureSpec.load(data).metadata.get("field_plans", [])
     min_count = max((p["min_count"] for p in plans if p["transform"] == "vocab"), default=1)
     test_day = summary["test_days"][-1]
-    values = reference_ceilings(json.loads(manifest.read_text()), summary["train_days"], test_day, min_count)
+    values = reference_ceilings(manifest, summary["train_days"], test_day, min_count)
     return {"test_day": test_day, "min_count": min_count, "values": values}
 
 
