@@ -53,7 +53,7 @@ def logs(root: Path, days: int, rows_per_day: int, gz: bool) -> Path:
     """Generated logs under ``root`` (reused when already there with the same parameters)."""
     raw = root / f"raw-{days}x{rows_per_day}{'-gz' if gz else ''}"
     if not (raw / MANIFEST).exists():
-        write_logs(raw, days, rows_per_day, START, seed=0, layout="date", gz=gz)
+        write_logs(raw, days, rows_per_day, START, schema=CRITEO, seed=0, layout="date", gz=gz)
     return raw
 
 

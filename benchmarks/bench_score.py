@@ -81,7 +81,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="bench_score_") as tmp:
         root = Path(tmp)
-        write_logs(root / "raw", days=1, rows_per_day=args.rows, start_date=DAY, seed=1)
+        write_logs(root / "raw", days=1, rows_per_day=args.rows, start_date=DAY, schema=load_schema("criteo"), seed=1)
         schema = load_schema("criteo")
         logs = LogFormat(schema)
         checked = logs.with_reason(logs.read_day(spark, str(root / "raw"), DAY))

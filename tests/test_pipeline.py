@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -33,8 +34,7 @@ AIRFLOW_BIN = REPO_ROOT / ".airflow-venv" / "bin" / "airflow"
 
 def write_conf(conf_dir: Path) -> None:
     """A copy of the packaged defaults whose pipeline settings train small and fast."""
-    for source in (REPO_ROOT / "deepfm" / "conf").glob("*.yaml"):
-        (conf_dir / source.name).write_text(source.read_text())
+    shutil.copytree(REPO_ROOT / "deepfm" / "conf", conf_dir, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__*"))
     pipeline = (conf_dir / "pipeline.yaml").read_text()
     pipeline = pipeline.replace("train_days: 7", f"train_days: {TRAIN_DAYS}")
     pipeline = pipeline.replace('train_args: ["--epochs", "2"]', 'train_args: ["--epochs", "1", "--batch-size", "256"]')

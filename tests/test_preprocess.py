@@ -89,7 +89,7 @@ def test_one_scan_of_several_days_gives_each_line_its_files_day(tmp_path, spark)
 def generated(tmp_path_factory, spark):
     """Generated logs with malformed rows of every kind, preprocessed once."""
     root = tmp_path_factory.mktemp("generated")
-    manifest = write_logs(root / "raw", DAYS, 1500, FIRST, seed=11, malformed_fraction=0.02)
+    manifest = write_logs(root / "raw", DAYS, 1500, FIRST, schema=CRITEO, seed=11, malformed_fraction=0.02)
     return root, manifest, run(spark, options(root / "raw", root / "out"))
 
 
@@ -212,6 +212,7 @@ def test_both_layouts_and_gzip_give_the_same_encoded_data(generated, tmp_path, s
         DAYS,
         1500,
         FIRST,
+        schema=CRITEO,
         seed=11,
         layout="criteo",
         gz=True,
@@ -336,7 +337,7 @@ def test_rerun_replaces_the_output_and_a_failed_run_keeps_the_previous_one(gener
 
 def test_day_cache_keeps_what_a_day_decides_and_a_rewritten_day_is_recomputed(tmp_path, spark):
     raw, cache = tmp_path / "raw", str(tmp_path / "day_cache")
-    write_logs(raw, DAYS + 1, 600, FIRST - dt.timedelta(days=1), seed=5, malformed_fraction=0.03)
+    write_logs(raw, DAYS + 1, 600, FIRST - dt.timedelta(days=1), schema=CRITEO, seed=5, malformed_fraction=0.03)
     yesterday = replace(options(raw, tmp_path / "yesterday", day_cache=cache), end_date=END - dt.timedelta(days=1))
     assert run(spark, yesterday)["day_cache"]["reused"] == {"validation": [], "value_counts": []}
 
@@ -376,7 +377,7 @@ def test_day_cache_keeps_what_a_day_decides_and_a_rewritten_day_is_recomputed(tm
 
 def test_unreadable_or_empty_day_fails_naming_it_unless_skipped(tmp_path, spark):
     raw, day0 = tmp_path / "raw", FIRST
-    write_logs(raw, DAYS, 200, day0, seed=2, layout="criteo", gz=True)
+    write_logs(raw, DAYS, 200, day0, schema=CRITEO, seed=2, layout="criteo", gz=True)
     data = (raw / "day_1.gz").read_bytes()
     (raw / "day_1.gz").write_bytes(data[: len(data) // 2])  # truncated: not a whole gzip stream
     with pytest.raises(InputDayError, match=f"input day {day0 + dt.timedelta(days=1)}: unreadable"):
@@ -475,7 +476,7 @@ def _mutate(line: bytes, rng: np.random.Generator) -> bytes:
 
 def test_fuzzed_lines_end_valid_or_quarantined_with_a_reason_and_counts_reconcile(tmp_path, spark):
     rng = np.random.default_rng(2026)
-    write_logs(tmp_path / "raw", DAYS, 400, FIRST, seed=5, malformed_fraction=0)
+    write_logs(tmp_path / "raw", DAYS, 400, FIRST, schema=CRITEO, seed=5, malformed_fraction=0)
     files = sorted((tmp_path / "raw").glob("date=*/*.tsv"))
     mutated: dict[str, set[bytes]] = {}
     for file in files:

@@ -7,21 +7,26 @@ import datetime as dt
 import hashlib
 import json
 import shutil
+import subprocess
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
 from pyspark.sql import functions as F
-from testkit import CRITEO, model_for_spec
+from testkit import CRITEO, ENV, deepfm_command, model_for_spec
 
-from deepfm.cli.config import load_schema
+from deepfm.cli.config import load_defaults, load_schema
 from deepfm.core.features import FeatureSpec, FieldSpec
 from deepfm.core.schema import LogSchema
 from deepfm.models.bundle import save_bundle
-from deepfm.prep.encoding import encode, value_counts
+from deepfm.prep.encoding import FeatureConfig, encode, value_counts
+from deepfm.prep.preprocess import Options
+from deepfm.prep.preprocess import run as run_preprocess
 from deepfm.prep.rawlogs import LogFormat, quarantined
+from deepfm.prep.synthetic import write_logs
 from deepfm.serving.score import SchemaMismatchError, ScoreOptions, run
 
 pytestmark = pytest.mark.slow
@@ -228,3 +233,105 @@ def test_scoring_reads_the_models_schema_and_refuses_logs_of_another(tmp_path, s
     with pytest.raises(SchemaMismatchError, match="none of the day's first 1 records is a valid 'avazu' record"):
         run(spark, score_options(tmp_path / "other", avazu_bundle, criteo_day, DAY))
     assert not (tmp_path / "declared").exists() and not (tmp_path / "other").exists()  # refused before writing
+
+
+START = dt.date(2026, 5, 1)
+TRAIN = 3  # training days, then a validation day and a test day; the logs hold one day more
+
+
+def train_cli(data: Path, output: Path, env: dict[str, str]) -> dict:
+    """``deepfm train`` in one process: the run's summary."""
+    args = ["--data", str(data), "--output", str(output), "--epochs", "2", "--batch-size", "256"]
+    done = subprocess.run(deepfm_command("train", *args, "--set", "tracking.mlflow.enabled=false"), env=env,
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def written_by_event_day(manifest: dict, day: dt.date) -> int:
+    """Valid rows of ``day``: those in its file, less the previous day's late ones, plus its own
+    late ones (in the next day's file)."""
+    days = manifest["days"]
+    this, before = days[day.isoformat()], days.get((day - dt.timedelta(days=1)).isoformat(), {"late_rows": 0})
+    return this["rows"] - sum(this["malformed"].values()) - before["late_rows"] + this["late_rows"]
+
+
+@pytest.fixture(scope="module")
+def appstore(tmp_path_factory, spark):
+    """Generated app-store logs (JSON lines, installed apps, event time with late rows),
+    preprocessed with the job's own function."""
+    root = tmp_path_factory.mktemp("appstore")
+    schema = load_schema("appstore")
+    manifest = write_logs(root / "raw", TRAIN + 3, 3000, START, schema=schema, seed=3, malformed_fraction=0.01)
+    end = START + dt.timedelta(days=TRAIN + 1)
+    features = FeatureConfig.from_dict(load_defaults("features"), schema)
+    opts = Options(input=str(root / "raw"), output=str(root / "out"), end_date=end, train_days=TRAIN,
+                   features=features, day_cache=str(root / "cache"))  # fmt: skip
+    return root, manifest, run_preprocess(spark, opts)
+
+
+def test_appstore_logs_are_split_by_event_day_and_counts_reconcile(appstore):
+    _, manifest, summary = appstore
+    window = [START + dt.timedelta(days=k) for k in range(TRAIN + 2)]
+    for day in window:
+        assert summary["days"][day.isoformat()]["rows_written"] == written_by_event_day(manifest, day)
+    late_folder = summary["days"][(window[-1] + dt.timedelta(days=1)).isoformat()]
+    assert late_folder["split"] == "late" and late_folder["rows_written"] == 0
+    totals = summary["totals"]
+    assert totals["rows_read"] == totals["rows_written"] + totals["rows_quarantined"] + totals["rows_outside_window"]
+    assert totals["rows_outside_window"] > 1000  # the day after the window: read for its late rows only
+    assert summary["schema"]["days_by"] == "event_time" and summary["day_cache"] is None
+    assert summary["missing_by_field"]["installed_apps"] > 0
+
+
+def test_appstore_multi_valued_field_is_encoded_into_slots(appstore):
+    root, _, _ = appstore
+    spec = FeatureSpec.load(root / "out")
+    apps = spec.field("installed_apps")
+    assert (apps.transform, apps.max_items, spec.schema.name) == ("vocab", 16, "appstore")
+    assert {"event_time_hour", "event_time_weekday"} <= {f.name for f in spec.fields}
+    table = pq.read_table(root / "out" / "train")
+    slots = np.stack([table.column(c).to_numpy() for c in apps.columns], axis=1)
+    assert table.schema.field("installed_apps__0").type == pa.int32() and table.num_columns > len(spec.fields)
+    assert (slots[:, 0] >= 0).all() and (slots == -1).any() and (slots > 0).sum() > slots.shape[0]
+    filled = slots >= 0  # items first, then padding
+    assert (filled[:, :-1] >= filled[:, 1:]).all()
+
+
+def test_appstore_trains_and_scores_into_delta(appstore, spark, tmp_path):
+    root, _, _ = appstore
+    trained = train_cli(root / "out", tmp_path / "run", ENV)
+    assert trained["val_auc"] > 0.6
+    test_day = START + dt.timedelta(days=TRAIN + 1)
+    table = tmp_path / "scores"
+    options = ScoreOptions(date=test_day, model=trained["bundle"], table=str(table), input_root=str(root / "raw"))
+    first = run(spark, options)
+    again = run(spark, options)  # a rerun replaces the day
+    assert first["reconciled"] and again["reconciled"] and first["scored"] == again["scored"] > 1000
+    assert spark.read.format("delta").load(str(table)).count() == first["scored"]
+    assert first["auc"] > 0.6
+
+
+def test_avazu_preset_from_the_command_line_and_the_public_sample_scored(tmp_path, spark):
+    schema = load_schema("avazu")
+    write_logs(tmp_path / "raw", TRAIN + 2, 1500, START, schema=schema, seed=4, malformed_fraction=0.01)
+    end = START + dt.timedelta(days=TRAIN + 1)
+    args = ["--schema", "avazu", "--input", str(tmp_path / "raw"), "--output", str(tmp_path / "out"),
+            "--end-date", end.isoformat(), "--train-days", str(TRAIN), "--day-cache", ""]  # fmt: skip
+    done = subprocess.run(deepfm_command("preprocess", *args), env=ENV, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads(done.stdout[done.stdout.index("{") :])
+    assert summary["schema"]["name"] == "avazu" and summary["totals"]["rows_quarantined"] > 0
+    assert set(summary["rejected_by_field"]) >= {"(record)", "hour"}  # malformed records, bad timestamps
+    trained = train_cli(tmp_path / "out", tmp_path / "run", ENV)
+    assert trained["val_auc"] > 0.55
+
+    sample = tmp_path / "sample" / f"date={SAMPLE_DAY.isoformat()}"
+    sample.mkdir(parents=True)
+    shutil.copy(AVAZU_SAMPLE, sample / "train.csv")
+    table = tmp_path / "scores"
+    scored = run(spark, ScoreOptions(date=SAMPLE_DAY, model=trained["bundle"], table=str(table),
+                                     input_root=str(tmp_path / "sample")))  # fmt: skip
+    assert (scored["rows_in"], scored["scored"], scored["rejected"]) == (100, 100, 0) and scored["reconciled"]
+    ctr = [r.ctr for r in spark.read.format("delta").load(str(table)).collect()]
+    assert len(ctr) == 100 and all(0 < c < 1 for c in ctr)

@@ -71,7 +71,13 @@ def world(tmp_path_factory):
     """Raw logs, their generator manifest, and a DeepFM bundle with spread-out predictions."""
     root = tmp_path_factory.mktemp("scoring")
     manifest = write_logs(
-        root / "raw", days=len(DAYS), rows_per_day=ROWS_PER_DAY, start_date=DAY0, seed=7, malformed_fraction=0.02
+        root / "raw",
+        days=len(DAYS),
+        rows_per_day=ROWS_PER_DAY,
+        start_date=DAY0,
+        schema=CRITEO,
+        seed=7,
+        malformed_fraction=0.02,
     )
     spec = small_spec(root / "raw" / f"date={DAY0.isoformat()}")
     torch.manual_seed(0)

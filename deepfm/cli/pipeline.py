@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from deepfm.cli.config import JobParser, load_defaults, spark_conf
+from deepfm.cli.config import JobParser, load_defaults, load_schema, spark_conf
 from deepfm.cli.logs import setup_logging
 from deepfm.core.tracking import TrackingSettings, promote, store_uri
 from deepfm.ops.locks import Locked
@@ -96,6 +96,7 @@ def generate_demo_logs(
         days,
         rows_per_day,
         first,
+        schema=load_schema("criteo"),
         seed=int(demo["seed"]),
         layout="date",
         malformed_fraction=float(demo["malformed_fraction"]),

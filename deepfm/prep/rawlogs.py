@@ -156,7 +156,7 @@ def _regex_literal(text: str) -> str:
     return "".join(f"\\{c}" if c in _REGEX_SPECIAL else c for c in text)
 
 
-def _codes(column: LogColumn) -> list[str]:
+def column_reasons(column: LogColumn) -> list[str]:
     """The reason codes a value of ``column`` can get, in checking order."""
     if column.kind in ("integer", "float"):
         return ["bad_numeric"]
@@ -190,7 +190,7 @@ class LogFormat:
     def reasons(self) -> tuple[str, ...]:
         """Every reason code a record of this schema can get, in checking order."""
         codes = [RECORD_REASONS[self.schema.format], "bad_label"]
-        codes += [code for c in self.schema.columns for code in _codes(c)]
+        codes += [code for c in self.schema.columns for code in column_reasons(c)]
         return tuple(dict.fromkeys(codes))
 
     @property
@@ -313,8 +313,10 @@ class LogFormat:
         return F.try_to_timestamp(value, F.lit(column.time_format))
 
     def _problems(self, column: LogColumn, value: Column) -> list[tuple[str, Column]]:
-        """(reason, the value has it) for each of ``column``'s ``_codes``, in checking order."""
+        """(reason, the value has it) for each of ``column``'s ``column_reasons``, in checking order."""
         present = value.isNotNull() if column.kind == "multi" else value.isNotNull() & (value != F.lit(""))
+        if column.name == self.schema.event_time:  # a row's day: it may not be missing
+            present = F.lit(True)
         tests = {
             "bad_numeric": lambda: ~value.rlike(f"^{self._value_regex(column)}$"),
             "bad_categorical": lambda: ~value.rlike(f"^(?:{column.pattern})$"),
@@ -328,7 +330,7 @@ class LogFormat:
                 else F.length(value) > column.max_length
             ),
         }
-        return [(code, present & tests[code]()) for code in _codes(column)]
+        return [(code, present & tests[code]()) for code in column_reasons(column)]
 
     def check(self, raw_line: Column) -> Column:
         """The first problem of a record: ``struct(reason, field)``, null when it is valid."""
@@ -351,8 +353,10 @@ class LogFormat:
         """The cheap test most records take: the line regex (text), else no check failing."""
         timestamps = [c for c in self.schema.columns if c.kind == "timestamp"]
         if self.valid_line is not None:
+            parsed = [self._timestamp(c, values[c.name]).isNotNull() for c in timestamps]
             parsed = [
-                (values[c.name] == F.lit("")) | self._timestamp(c, values[c.name]).isNotNull() for c in timestamps
+                ok if c.name == self.schema.event_time else (values[c.name] == F.lit("")) | ok
+                for c, ok in zip(timestamps, parsed, strict=True)
             ]
             return reduce(and_, parsed, raw_line.rlike(self.valid_line))
         label = values[self.schema.label]
@@ -415,7 +419,9 @@ class LogFormat:
             _ddl(c.name, "INT" if c.kind == "label" and self._binary_label else types.get(c.kind, "STRING"))
             for c in self.schema.columns
         )
-        return F.from_csv(line, ddl, {"sep": self.schema.delimiter, "quote": "\u0000", "mode": "FAILFAST"})
+        # PERMISSIVE, not FAILFAST: a filter on parsed columns (e.g. the event day) may be pushed
+        # below the anti-join that drops quarantined lines, so the parser can meet them.
+        return F.from_csv(line, ddl, {"sep": self.schema.delimiter, "quote": "\u0000", "mode": "PERMISSIVE"})
 
     def _typed(self, column: LogColumn, value: Column) -> Column:
         """A ``_record`` value as its kind's type (text is typed by the CSV parser already)."""
