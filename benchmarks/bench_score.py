@@ -86,7 +86,7 @@ def main() -> None:
         logs = LogFormat(schema)
         checked = logs.with_reason(logs.read_day(spark, str(root / "raw"), DAY))
         valid = logs.parse_valid(checked.where(F.col("reason").isNull()).drop("reason", "field"))
-        spec = fit(valid, FeatureConfig.from_dict(load_defaults("features"), schema))
+        spec = fit(valid, FeatureConfig.from_dict(load_defaults("features"), schema), str(root / "data"))
         model = build_model_for_spec(args.model, spec, ModelDefaults(load_defaults("models")).resolve(args.model))
         bundle_path = str(root / "bundle")
         save_bundle(bundle_path, model, spec)

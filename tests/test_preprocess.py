@@ -237,9 +237,13 @@ def test_vocabulary_comes_from_training_days_only_ranked_by_count(tmp_path, spar
     write_day(raw, END, unseen)
     run(spark, options(raw, tmp_path / "out", {"defaults": {"categorical": {"min_count": 2}}}))
 
-    c1 = FeatureSpec.load(tmp_path / "out").field("C1")
-    assert c1.vocabulary == ("aaaaaaaa", "cccccccc", "dddddddd")  # count desc, then value asc
-    assert c1.cardinality == 4
+    spec = FeatureSpec.load(tmp_path / "out")
+    c1 = spec.field("C1")
+    vocabulary = spec.vocabulary_table(c1).to_pydict()
+    assert vocabulary["value"] == ["aaaaaaaa", "cccccccc", "dddddddd"]  # count desc, then value asc
+    assert vocabulary["index"] == [1, 2, 3] and c1.cardinality == 4 and c1.vocabulary == ()
+    stored = pq.read_table(tmp_path / "out" / "vocabularies")  # written by Spark, next to the spec
+    assert "C1" in set(stored.column("field").to_pylist()) <= set(CATEGORICAL_FIELDS)
     test_c1 = sorted(r[ENCODED.index("C1")] for r in rows(tmp_path / "out", "test"))
     assert test_c1 == [0] * 10 + [3]  # bbbbbbbb (test day only) and missing -> 0
     # No line was malformed: every day still has its (empty) quarantine folder.
@@ -288,7 +292,7 @@ def test_hash_index_is_the_documented_formula_so_it_is_stable_everywhere(spark):
     assert got[0] == (513, 552)  # pinned: a change of formula or seed handling breaks old models
 
 
-def test_log_raw_and_bucketize_math(spark):
+def test_log_raw_and_bucketize_math(tmp_path, spark):
     values = [-5, 0, 1, 3, 4, 9, None]
     df = spark.createDataFrame([(v, v, v, 1) for v in values], "I1 bigint, I2 bigint, I3 bigint, label int")
     spec = FeatureSpec(
@@ -312,6 +316,7 @@ def test_log_raw_and_bucketize_math(spark):
             *(F.lit(1).alias(c) for c in INTEGER_FIELDS if c != "I6"),
         ),
         conf,
+        str(tmp_path / "fitted"),
     ).field("I6")
     assert i6.boundaries == (0.0, 75.0) and i6.cardinality == 4
 
@@ -357,10 +362,8 @@ def test_day_cache_keeps_what_a_day_decides_and_a_rewritten_day_is_recomputed(tm
     }
     assert cold["day_cache"] is None
     assert cached["days"] == cold["days"] and cached["spec_version"] == cold["spec_version"]
-    assert (
-        FeatureSpec.load(tmp_path / "cached").field("C1").vocabulary
-        == FeatureSpec.load(tmp_path / "cold").field("C1").vocabulary
-    )
+    cached_c1, cold_c1 = (FeatureSpec.load(tmp_path / out) for out in ("cached", "cold"))
+    assert cached_c1.vocabulary_table(cached_c1.field("C1")).equals(cold_c1.vocabulary_table(cold_c1.field("C1")))
     same_output("cached", "cold")
 
     rewritten = END - dt.timedelta(days=2)

@@ -117,6 +117,18 @@ def parser() -> JobParser:
         help="vocab frequency threshold of the categorical fields",
     )
     p.option(
+        "--max-vocabulary-size",
+        key="features.defaults.categorical.max_size",
+        type=int,
+        help="vocab: keep only this many most frequent values per categorical field (0: no cap)",
+    )
+    p.option(
+        "--oov-buckets",
+        key="features.defaults.categorical.oov_buckets",
+        type=int,
+        help="vocab: hash values out of a vocabulary into this many extra indexes instead of one (hybrid)",
+    )
+    p.option(
         "--hash-buckets",
         key="features.defaults.categorical.hash_buckets",
         type=int,

@@ -8,7 +8,8 @@ never share a version.
 Encoded layout (what the Parquet holds and the models read):
   - ``label``: float32 (0/1),
   - each categorical field (``vocab``, ``hash`` or ``bucketize``): int32 index in
-    ``[0, cardinality)``, index 0 meaning missing / out-of-vocabulary,
+    ``[0, cardinality)``, index 0 meaning missing / out-of-vocabulary (with ``oov_buckets``, the
+    values out of a vocabulary are hashed into the last ``oov_buckets`` indexes instead),
   - each multi-valued categorical field (``max_items`` n > 0, e.g. a user's installed apps):
     n int32 slot columns ``<name>__0 .. <name>__<n-1>`` holding its items' indexes (as above) in
     log order, then -1 for the unused slots. A row has at least one item: an empty or missing
@@ -29,14 +30,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+
 from deepfm.core import fs
 from deepfm.core.schema import LogSchema, SchemaError
 
 SPEC_FILENAME = "feature_spec.json"
+# A fitted spec's vocabularies: Parquet next to it, partitioned by field (``field=<name>/``), rows
+# ``value`` (string) and ``index`` (int, 1-based rank). Written and read by Spark; the spec holds
+# each one's size and content hash, never its values.
+VOCABULARIES = "vocabularies"
 # 2: the hash index is 1 + pmod(xxhash64(<seed int>, value), buckets - 1) (1 hashed
 # concat('<seed>:', value)); a spec of format 1 is refused rather than encoded differently.
 FORMAT_VERSION = 2
 PADDING = -1  # the index of an unused slot of a multi-valued field
+# FieldSpec settings added after specs were first written, at the value they had before: left out
+# of a field's JSON at that value, so older specs keep their version.
+ADDED_KEYS = {"max_items": 0, "vocabulary_size": 0, "vocabulary_hash": "", "oov_buckets": 0}
 
 CATEGORICAL_TRANSFORMS = ("vocab", "hash", "bucketize")
 NUMERIC_TRANSFORMS = ("log", "raw")
@@ -52,6 +63,10 @@ class FieldSpec:
 
     ``name`` is both the raw column and the encoded column (``columns``: the slot columns of a
     multi-valued field, ``max_items`` > 0). ``cardinality`` counts index 0.
+
+    A ``vocab`` field's values are either ``vocabulary`` (inline: small specs written by hand, and
+    specs fitted before vocabularies were stored) or stored with the spec (``vocabulary_size``
+    values whose content hashes to ``vocabulary_hash``: see ``VOCABULARIES``).
     """
 
     name: str
@@ -61,6 +76,9 @@ class FieldSpec:
     boundaries: tuple[float, ...] = ()
     hash_buckets: int = 0
     max_items: int = 0  # > 0: a multi-valued field of at most this many items per row
+    vocabulary_size: int = 0  # stored vocabulary: its number of values
+    vocabulary_hash: str = ""  # stored vocabulary: its content hash ("": inline or none)
+    oov_buckets: int = 0  # vocab: values out of the vocabulary hashed into this many extra indexes
 
     def __post_init__(self) -> None:
         if self.transform not in CATEGORICAL_TRANSFORMS + NUMERIC_TRANSFORMS:
@@ -79,6 +97,16 @@ class FieldSpec:
         return self.max_items > 0
 
     @property
+    def stored_vocabulary(self) -> bool:
+        """The vocabulary is stored with the spec (``VOCABULARIES``), not inline."""
+        return bool(self.vocabulary_hash)
+
+    @property
+    def vocabulary_length(self) -> int:
+        """Values in the vocabulary (indexes ``1 .. vocabulary_length``)."""
+        return self.vocabulary_size if self.stored_vocabulary else len(self.vocabulary)
+
+    @property
     def columns(self) -> tuple[str, ...]:
         """The encoded columns: the field's name, or a multi-valued field's slot columns."""
         return tuple(f"{self.name}__{i}" for i in range(self.max_items)) if self.max_items else (self.name,)
@@ -87,8 +115,9 @@ class FieldSpec:
         d = dataclasses.asdict(self)
         d["vocabulary"] = list(self.vocabulary)
         d["boundaries"] = list(self.boundaries)
-        if not self.max_items:  # specs written before multi-valued fields keep their version
-            del d["max_items"]
+        for key in ADDED_KEYS:  # specs written before these settings keep their version
+            if d[key] == ADDED_KEYS[key]:
+                del d[key]
         return d
 
     @classmethod
@@ -101,6 +130,9 @@ class FieldSpec:
             boundaries=tuple(float(b) for b in d.get("boundaries", ())),
             hash_buckets=int(d.get("hash_buckets", 0)),
             max_items=int(d.get("max_items", 0)),
+            vocabulary_size=int(d.get("vocabulary_size", 0)),
+            vocabulary_hash=str(d.get("vocabulary_hash", "")),
+            oov_buckets=int(d.get("oov_buckets", 0)),
         )
 
 
@@ -111,7 +143,8 @@ class FeatureSpec:
     ``schema``: the log schema the spec was fitted on (raw logs of another schema cannot be
     encoded with it); None in specs written before schemas were declared, which were all Criteo's.
     ``metadata`` (source days, row counts, creation time) documents the fit and is not part
-    of ``version``.
+    of ``version``. ``directory``: where the spec lives (loaded from, or fitted into), which holds
+    its stored vocabularies; not part of ``version`` either (a spec copied elsewhere is the same).
     """
 
     fields: tuple[FieldSpec, ...]
@@ -119,6 +152,36 @@ class FeatureSpec:
     label: str = "label"
     metadata: dict[str, Any] = field(default_factory=dict, compare=False)
     schema: LogSchema | None = None
+    directory: str | None = field(default=None, compare=False)
+
+    @property
+    def vocabularies(self) -> str:
+        """The folder of the stored vocabularies (``VOCABULARIES`` in ``directory``)."""
+        stored = [f.name for f in self.fields if f.stored_vocabulary]
+        if stored and self.directory is None:
+            raise FeatureSpecError(f"feature spec {self.version} stores vocabularies of {stored} but has no directory")
+        return f"{self.directory}/{VOCABULARIES}"
+
+    def vocabulary_table(self, field: FieldSpec) -> pa.Table:
+        """``field``'s vocabulary as an Arrow table ``value`` (string), ``index`` (int32) in index
+        order: its stored Parquet (read outside Spark, e.g. by a warm start), or its inline values."""
+        if not field.stored_vocabulary:
+            indexes = pa.array(range(1, len(field.vocabulary) + 1), pa.int32())
+            return pa.table({"value": pa.array(field.vocabulary, pa.string()), "index": indexes})
+        folder = Path(self.vocabularies)
+        if not folder.is_dir():
+            raise FeatureSpecError(f"feature spec {self.version}: vocabularies not found at {folder}")
+        table = pq.read_table(folder, columns=["value", "index"], filters=[("field", "=", field.name)])
+        if table.num_rows != field.vocabulary_size:
+            raise FeatureSpecError(
+                f"feature spec {self.version}: vocabulary of {field.name} at {folder} has {table.num_rows} values, "
+                f"the spec says {field.vocabulary_size}"
+            )
+        return table.sort_by("index")
+
+    def located(self, directory: str | os.PathLike[str]) -> FeatureSpec:
+        """This spec, living in ``directory`` (e.g. a bundle the spec and its vocabularies were copied into)."""
+        return dataclasses.replace(self, directory=str(directory))
 
     @property
     def categorical_fields(self) -> list[FieldSpec]:
@@ -210,4 +273,4 @@ class FeatureSpec:
             data = json.loads(path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise FeatureSpecError(f"corrupt feature spec {path}: {exc}") from exc
-        return cls.from_dict(data)
+        return cls.from_dict(data).located(path.parent)

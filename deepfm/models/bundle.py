@@ -5,6 +5,7 @@
                                      created time, version, torch version and the caller's ``extra``
     <bundle>/validation_metrics.pt   optional: the ``BinaryMetrics`` state of the validation that
                                      selected these weights (reports draw ROC and calibration from it)
+    <bundle>/vocabularies/           the feature spec's stored vocabularies (Parquet), when it has any
 
 A bundle rebuilds its model from its own contents alone: ``bundle.json`` holds the whole
 ``ModelConfig``, so later changes of the defaults cannot change or break it. ``version`` is a
@@ -18,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -27,7 +29,7 @@ from typing import Any
 import torch
 
 from deepfm.core import fs
-from deepfm.core.features import FeatureSpec, FeatureSpecError
+from deepfm.core.features import VOCABULARIES, FeatureSpec, FeatureSpecError
 from deepfm.core.metrics import BinaryMetrics
 from deepfm.models.config import ModelConfig
 from deepfm.models.zoo import CTRModel, build_model_for_spec
@@ -104,7 +106,10 @@ def save_bundle(
         meta_text = json.dumps(meta, indent=2, sort_keys=True)
     except (TypeError, ValueError) as exc:
         raise BundleError(f"bundle metadata is not JSON-serialisable (check extra): {exc}") from exc
+    stored = any(f.stored_vocabulary for f in spec.fields)
     with fs.staged_dir(path) as staging:
+        if stored:  # the spec's own vocabularies travel with it: the bundle needs nothing else
+            shutil.copytree(spec.vocabularies, staging / VOCABULARIES)
         torch.save(state, staging / WEIGHTS_FILENAME)
         (staging / META_FILENAME).write_text(meta_text)
         if validation is not None:
@@ -121,9 +126,11 @@ def load_bundle(path: str | os.PathLike[str], map_location: str | torch.device =
     path = Path(path)
     meta = _read_meta(path)
     try:
-        spec = FeatureSpec.from_dict(meta["feature_spec"])
+        spec = FeatureSpec.from_dict(meta["feature_spec"]).located(path)
     except FeatureSpecError as exc:
         raise FeatureSpecError(f"bundle {path}: {exc}") from exc
+    if any(f.stored_vocabulary for f in spec.fields) and not (path / VOCABULARIES).is_dir():
+        raise BundleError(f"bundle {path} is incomplete: {VOCABULARIES}/ missing")
     name = meta["model_name"]
     try:
         config = ModelConfig.from_dict(meta["model_config"])

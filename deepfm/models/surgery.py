@@ -40,7 +40,9 @@ def pretrain_init(fnn: CTRModel, fm: CTRModel) -> CTRModel:
 def embedding_row_map(spec: FeatureSpec, old_spec: FeatureSpec) -> np.ndarray:
     """For every row of the new categorical table (fields concatenated), its old row or -1.
 
-    A ``vocab`` value keeps its old row wherever its index moved; ``hash`` and ``bucketize``
+    A ``vocab`` value keeps its old row wherever its index moved (the two vocabularies joined on
+    their values: Arrow tables, no Python object per value), and so do the hashed
+    out-of-vocabulary rows of unchanged ``oov_buckets`` and hash seed; ``hash`` and ``bucketize``
     rows map one to one when buckets, boundaries and hash seed are unchanged; index 0
     (missing/OOV) always maps to the old index 0. A multi-valued field's rows are its items',
     indexed as a single field's values, so they map alike whatever its ``max_items`` (which only
@@ -56,8 +58,13 @@ def embedding_row_map(spec: FeatureSpec, old_spec: FeatureSpec) -> np.ndarray:
         rows = np.full(new.cardinality, -1, dtype=np.int64)
         rows[0] = 0
         if new.transform == old.transform == "vocab":
-            old_index = {value: i + 1 for i, value in enumerate(old.vocabulary)}
-            rows[1 : len(new.vocabulary) + 1] = [old_index.get(value, -1) for value in new.vocabulary]
+            kept = spec.vocabulary_table(new).join(
+                old_spec.vocabulary_table(old), "value", join_type="inner", right_suffix="_old"
+            )
+            rows[kept["index"].to_numpy()] = kept["index_old"].to_numpy()
+            if new.oov_buckets and new.oov_buckets == old.oov_buckets and spec.hash_seed == old_spec.hash_seed:
+                oov = np.arange(new.oov_buckets)  # the hashed out-of-vocabulary rows, one to one
+                rows[new.vocabulary_length + 1 + oov] = old.vocabulary_length + 1 + oov
         elif dataclasses.replace(new, max_items=old.max_items) == old and (
             new.transform != "hash" or spec.hash_seed == old_spec.hash_seed
         ):

@@ -27,13 +27,12 @@ from functools import partial, reduce
 from operator import add
 from typing import Any
 
-import numpy as np
-import pandas as pd
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
-from deepfm.core.features import PADDING, FeatureSpec, FieldSpec
+from deepfm.core.features import PADDING, VOCABULARIES, FeatureSpec, FieldSpec
 from deepfm.core.schema import LogSchema
+from deepfm.prep import vocabulary
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +42,10 @@ KIND_TRANSFORMS = {
     "integer": ("log", "raw", "bucketize", "vocab", "hash"),
     "float": ("log", "raw", "bucketize"),
 }
-# Vocabularies up to this size are broadcast to every task; larger ones use a shuffle join.
-BROADCAST_MAX_VOCABULARY = 5_000_000
+# Vocabularies up to this many values are broadcast to every task (one hashed relation of some
+# 10 MB each, built on the driver); larger ones are shuffle joins, so neither the driver's memory
+# nor an executor's grows with the vocabularies.
+BROADCAST_MAX_VOCABULARY = 250_000
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,8 @@ class FieldPlan:
     hash_buckets: int = 0
     buckets: int = 0  # quantile buckets (bucketize)
     max_items: int = 0  # multi: items kept per row (the log schema's)
+    max_size: int = 0  # vocab: keep the most frequent values only (0: every value seen min_count times)
+    oov_buckets: int = 0  # vocab: hash values out of the vocabulary into this many extra indexes (0: one index 0)
 
     def __post_init__(self) -> None:
         if self.transform not in KIND_TRANSFORMS[self.kind]:
@@ -69,6 +72,8 @@ class FieldPlan:
             raise ValueError(f"field {self.name}: hash_buckets must be >= 2")
         if self.transform == "bucketize" and self.buckets < 2:
             raise ValueError(f"field {self.name}: buckets must be >= 2")
+        if self.max_size < 0 or self.oov_buckets < 0:
+            raise ValueError(f"field {self.name}: max_size and oov_buckets must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -142,32 +147,9 @@ def value_counts(
     return counted.select(*by, names[F.col("field")].alias("field"), "value", "count")
 
 
-def _vocabularies(counts: DataFrame, plans: Sequence[FieldPlan]) -> dict[str, tuple[str, ...]]:
-    """Each field's values with count >= its min_count, ordered by (count desc, value asc), from
-    ``value_counts`` rows (several per value when counted per day: they are summed)."""
-    min_count = F.create_map(*(x for p in plans for x in (F.lit(p.name), F.lit(p.min_count))))
-    frequent = (
-        counts.groupBy("field", "value")
-        .agg(F.sum("count").alias("count"))
-        .where(F.col("count") >= min_count[F.col("field")])
-    )
-    table: pd.DataFrame = frequent.toPandas()
-    found = table.sort_values(["field", "count", "value"], ascending=[True, False, True])
-    by_field = {name: tuple(group["value"]) for name, group in found.groupby("field", sort=False)}
-    return {p.name: by_field.get(p.name, ()) for p in plans}
-
-
-def _fit_statistics(
-    train: DataFrame, plans: Sequence[FieldPlan], relative_error: float, counts: DataFrame | None
-) -> tuple[dict[str, tuple[str, ...]], dict[str, tuple[float, ...]]]:
-    """Vocabularies (from ``counts``, else one aggregation of ``train``) and quantile boundaries
-    (one more aggregation, only when a field is bucketized) of the training rows.
-
-    The quantiles are not observed metrics of the vocabulary count: when the optimizer proves
-    that count empty (e.g. no categorical value at all) it drops the observation with it, and
-    waiting for the metrics never returns.
-    """
-    vocab_plans = [p for p in plans if p.transform == "vocab"]
+def _boundaries(train: DataFrame, plans: Sequence[FieldPlan], relative_error: float) -> dict[str, tuple[float, ...]]:
+    """Quantile boundaries of the bucketized fields on the training rows (one aggregation, only
+    when some field is bucketized)."""
     quantiles = [
         F.percentile_approx(
             F.col(p.name).cast("double"), _quantile_probabilities(p.buckets), int(1 / relative_error)
@@ -175,22 +157,33 @@ def _fit_statistics(
         for p in plans
         if p.transform == "bucketize"
     ]
-    vocabularies = {}
-    if vocab_plans:
-        names, multi = [p.name for p in vocab_plans], [p.name for p in vocab_plans if p.kind == "multi"]
-        counted = value_counts(train, names, multi=multi) if counts is None else counts
-        vocabularies = _vocabularies(counted, vocab_plans)
     row = train.agg(*quantiles).first() if quantiles else None
     found = row.asDict() if row is not None else {}
-    boundaries = {name: tuple(sorted(set(values or ()))) for name, values in found.items()}
-    return vocabularies, boundaries
+    return {name: tuple(sorted(set(values or ()))) for name, values in found.items()}
 
 
-def _field_spec(plan: FieldPlan, vocabulary: tuple[str, ...], boundaries: tuple[float, ...]) -> FieldSpec:
-    if plan.transform == "vocab":
+def _vocabularies(
+    train: DataFrame, plans: Sequence[FieldPlan], counts: DataFrame | None, directory: str
+) -> dict[str, vocabulary.Fitted]:
+    """The vocabulary fields' vocabularies (from ``counts``, else one aggregation of ``train``),
+    ranked and stored under ``<directory>/vocabularies`` by Spark."""
+    vocab_plans = [p for p in plans if p.transform == "vocab"]
+    if not vocab_plans:
+        return {}
+    names, multi = [p.name for p in vocab_plans], [p.name for p in vocab_plans if p.kind == "multi"]
+    counted = value_counts(train, names, multi=multi) if counts is None else counts
+    ranked = vocabulary.rank(
+        counted, {p.name: p.min_count for p in vocab_plans}, {p.name: p.max_size for p in vocab_plans}
+    )
+    return vocabulary.store(ranked, f"{directory}/{VOCABULARIES}", names)
+
+
+def _field_spec(plan: FieldPlan, fitted: vocabulary.Fitted | None, boundaries: tuple[float, ...]) -> FieldSpec:
+    if plan.transform == "vocab" and fitted is not None:
         # Index 0 is reserved; a field with no frequent value still gets a (never used) index 1.
-        cardinality = max(2, len(vocabulary) + 1)
-        return FieldSpec(plan.name, "vocab", cardinality, vocabulary=vocabulary, max_items=plan.max_items)
+        cardinality = max(2, 1 + fitted.size + plan.oov_buckets)
+        return FieldSpec(plan.name, "vocab", cardinality, max_items=plan.max_items, vocabulary_size=fitted.size,
+                         vocabulary_hash=fitted.digest, oov_buckets=plan.oov_buckets)  # fmt: skip
     if plan.transform == "hash":
         buckets = plan.hash_buckets
         return FieldSpec(plan.name, "hash", cardinality=buckets, hash_buckets=buckets, max_items=plan.max_items)
@@ -202,24 +195,28 @@ def _field_spec(plan: FieldPlan, vocabulary: tuple[str, ...], boundaries: tuple[
 def fit(
     train: DataFrame,
     config: FeatureConfig,
+    directory: str,
     metadata: Mapping[str, Any] | None = None,
     counts: DataFrame | None = None,
 ) -> FeatureSpec:
-    """Fit a spec on parsed training rows with the transforms of ``config``.
+    """Fit a spec on parsed training rows with the transforms of ``config``; its vocabularies are
+    stored under ``directory`` (where the spec is to be saved), and the spec lives there.
 
     ``metadata`` (e.g. source days, row counts) is stored with the per-field fitting plans.
     ``counts``: the ``value_counts`` of ``train``'s vocabulary fields when already known (e.g.
     per day, kept from earlier runs); ``train`` is then read only for bucketized fields.
     """
     plans = config.plans
-    vocabularies, boundaries = _fit_statistics(train, plans, config.relative_error, counts)
-    fields = tuple(_field_spec(p, vocabularies.get(p.name, ()), boundaries.get(p.name, ())) for p in plans)
+    fitted = _vocabularies(train, plans, counts, directory)
+    boundaries = _boundaries(train, plans, config.relative_error)
+    fields = tuple(_field_spec(p, fitted.get(p.name), boundaries.get(p.name, ())) for p in plans)
     spec = FeatureSpec(
         fields=fields,
         hash_seed=config.hash_seed,
         label=config.schema.label,
         metadata={**(metadata or {}), "field_plans": [asdict(p) for p in plans]},
         schema=config.schema,
+        directory=directory,
     )
     log.info(
         "fitted feature spec %s: cardinalities %s",
@@ -229,17 +226,10 @@ def fit(
     return spec
 
 
-def _vocabulary_frame(df: DataFrame, field: FieldSpec) -> DataFrame:
+def _vocabulary_frame(df: DataFrame, spec: FeatureSpec, field: FieldSpec) -> DataFrame:
     """``field``'s vocabulary: ``value`` (string), ``index`` (int, 1-based) and ``key`` (the value
     hashed as the rows' probe key is)."""
-    table = pd.DataFrame(
-        {
-            "value": pd.Series(field.vocabulary, dtype=object),
-            "index": np.arange(1, len(field.vocabulary) + 1, dtype=np.int32),
-        }
-    )
-    frame = df.sparkSession.createDataFrame(table, schema="value string, index int")
-    return frame.withColumn("key", _probe_key(F.col("value")))
+    return vocabulary.table(df.sparkSession, spec, field).withColumn("key", _probe_key(F.col("value")))
 
 
 def _item(field: FieldSpec, slot: int) -> Column:
@@ -259,10 +249,10 @@ def _lookups(fields: Sequence[FieldSpec]) -> list[tuple[str, Column, int]]:
     return lookups
 
 
-def _join_vocabularies(df: DataFrame, fields: Sequence[FieldSpec]) -> DataFrame:
-    """``df`` left-joined with each field's vocabulary on the value's 64-bit hash, adding
-    ``_<column>_value`` and ``_<column>_index`` per encoded column (null where the hash is not in
-    the vocabulary): a multi-valued field's slots each join its one vocabulary.
+def _join_vocabularies(df: DataFrame, spec: FeatureSpec, fields: Sequence[FieldSpec], broadcast_max: int) -> DataFrame:
+    """``df`` left-joined with each of ``fields``' vocabulary (``spec``'s) on the value's 64-bit
+    hash, adding ``_<column>_value`` and ``_<column>_index`` per encoded column (null where the
+    hash is not in the vocabulary): a multi-valued field's slots each join its one vocabulary.
 
     A join on one long key probes a long-keyed hash map, cheaper per row than a join on the string
     (figures: benchmarks/README.md); ``_encoded`` then compares the
@@ -271,33 +261,48 @@ def _join_vocabularies(df: DataFrame, fields: Sequence[FieldSpec]) -> DataFrame:
 
     The joins are one SQL statement, analysed once: 26 ``DataFrame.join`` calls re-analyse the
     growing plan each time, seconds of driver time whatever the rows. Vocabularies up to
-    ``BROADCAST_MAX_VOCABULARY`` values are broadcast (once per field, however many slots join
-    it: Spark reuses the exchange); larger ones use a shuffle join.
+    ``broadcast_max`` values are broadcast (once per field, however many slots join
+    it: Spark reuses the exchange); larger ones are shuffle (sort-merge) joins, where adaptive execution splits
+    the partitions of hot values (``spark.sql.adaptive.skewJoin``) and a missing value, which all
+    rows would share, probes with a key spread by a hash of its row instead (it matches nothing
+    either way: ``_encoded`` gives it index 0).
     """
     if not fields:
         return df
     lookups = _lookups(fields)
-    probes = df.select("*", *(_probe_key(value).alias(f"_{column}_probe") for column, value, _ in lookups))
-    joins, broadcast, added = [], [], []
+    shuffled = {k for k, f in enumerate(fields) if f.vocabulary_length > broadcast_max}
+    spread = F.xxhash64(*(F.col(f"`{c}`") for c in df.columns)) if shuffled else None
+    probes = []
+    for column, value, k in lookups:
+        probe = _probe_key(value)
+        if spread is not None and k in shuffled:
+            probe = F.when(value.isNotNull(), probe).otherwise(spread)
+        probes.append(probe.alias(f"_{column}_probe"))
+    joins, added = [], []
+    strategy: dict[str, list[str]] = {"BROADCAST": [], "MERGE": []}
     for j, (column, _, k) in enumerate(lookups):
         table = f"vocabulary_{j}"
         joins.append(f"LEFT JOIN {{vocabulary_{k}}} AS {table} ON rows.`_{column}_probe` = {table}.key")
         added += [f"{table}.value AS `_{column}_value`", f"{table}.index AS `_{column}_index`"]
-        if len(fields[k].vocabulary) <= BROADCAST_MAX_VOCABULARY:
-            broadcast.append(table)
-    hint = f"/*+ BROADCAST({', '.join(broadcast)}) */ " if broadcast else ""
+        strategy["MERGE" if k in shuffled else "BROADCAST"].append(table)
+    hints = [f"{name}({', '.join(tables)})" for name, tables in strategy.items() if tables]
+    hint = f"/*+ {', '.join(hints)} */ "
     kept = [f"rows.`{c}`" for c in df.columns]
     query = f"SELECT {hint}{', '.join(kept + added)} FROM {{rows}} AS rows {' '.join(joins)}"
-    vocabularies = {f"vocabulary_{k}": _vocabulary_frame(df, f) for k, f in enumerate(fields)}
-    return df.sparkSession.sql(query, None, rows=probes, **vocabularies)
+    vocabularies = {f"vocabulary_{k}": _vocabulary_frame(df, spec, f) for k, f in enumerate(fields)}
+    return df.sparkSession.sql(query, None, rows=df.select("*", *probes), **vocabularies)
 
 
 def _index(field: FieldSpec, column: str, value: Column, hash_seed: int) -> Column:
     """The index of one raw value (a single field's, or one item) by ``field``'s transform."""
+    hashed = F.xxhash64(F.lit(hash_seed), value)  # seed first: no per-row string built
     if field.transform == "vocab":
-        return F.when(F.col(f"_{column}_value") == value, F.col(f"_{column}_index")).otherwise(0)
+        found = F.when(F.col(f"_{column}_value") == value, F.col(f"_{column}_index"))
+        if not field.oov_buckets:
+            return found.otherwise(0)
+        oov = F.pmod(hashed, F.lit(field.oov_buckets)) + (field.vocabulary_length + 1)
+        return found.when(value.isNotNull(), oov).otherwise(0)
     if field.transform == "hash":
-        hashed = F.xxhash64(F.lit(hash_seed), value)  # seed first: no per-row string built
         return F.when(value.isNull(), 0).otherwise(F.pmod(hashed, F.lit(field.hash_buckets - 1)) + 1)
     # bucketize
     number = value.cast("double")
@@ -325,8 +330,8 @@ def _encoded(field: FieldSpec, hash_seed: int) -> list[Column]:
     return slots
 
 
-def encode(df: DataFrame, spec: FeatureSpec) -> DataFrame:
-    """Encode parsed rows with ``spec``.
+def encode(df: DataFrame, spec: FeatureSpec, broadcast_max: int = BROADCAST_MAX_VOCABULARY) -> DataFrame:
+    """Encode parsed rows with ``spec`` (vocabularies of up to ``broadcast_max`` values broadcast).
 
     Out: ``label`` (float32, when ``df`` has one), the spec's encoded columns in spec order (int32
     index or float32 value, see :mod:`deepfm.core.features`), then ``df``'s other columns unchanged
@@ -335,7 +340,7 @@ def encode(df: DataFrame, spec: FeatureSpec) -> DataFrame:
     missing = [f.name for f in spec.fields if f.name not in df.columns]
     if missing:
         raise ValueError(f"cannot encode: input lacks fields {missing} of feature spec {spec.version}")
-    joined = _join_vocabularies(df, [f for f in spec.fields if f.transform == "vocab"])
+    joined = _join_vocabularies(df, spec, [f for f in spec.fields if f.transform == "vocab"], broadcast_max)
     encoded_names = {spec.label, *(f.name for f in spec.fields)}
     label = [F.col(spec.label).cast("float").alias(spec.label)] if spec.label in df.columns else []
     return joined.select(

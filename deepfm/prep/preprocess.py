@@ -35,6 +35,7 @@ it whole):
   test/day=YYYY-MM-DD/part-*.parquet
   quarantine/day=YYYY-MM-DD/part-*.parquet   raw_bytes (lossless), raw_line (valid UTF-8), reason, field
   feature_spec.json                     the fitted FeatureSpec (deepfm.core.features), with its log schema
+  vocabularies/field=<name>/part-*.parquet   its vocabularies (value, index), written by Spark
   summary.json                          per-day counts, rejected and missing values per field, stage
                                         timings, spec version, days
 Every Parquet file holds one row group of at most ``row_group_rows`` rows (Petastorm shards by
@@ -344,13 +345,14 @@ def fit_spec(
     logs: LogFormat,
     files: dict[dt.date, list[str]],
     counts: dict[dt.date, DayCounts],
-    quarantine_dir: Path,
+    out_dir: Path,
     features: FeatureConfig,
     end_date: dt.date,
     window: Window,
     cache: DayCache | None = None,
 ) -> FeatureSpec:
-    """Fit the feature spec on the valid training rows (never a validation or test row); with a
+    """Fit the feature spec on the valid training rows (never a validation or test row), its
+    vocabularies stored in ``out_dir`` (the run's output, holding the quarantine); with a
     ``cache``, the vocabularies from the days' value counts kept there (``day_value_counts``: whole
     days, so not when the validation split is a fraction of the training days' rows, nor with
     event-time logs, whose training rows may sit in any folder of the run)."""
@@ -367,7 +369,7 @@ def fit_spec(
         "rows_per_day": {d.isoformat(): counts[d].rows_valid for d in train_days},
         "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
-    rows_of = partial(valid_rows, spark, logs, files, counts, quarantine_dir=quarantine_dir)
+    rows_of = partial(valid_rows, spark, logs, files, counts, quarantine_dir=out_dir / QUARANTINE)
     fields = features.vocabulary_fields
     multi = [name for name in fields if features.plan(name).kind == "multi"]
     if logs.schema.event_time:
@@ -377,7 +379,7 @@ def fit_spec(
     if window.validation_fraction:
         train, cache = train.where(~window.hashed_validation()), None
     value_counts = day_value_counts(spark, rows_of, train_days, fields, multi, cache) if cache and fields else None
-    return encoding.fit(train, features, metadata, value_counts)
+    return encoding.fit(train, features, str(out_dir), metadata, value_counts)
 
 
 def day_value_counts(
@@ -563,7 +565,7 @@ def run(spark: SparkSession, opts: Options) -> dict[str, Any]:
         with stages("validate"):
             counts = validate(spark, logs, files, window, tmp / QUARANTINE, opts.skip_missing_days, skipped, cache)
         with stages("fit"):
-            spec = fit_spec(spark, logs, files, counts, tmp / QUARANTINE, opts.features, opts.end_date, window, cache)
+            spec = fit_spec(spark, logs, files, counts, tmp, opts.features, opts.end_date, window, cache)
         with stages("encode"):
             max_rows = rows_per_file(counts, opts.row_group_rows, opts.min_row_groups_per_day)
             fields = encode_days(spark, logs, files, counts, spec, tmp, max_rows, window)
