@@ -32,7 +32,7 @@ test: lint typecheck
 test-fast: setup
 	@DEEPFM_FAST_TESTS=1 $(PY) -m pytest -m "not slow"
 
-# bench_vocab_scale (>= 50M vocabulary entries, an hour on 2 cores) runs alone: make bench-scale.
+# bench_vocab_scale (>= 50M vocabulary entries: long on 2 cores) runs alone: make bench-scale.
 bench: setup
 	@for b in benchmarks/bench_*.py; do [ $$b = benchmarks/bench_vocab_scale.py ] || { echo "== $$b"; $(PY) $$b || exit 1; }; done
 
