@@ -65,7 +65,7 @@ def options(raw: Path, out: Path, features_overrides: dict | None = None, **kw) 
 def parse(lines):
     """Typed valid rows and quarantined rows of ``read_days`` lines, as the jobs split them."""
     checked = LOGS.with_reason(lines)
-    return LOGS.parse_valid(checked.where(F.col("reason").isNull())), quarantined(checked)
+    return LOGS.parse_valid(checked.where(F.col("reason").isNull())), quarantined(LOGS.rejected(lines))
 
 
 def rows(out: Path, split: str) -> list[tuple]:

@@ -106,8 +106,9 @@ def test_text_records_get_the_reason_and_field_of_their_first_problem(tmp_path, 
     assert parsed.columns == [
         "impression_id", "day", "clicked", "site", "code", "visits", "price", "apps", "ts_hour", "ts_weekday"
     ]  # fmt: skip
-    quarantine = quarantined(checked)
+    quarantine = quarantined(logs.rejected(logs.read_day(spark, str(root), DAY)))  # what the jobs write
     assert quarantine.columns == ["raw_bytes", "raw_line", "day", "reason", "field"]
+    assert {r.raw_line: (r.reason, r.field) for r in quarantine.collect()} == {k: v for k, v in records.items() if v}
 
 
 def test_json_and_parquet_records_are_checked_field_by_field(tmp_path, spark):

@@ -224,10 +224,10 @@ def validate_days(
     days = sorted(files)
     read, kept = Observation("read"), Observation("quarantined")
     lines = logs.read_days(spark, files)
-    checked = logs.with_reason(lines.observe(read, F.count(F.lit(1)).alias("all"), *_rows_per_day(days)))
+    rejected = logs.rejected(lines.observe(read, F.count(F.lit(1)).alias("all"), *_rows_per_day(days)))
     by_reason = (c for r in logs.reasons for c in _rows_per_day(days, F.col("reason") == r, f" {r}"))
     # Appended: the day-by-day fallback adds one day's folder per job (the folder is new each run).
-    rawlogs.quarantined(checked).observe(kept, *by_reason).write.partitionBy("day").mode("append").parquet(
+    rawlogs.quarantined(rejected).observe(kept, *by_reason).write.partitionBy("day").mode("append").parquet(
         _local_uri(quarantine_dir)
     )
     rows_read, rows_kept = read.get, kept.get  # each .get converts the whole row from the JVM

@@ -7,11 +7,13 @@ Two layouts of daily files:
 A record is a line of a ``text`` or ``json`` file, or a row of a ``parquet`` one (read as the
 JSON text of the row, so that every format is quarantined, anti-joined and parsed the same way).
 
-``LogFormat.with_reason`` gives each record its quarantine reason code and the field at fault
-(null when valid) and ``LogFormat.parse_valid`` types the valid ones. A text line is valid when it
-matches one regular expression built from the schema (:attr:`LogFormat.valid_line`; timestamps are
-also parsed), so validation is one regex evaluation per row; the reason is worked out only for the
-rare rows that fail it. JSON and Parquet records are checked field by field.
+``LogFormat.rejected`` gives the invalid records with their quarantine reason code and the field at
+fault (``with_reason``: every record, the valid ones with nulls) and ``LogFormat.parse_valid`` types
+the valid ones. A text line is valid when it matches one regular expression built from the schema
+(:attr:`LogFormat.valid_line`; timestamps are also parsed), so validation is one regex evaluation
+per row; the reason is worked out only for the rare rows that fail it, by a few higher-order
+functions whatever the number of columns (``_first_problem``). JSON and Parquet records are checked
+field by field.
 
 Impression id: ``xxhash64(day, file name, raw record)``, ``day`` the folder's. It is stable across
 reruns and however Spark splits the files, and costs nothing when unused. Byte-identical records in
@@ -24,6 +26,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from functools import reduce
 from itertools import groupby
 from operator import and_
@@ -173,9 +176,9 @@ def _ddl(name: str, type_: str) -> str:
 class LogFormat:
     """The Spark expressions that read, validate and parse the records of one :class:`LogSchema`.
 
-    Records flow as ``read_days`` rows (``raw_line``, ``day``, ``source_file``) -> ``with_reason``
-    (adds ``reason`` and ``field``, null when valid) -> the valid ones -> ``parse_valid`` (typed
-    columns). Built-in Spark functions only: no Python runs per row.
+    Records flow as ``read_days`` rows (``raw_line``, ``day``, ``source_file``) -> ``rejected``
+    (the invalid ones, with ``reason`` and ``field``) to quarantine, the others -> ``parse_valid``
+    (typed columns). Built-in Spark functions only: no Python runs per row.
     """
 
     def __init__(self, schema: LogSchema) -> None:
@@ -285,16 +288,21 @@ class LogFormat:
             parts.append(f"(?:{self._delimiter}{regex}){{{count}}}+" if count > 1 else f"{self._delimiter}{regex}")
         return f"^{''.join(parts)}$"
 
-    def _values(self, raw_line: Column) -> tuple[dict[str, Column], Column]:
-        """Each column's raw value (a string; for a JSON or Parquet multi column an array of
-        strings) and whether the record as a whole is malformed."""
+    def _split(self, raw_line: Column) -> Column:
+        """A record split into its values: a text line's array of strings, a JSON record's struct
+        (``_record_ddl``; null when it is not a JSON object)."""
         if self.schema.format == "text":
-            fields = F.split(raw_line, self._delimiter, -1)
-            values = {c.name: fields[i] for i, c in enumerate(self.schema.columns)}
-            return values, F.size(fields) != len(self.schema.columns)
-        record = F.from_json(raw_line, self._record_ddl(), {"columnNameOfCorruptRecord": "_corrupt_record"})
-        values = {c.name: record[c.name] for c in self.schema.columns}
-        return values, record.isNull() | record["_corrupt_record"].isNotNull()
+            return F.split(raw_line, self._delimiter, -1)
+        return F.from_json(raw_line, self._record_ddl(), {"columnNameOfCorruptRecord": "_corrupt_record"})
+
+    def _values(self, split: Column) -> tuple[dict[str, Column], Column]:
+        """Each column's raw value in a ``_split`` record (a string; for a JSON or Parquet multi
+        column an array of strings) and whether the record as a whole is malformed."""
+        if self.schema.format == "text":
+            values = {c.name: split[i] for i, c in enumerate(self.schema.columns)}
+            return values, F.size(split) != len(self.schema.columns)
+        values = {c.name: split[c.name] for c in self.schema.columns}
+        return values, split.isNull() | split["_corrupt_record"].isNotNull()
 
     def _record_ddl(self) -> str:
         """JSON records as strings (a JSON number's text, too), multi columns as string arrays."""
@@ -312,8 +320,8 @@ class LogFormat:
             return F.from_utc_timestamp(F.timestamp_seconds(seconds), self.schema.time_zone)
         return F.try_to_timestamp(value, F.lit(column.time_format))
 
-    def _problems(self, column: LogColumn, value: Column) -> list[tuple[str, Column]]:
-        """(reason, the value has it) for each of ``column``'s ``column_reasons``, in checking order."""
+    def _problem(self, column: LogColumn, code: str, value: Column) -> Column:
+        """Whether ``value`` (of ``column``) has the problem ``code`` (one of its ``column_reasons``)."""
         present = value.isNotNull() if column.kind == "multi" else value.isNotNull() & (value != F.lit(""))
         if column.name == self.schema.event_time:  # a row's day: it may not be missing
             present = F.lit(True)
@@ -330,44 +338,91 @@ class LogFormat:
                 else F.length(value) > column.max_length
             ),
         }
-        return [(code, present & tests[code]()) for code in column_reasons(column)]
+        return present & tests[code]()
 
-    def check(self, raw_line: Column) -> Column:
-        """The first problem of a record: ``struct(reason, field)``, null when it is valid."""
-        values, malformed = self._values(raw_line)
+    def _checks(self) -> list[tuple[str, str | None]]:
+        """(reason code, field at fault) of every check of a record, in checking order: the
+        record's shape, its label, then each column's ``column_reasons``."""
+        checks: list[tuple[str, str | None]] = [(RECORD_REASONS[self.schema.format], None), ("bad_label", None)]
+        return checks + [(code, c.name) for c in self.schema.columns for code in column_reasons(c)]
+
+    def _first_problem(self, values: dict[str, Column], malformed: Column) -> Column:
+        """The position in ``_checks`` of the first check a record fails; null if none fails.
+
+        The columns checked alike (same kind and rules) are checked by one higher-order function
+        over their values rather than by an expression each: the code Spark generates per record
+        stays small whatever the number of columns (a generated method of more than 8,000 bytes of
+        bytecode is never compiled by the JIT, and runs interpreted on every record).
+        """
         label = values[self.schema.label]
-        checks: list[tuple[Column, str, str | None]] = [
-            (malformed, RECORD_REASONS[self.schema.format], None),
-            (label.isNull() | ~label.isin(*self.schema.positive, *self.schema.negative), "bad_label", None),
+        found = [
+            F.when(malformed, 0),
+            F.when(label.isNull() | ~label.isin(*self.schema.positive, *self.schema.negative), 1),
         ]
-        for c in self.schema.columns:
-            checks += [(problem, code, c.name) for code, problem in self._problems(c, values[c.name])]
-        outcome = F.when(self._valid(raw_line, values, malformed), F.lit(None))
-        for problem, code, field in checks:
-            outcome = outcome.when(
-                problem, F.struct(F.lit(code).alias("reason"), F.lit(field).cast("string").alias("field"))
-            )
-        return outcome
+        alike: dict[tuple[str, LogColumn, bool], list[tuple[int, str]]] = {}
+        for position, (code, name) in enumerate(self._checks()[2:], start=2):
+            column = self.schema.column(str(name))
+            rules = (code, replace(column, name=""), name == self.schema.event_time)
+            alike.setdefault(rules, []).append((position, column.name))
+        for (code, _, _), checked in alike.items():
+            found.append(self._first_failing(code, [p for p, _ in checked], [n for _, n in checked], values))
+        return F.least(*found)
 
-    def _valid(self, raw_line: Column, values: dict[str, Column], malformed: Column) -> Column:
-        """The cheap test most records take: the line regex (text), else no check failing."""
+    def _first_failing(
+        self, code: str, positions: Sequence[int], names: Sequence[str], values: dict[str, Column]
+    ) -> Column:
+        """The first of ``positions`` whose column (of ``names``, all checked alike) has the problem
+        ``code``; null if none has."""
+        column = self.schema.column(names[0])  # any of them: they are checked alike
+        checked = F.array(*(values[name] for name in names))
+        failing = F.zip_with(
+            F.array(*map(F.lit, positions)), checked, lambda at, v: F.when(self._problem(column, code, v), at)
+        )
+        return F.array_min(failing)  # nulls (values that passed) are skipped
+
+    def _valid(self, raw_line: Column) -> Column:
+        """The cheap test most records take: the line regex (text; timestamps must also parse),
+        else no check failing."""
+        values, malformed = self._values(self._split(raw_line))
+        if self.valid_line is None:
+            return F.coalesce(self._first_problem(values, malformed).isNull(), F.lit(False))
         timestamps = [c for c in self.schema.columns if c.kind == "timestamp"]
-        if self.valid_line is not None:
-            parsed = [self._timestamp(c, values[c.name]).isNotNull() for c in timestamps]
-            parsed = [
-                ok if c.name == self.schema.event_time else (values[c.name] == F.lit("")) | ok
-                for c, ok in zip(timestamps, parsed, strict=True)
-            ]
-            return reduce(and_, parsed, raw_line.rlike(self.valid_line))
-        label = values[self.schema.label]
-        clean = [~malformed, label.isin(*self.schema.positive, *self.schema.negative)]
-        clean += [~problem for c in self.schema.columns for _, problem in self._problems(c, values[c.name])]
-        return reduce(and_, [F.coalesce(x, F.lit(False)) for x in clean])
+        parsed = [self._timestamp(c, values[c.name]).isNotNull() for c in timestamps]
+        parsed = [
+            ok if c.name == self.schema.event_time else (values[c.name] == F.lit("")) | ok
+            for c, ok in zip(timestamps, parsed, strict=True)
+        ]
+        return reduce(and_, parsed, raw_line.rlike(self.valid_line))
 
     def with_reason(self, raw: DataFrame) -> DataFrame:
-        """``raw`` plus ``reason`` and ``field`` (the column at fault): null for valid records."""
-        return raw.withColumn("_check", self.check(F.col("raw_line"))).select(
-            *raw.columns, F.col("_check.reason").alias("reason"), F.col("_check.field").alias("field")
+        """``raw`` plus ``reason`` and ``field`` (the column at fault): null for valid records.
+        The first problem is looked for only in the records that fail the cheap ``_valid`` test."""
+        line = F.col("raw_line")
+        return self._named(raw.select("*", F.when(~self._valid(line), self._invalid(line)).alias("_invalid")))
+
+    def rejected(self, raw: DataFrame) -> DataFrame:
+        """The invalid records of ``raw`` with their ``reason`` and ``field``: what the jobs
+        quarantine. (A filter on ``with_reason``'s reason would be pushed below it by Spark and
+        evaluate the validity test twice per record, the larger part of a job's CPU.)"""
+        line = F.col("raw_line")
+        return self._named(raw.where(~self._valid(line)).select("*", self._invalid(line).alias("_invalid")))
+
+    def _invalid(self, raw_line: Column) -> Column:
+        """An invalid record split into its values once for all its checks, wrapped in a struct
+        (a broken JSON record's split is null)."""
+        return F.struct(self._split(raw_line).alias("split"))
+
+    def _named(self, staged: DataFrame) -> DataFrame:
+        """``staged`` with its ``_invalid`` column (``_invalid`` of an invalid record, null for a
+        valid one) replaced by the ``reason`` and ``field`` of the record's first problem."""
+        kept = [c for c in staged.columns if c != "_invalid"]
+        values, malformed = self._values(F.col("_invalid.split"))
+        failed = F.when(F.col("_invalid").isNotNull(), self._first_problem(values, malformed))
+        checks = self._checks()
+        reasons = F.array(*(F.lit(code) for code, _ in checks))
+        fields = F.array(*(F.lit(field).cast("string") for _, field in checks))
+        return staged.select(*kept, failed.alias("_failed")).select(
+            *kept, reasons[F.col("_failed")].alias("reason"), fields[F.col("_failed")].alias("field")
         )
 
     # -- parsing ------------------------------------------------------------------------------
@@ -453,12 +508,12 @@ def _raw_bytes(line: Column) -> Column:
     return line.cast("binary")
 
 
-def quarantined(checked: DataFrame) -> DataFrame:
-    """The invalid lines of ``with_reason`` output, losslessly and readably: ``raw_bytes`` (the
-    line's bytes as read), ``raw_line`` (the same line as valid UTF-8, an invalid byte sequence
-    replaced by U+FFFD: Parquet strings, pandas and pyarrow require valid UTF-8), ``day``, ``reason``
-    and ``field`` (the column at fault; null for a problem of the whole record or its label)."""
-    return checked.where(F.col("reason").isNotNull()).select(
+def quarantined(rejected: DataFrame) -> DataFrame:
+    """``LogFormat.rejected`` records, losslessly and readably: ``raw_bytes`` (the line's bytes as
+    read), ``raw_line`` (the same line as valid UTF-8, an invalid byte sequence replaced by U+FFFD:
+    Parquet strings, pandas and pyarrow require valid UTF-8), ``day``, ``reason`` and ``field`` (the
+    column at fault; null for a problem of the whole record or its label)."""
+    return rejected.select(
         _raw_bytes(F.col("raw_line")).alias("raw_bytes"),
         F.make_valid_utf8("raw_line").alias("raw_line"),
         "day",

@@ -232,7 +232,7 @@ def run(spark: SparkSession, opts: ScoreOptions) -> dict[str, Any]:
     with stages("check logs"):
         check_logs_match(day, logs)
     raw, lines = counted(day, f"rows_in_{run_info.run_id}")
-    rejects, rejected_rows = counted(quarantined(logs.with_reason(raw)), f"rejected_{run_info.run_id}")
+    rejects, rejected_rows = counted(quarantined(logs.rejected(raw)), f"rejected_{run_info.run_id}")
     with stages("write rejects"):
         rejects.write.mode("overwrite").parquet(rejects_dir)
         rows_in, rejected = lines.get["rows"], rejected_rows.get["rows"]
