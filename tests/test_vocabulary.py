@@ -81,8 +81,13 @@ def test_a_shuffled_vocabulary_encodes_exactly_as_a_broadcast_one(tmp_path, spar
     broadcast = sorted(tuple(r) for r in encode(df, spec).select(*columns).collect())
     shuffled_df = encode(df, spec, broadcast_max=0)
     plan = shuffled_df._jdf.queryExecution().executedPlan().toString()
-    assert "SortMergeJoin" in plan or "ShuffledHashJoin" in plan
+    # One join of all values with all vocabularies, one of the rows with their indexes: not one
+    # per vocabulary lookup (site and apps' 3 slots); the rows are shuffled once.
+    assert plan.count("SortMergeJoin") == 2 and "BroadcastHashJoin" not in plan
+    assert plan.count("Exchange hashpartitioning") == 4  # values, vocabularies, indexes, rows
     assert sorted(tuple(r) for r in shuffled_df.select(*columns).collect()) == broadcast
+    doubled = encode(df.unionByName(df), spec, broadcast_max=0).select(*columns).collect()
+    assert sorted(tuple(r) for r in doubled) == sorted(broadcast * 2)  # identical rows share a row key
     index = dict(zip(*spec.vocabulary_table(spec.field("site")).to_pydict().values(), strict=True))
     assert {r[0] for r in broadcast} == {0, index["hot"], index["v007"], index["warm"], index["v199"]}
 

@@ -6,8 +6,9 @@ scoring encodes new raw rows with the spec saved in the model bundle. Both take 
 
 Transforms (chosen per field by a :class:`FeatureConfig`), index 0 always meaning missing / OOV:
   - ``vocab``: values seen at least ``min_count`` times on the training rows, ranked by
-    (count desc, value asc); index = rank (1-based). Encoded by a broadcast left join on the
-    value's 64-bit hash, then a comparison of the values (exact).
+    (count desc, value asc); index = rank (1-based). Encoded by a join on the value's 64-bit hash,
+    then a comparison of the values (exact): a broadcast join per small vocabulary, one shuffle
+    join for all the large ones (``_look_up``).
   - ``hash``: ``1 + pmod(xxhash64(<hash_seed>, value), hash_buckets - 1)``,
     cardinality ``hash_buckets``.
   - ``bucketize``: quantile boundaries ``b`` fitted on training rows (``percentile_approx``,
@@ -249,59 +250,91 @@ def _lookups(fields: Sequence[FieldSpec]) -> list[tuple[str, Column, int]]:
     return lookups
 
 
-def _join_vocabularies(df: DataFrame, spec: FeatureSpec, fields: Sequence[FieldSpec], broadcast_max: int) -> DataFrame:
-    """``df`` left-joined with each of ``fields``' vocabulary (``spec``'s) on the value's 64-bit
-    hash, adding ``_<column>_value`` and ``_<column>_index`` per encoded column (null where the
-    hash is not in the vocabulary): a multi-valued field's slots each join its one vocabulary.
+def _look_up(df: DataFrame, spec: FeatureSpec, fields: Sequence[FieldSpec], broadcast_max: int) -> DataFrame:
+    """``df`` plus ``_<column>_index`` per encoded column of ``fields`` (``spec``'s vocabulary
+    fields): the value's index in its field's vocabulary, null when it is not in it (or missing).
+
+    Vocabularies up to ``broadcast_max`` values are broadcast (``_broadcast_lookups``); the larger
+    ones are looked up together in one shuffle (``_shuffled_lookups``), so neither the driver's
+    memory nor an executor's grows with them, and the rows are not shuffled once per field.
+    """
+    small = [f for f in fields if f.vocabulary_length <= broadcast_max]
+    large = [f for f in fields if f.vocabulary_length > broadcast_max]
+    return _shuffled_lookups(_broadcast_lookups(df, spec, small), spec, large)
+
+
+def _broadcast_lookups(df: DataFrame, spec: FeatureSpec, fields: Sequence[FieldSpec]) -> DataFrame:
+    """``_look_up`` by a broadcast left join per vocabulary on the value's 64-bit hash (a multi-valued
+    field's slots each join its one vocabulary, broadcast once: Spark reuses the exchange).
 
     A join on one long key probes a long-keyed hash map, cheaper per row than a join on the string
-    (figures: benchmarks/README.md); ``_encoded`` then compares the
-    strings, so the index stays exact. (Two vocabulary values of one field with the same 64-bit
-    hash would duplicate rows, and the jobs' row reconciliation would fail loudly.)
-
-    The joins are one SQL statement, analysed once: 26 ``DataFrame.join`` calls re-analyse the
-    growing plan each time, seconds of driver time whatever the rows. Vocabularies up to
-    ``broadcast_max`` values are broadcast (once per field, however many slots join
-    it: Spark reuses the exchange); larger ones are shuffle (sort-merge) joins, where adaptive execution splits
-    the partitions of hot values (``spark.sql.adaptive.skewJoin``) and a missing value, which all
-    rows would share, probes with a key spread by a hash of its row instead (it matches nothing
-    either way: ``_encoded`` gives it index 0).
+    (figures: benchmarks/README.md); the strings are then compared, so the index stays exact.
+    (Two vocabulary values of one field with the same 64-bit hash would duplicate rows, and the
+    jobs' row reconciliation would fail loudly.) The joins are one SQL statement, analysed once:
+    26 ``DataFrame.join`` calls re-analyse the growing plan each time, seconds of driver time
+    whatever the rows.
     """
     if not fields:
         return df
     lookups = _lookups(fields)
-    shuffled = {k for k, f in enumerate(fields) if f.vocabulary_length > broadcast_max}
-    spread = F.xxhash64(*(F.col(f"`{c}`") for c in df.columns)) if shuffled else None
-    probes = []
-    for column, value, k in lookups:
-        probe = _probe_key(value)
-        if spread is not None and k in shuffled:
-            probe = F.when(value.isNotNull(), probe).otherwise(spread)
-        probes.append(probe.alias(f"_{column}_probe"))
+    probes = [_probe_key(value).alias(f"_{column}_probe") for column, value, _ in lookups]
+    values = [value.alias(f"_{column}_raw") for column, value, _ in lookups]
     joins, added = [], []
-    strategy: dict[str, list[str]] = {"BROADCAST": [], "MERGE": []}
     for j, (column, _, k) in enumerate(lookups):
         table = f"vocabulary_{j}"
         joins.append(f"LEFT JOIN {{vocabulary_{k}}} AS {table} ON rows.`_{column}_probe` = {table}.key")
-        added += [f"{table}.value AS `_{column}_value`", f"{table}.index AS `_{column}_index`"]
-        strategy["MERGE" if k in shuffled else "BROADCAST"].append(table)
-    hints = [f"{name}({', '.join(tables)})" for name, tables in strategy.items() if tables]
-    hint = f"/*+ {', '.join(hints)} */ "
+        added.append(f"CASE WHEN {table}.value = rows.`_{column}_raw` THEN {table}.index END AS `_{column}_index`")
+    tables = ", ".join(f"vocabulary_{j}" for j in range(len(lookups)))
     kept = [f"rows.`{c}`" for c in df.columns]
-    query = f"SELECT {hint}{', '.join(kept + added)} FROM {{rows}} AS rows {' '.join(joins)}"
+    query = f"SELECT /*+ BROADCAST({tables}) */ {', '.join(kept + added)} FROM {{rows}} AS rows {' '.join(joins)}"
     vocabularies = {f"vocabulary_{k}": _vocabulary_frame(df, spec, f) for k, f in enumerate(fields)}
-    return df.sparkSession.sql(query, None, rows=df.select("*", *probes), **vocabularies)
+    return df.sparkSession.sql(query, None, rows=df.select("*", *probes, *values), **vocabularies)
+
+
+def _shuffled_lookups(df: DataFrame, spec: FeatureSpec, fields: Sequence[FieldSpec]) -> DataFrame:
+    """``_look_up`` for vocabularies too large to broadcast, all in one shuffle join.
+
+    Each row's present values of these fields become (slot, field, value) pairs keyed by the row's
+    content (two 64-bit hashes: identical rows encode identically, so they may share a key); the
+    pairs are joined with the union of the vocabularies on (field, value hash) -- one sort-merge
+    join, whose partitions of hot values adaptive execution splits -- and the exact matches are
+    gathered back into one row of indexes per row key, which is joined to the rows. The rows are
+    shuffled once whatever the number of fields (a join per field shuffled them once per field:
+    benchmarks/README.md); ``df`` is computed twice.
+    """
+    if not fields:
+        return df
+    lookups = _lookups(fields)
+    content = [F.col(f"`{c}`") for c in df.columns]
+    row_key = [F.xxhash64(F.lit(1), *content).alias("_row_a"), F.xxhash64(F.lit(2), *content).alias("_row_b")]
+    keyed = df.select("*", *row_key)
+    items = [
+        F.struct(F.lit(j).alias("slot"), F.lit(k).alias("field"), value.alias("value"))
+        for j, (_, value, k) in enumerate(lookups)
+    ]
+    pairs = keyed.select("_row_a", "_row_b", F.inline(F.array(*items))).where(F.col("value").isNotNull())
+    pairs = pairs.withColumn("key", _probe_key(F.col("value")))
+    tables = [_vocabulary_frame(df, spec, f).withColumn("field", F.lit(k)) for k, f in enumerate(fields)]
+    # Merge, not broadcast: these vocabularies are too large by definition, whatever their files' size.
+    union = reduce(DataFrame.unionByName, tables).withColumnRenamed("value", "known").hint("merge")
+    matched = pairs.join(union, ["field", "key"]).where(F.col("value") == F.col("known"))
+    slot = F.col("slot")
+    found = matched.groupBy("_row_a", "_row_b").agg(  # one aggregation (a pivot would shuffle twice)
+        *(F.max(F.when(slot == j, F.col("index"))).alias(f"_{c}_index") for j, (c, _, _) in enumerate(lookups))
+    )
+    joined = keyed.join(found, ["_row_a", "_row_b"], "left")
+    return joined.select(*content, *(f"_{c}_index" for c, _, _ in lookups))
 
 
 def _index(field: FieldSpec, column: str, value: Column, hash_seed: int) -> Column:
     """The index of one raw value (a single field's, or one item) by ``field``'s transform."""
     hashed = F.xxhash64(F.lit(hash_seed), value)  # seed first: no per-row string built
     if field.transform == "vocab":
-        found = F.when(F.col(f"_{column}_value") == value, F.col(f"_{column}_index"))
+        found = F.col(f"_{column}_index")
         if not field.oov_buckets:
-            return found.otherwise(0)
+            return F.coalesce(found, F.lit(0))
         oov = F.pmod(hashed, F.lit(field.oov_buckets)) + (field.vocabulary_length + 1)
-        return found.when(value.isNotNull(), oov).otherwise(0)
+        return F.when(found.isNotNull(), found).when(value.isNotNull(), oov).otherwise(0)
     if field.transform == "hash":
         return F.when(value.isNull(), 0).otherwise(F.pmod(hashed, F.lit(field.hash_buckets - 1)) + 1)
     # bucketize
@@ -340,7 +373,7 @@ def encode(df: DataFrame, spec: FeatureSpec, broadcast_max: int = BROADCAST_MAX_
     missing = [f.name for f in spec.fields if f.name not in df.columns]
     if missing:
         raise ValueError(f"cannot encode: input lacks fields {missing} of feature spec {spec.version}")
-    joined = _join_vocabularies(df, spec, [f for f in spec.fields if f.transform == "vocab"], broadcast_max)
+    joined = _look_up(df, spec, [f for f in spec.fields if f.transform == "vocab"], broadcast_max)
     encoded_names = {spec.label, *(f.name for f in spec.fields)}
     label = [F.col(spec.label).cast("float").alias(spec.label)] if spec.label in df.columns else []
     return joined.select(
