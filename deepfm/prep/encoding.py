@@ -319,7 +319,10 @@ def _shuffled_lookups(df: DataFrame, spec: FeatureSpec, fields: Sequence[FieldSp
     union = reduce(DataFrame.unionByName, tables).withColumnRenamed("value", "known").hint("merge")
     matched = pairs.join(union, ["field", "key"]).where(F.col("value") == F.col("known"))
     slot = F.col("slot")
-    found = matched.groupBy("_row_a", "_row_b").agg(  # one aggregation (a pivot would shuffle twice)
+    # Shuffled by row before aggregating: a row's matches are spread over all partitions of the
+    # join, so aggregating them there first would shuffle a row of every slot's index per match.
+    by_row = matched.select("_row_a", "_row_b", "slot", "index").repartition("_row_a", "_row_b")
+    found = by_row.groupBy("_row_a", "_row_b").agg(  # one aggregation (a pivot would shuffle twice)
         *(F.max(F.when(slot == j, F.col("index"))).alias(f"_{c}_index") for j, (c, _, _) in enumerate(lookups))
     )
     joined = keyed.join(found, ["_row_a", "_row_b"], "left")
