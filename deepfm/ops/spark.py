@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from importlib.metadata import version
 from pathlib import Path
 
-from pyspark import SparkConf
+from pyspark import SparkConf, SparkContext
 from pyspark.sql import SparkSession
 
 from deepfm.core import fs
@@ -112,13 +112,22 @@ def _add_s3a_jars(conf: SparkConf) -> None:
             conf.set(key, os.pathsep.join(filter(None, [conf.get(key, ""), jars])))
 
 
+def _launcher_conf() -> SparkConf:
+    """The settings the launcher gave: under spark-submit (its JVM already running) its --conf and
+    spark-defaults.conf. A SparkConf made before PySpark connects to that JVM is empty, and the
+    defaults set on it would then override them: connect first."""
+    if "PYSPARK_GATEWAY_PORT" in os.environ:  # set by spark-submit for its Python driver
+        SparkContext._ensure_initialized()
+    return SparkConf()
+
+
 def get_spark(app_name: str, defaults: Mapping[str, str]) -> SparkSession:
     """Return the active session or create one with ``defaults`` applied where nothing set them."""
     _ensure_python_workers_use_this_interpreter()
     active = SparkSession.getActiveSession()
     if active is not None:
         return active
-    conf = SparkConf()  # under spark-submit this already holds --conf and spark-defaults.conf
+    conf = _launcher_conf()
     _add_delta_jars(conf)
     _add_s3a_jars(conf)
     for key, value in defaults.items():

@@ -579,8 +579,8 @@ def _day_cache(spark: SparkSession, opts: Options, logs: LogFormat, files: dict[
         log.info("day cache off: the %s log dates rows by %s, not by folder", logs.schema.name, logs.schema.event_time)
     if not opts.day_cache or logs.schema.event_time:
         return None
-    if not (fs.is_local(opts.day_cache) and fs.is_local(opts.output)):  # it copies quarantines with local renames
-        raise ValueError(f"the day cache {opts.day_cache} and the output {opts.output} must be local paths")
+    if not (fs.is_local(opts.day_cache) and fs.is_local(opts.output)):  # its entries move by local renames
+        raise ValueError(f"the day cache works on local paths only: turn it off (--day-cache '') for {opts.output}")
     return DayCache.open(spark, opts.day_cache, files, logs.rules)
 
 

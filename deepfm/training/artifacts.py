@@ -63,10 +63,10 @@ class TrainState:
         return cls(**{**values, "best": Best(**values["best"])})
 
 
-def data_fingerprint(data: Path | str) -> str:
+def data_fingerprint(data: str) -> str:
     """16 hex digits over the names and sizes of the data's split files (any URI): rewritten data
     (a rerun of preprocessing writes new files) is a new fingerprint."""
-    root = str(data).rstrip("/")
+    root = data.rstrip("/")
     files = [
         (uri.removeprefix(f"{root}/"), fs.file_size(uri))
         for split in SPLITS
@@ -75,7 +75,7 @@ def data_fingerprint(data: Path | str) -> str:
     return hashlib.sha256(json.dumps(files).encode()).hexdigest()[:16]
 
 
-def run_identity(model: CTRModel, spec: FeatureSpec, data: Path) -> dict[str, Any]:
+def run_identity(model: CTRModel, spec: FeatureSpec, data: str) -> dict[str, Any]:
     """What a checkpoint must match to be resumed: the model, its config, the feature spec, the data."""
     return {
         "model": model.name,
