@@ -1,6 +1,8 @@
-"""The pipeline with every path on an object store: a real S3 server (SeaweedFS, built by
-``make setup-test``), jobs submitted with ``spark-submit`` reaching it through S3A, and this
-process reading their output through ``deepfm.core.fs`` (pyarrow's S3 file system).
+"""The pipeline on a cluster with every path on an object store: a real S3 server (SeaweedFS,
+built by ``make setup-test``), a Spark standalone master with two workers (separate processes and
+work directories), jobs submitted to it with ``spark-submit`` and the project shipped as a wheel
+(``--py-files``), reaching S3 through S3A; this process reads their output through
+``deepfm.core.fs`` (pyarrow's S3 file system).
 
 Nothing is written to the local disk but the server's own data and the logs generated before
 they are uploaded: the test checks that the jobs' outputs exist on S3 only.
@@ -15,6 +17,7 @@ from pathlib import Path
 import pyarrow.fs as pafs
 import pytest
 from objectstore import S3Store, seaweedfs
+from sparkcluster import standalone
 from testkit import ENV, REPO, VENV_BIN, deepfm_command
 
 from deepfm.cli.config import spark_conf
@@ -38,6 +41,34 @@ def store(tmp_path_factory) -> S3Store:
 
 
 @pytest.fixture(scope="module")
+def cluster_root(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("cluster")
+
+
+@pytest.fixture(scope="module")
+def cluster(cluster_root) -> str:
+    """A standalone master URL with two workers of one core each (work dirs under ``cluster_root``)."""
+    with standalone(cluster_root) as url:
+        yield url
+
+
+def executors_ran(cluster_root: Path) -> list[int]:
+    """Per worker, the executors it ran that got the wheel (``<work dir>/app-*/<id>/``: their
+    working directories, where Spark puts the ``--py-files``)."""
+    workers = sorted(w for w in cluster_root.glob("worker*") if w.is_dir())
+    return [len(list(w.glob("app-*/*/deepfm_ctr-*.whl"))) for w in workers]
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    """The project as a wheel: what executors import instead of the checkout."""
+    out = tmp_path_factory.mktemp("wheel")
+    pip = [str(VENV_BIN / "pip"), "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(out), str(REPO)]
+    subprocess.run(pip, check=True, env=ENV, capture_output=True)
+    return next(out.glob("deepfm_ctr-*.whl"))
+
+
+@pytest.fixture(scope="module")
 def raw(store, tmp_path_factory) -> str:
     """Generated click logs (1% malformed), uploaded to the bucket's ``raw/``."""
     local = tmp_path_factory.mktemp("generated")
@@ -49,33 +80,36 @@ def raw(store, tmp_path_factory) -> str:
     return store.uri("raw")
 
 
-def submit(store: S3Store, cwd: Path, *job: str) -> subprocess.CompletedProcess:
-    """``spark-submit $(deepfm submit-args) JOB`` with the store's S3A settings, run from ``cwd``."""
-    conf = [
-        a for k, v in {**store.spark_conf, "spark.sql.shuffle.partitions": "2"}.items() for a in ("--conf", f"{k}={v}")
-    ]
-    command = [str(VENV_BIN / "spark-submit"), "--master", "local[2]", *conf, *spark_submit_args(spark_conf({}))]
+def submit(store: S3Store, master: str, wheel: Path, cwd: Path, *job: str) -> subprocess.CompletedProcess:
+    """``spark-submit --master MASTER --py-files WHEEL $(deepfm submit-args) JOB`` with the store's
+    S3A settings, run from ``cwd``."""
+    settings = {**store.spark_conf, "spark.sql.shuffle.partitions": "2", "spark.driver.host": "127.0.0.1",
+                "spark.driver.bindAddress": "127.0.0.1", "spark.executor.memory": "1g"}  # fmt: skip
+    conf = [a for k, v in settings.items() for a in ("--conf", f"{k}={v}")]
+    command = [str(VENV_BIN / "spark-submit"), "--master", master, "--py-files", str(wheel), *conf,
+               *spark_submit_args(spark_conf({}))]  # fmt: skip
     entry = str(REPO / "jobs" / f"{job[0]}.py")
     return subprocess.run([*command, entry, *job[1:]], cwd=cwd, capture_output=True, text=True, env=ENV, timeout=600)
 
 
-def preprocess(store: S3Store, raw: str, cwd: Path) -> dict:
-    result = submit(store, cwd, "preprocess", "--end-date", END_DATE.isoformat(), "--input", raw, "--output",
-                    store.uri("processed", "{end_date}"), "--train-days", "2", "--validation-days", "1",
+def preprocess(store: S3Store, master: str, wheel: Path, raw: str, cwd: Path) -> dict:
+    result = submit(store, master, wheel, cwd, "preprocess", "--end-date", END_DATE.isoformat(), "--input", raw,
+                    "--output", store.uri("processed", "{end_date}"), "--train-days", "2", "--validation-days", "1",
                     "--test-days", "0", "--row-group-rows", "500", "--day-cache", "")  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
     return fs.read_json(store.uri("processed", END_DATE.isoformat(), "summary.json"))
 
 
 @pytest.fixture(scope="module")
-def processed(store, raw, tmp_path_factory) -> dict:
+def processed(store, cluster, wheel, raw, tmp_path_factory) -> dict:
     cwd = tmp_path_factory.mktemp("driver")
-    first = preprocess(store, raw, cwd)
+    first = preprocess(store, cluster, wheel, raw, cwd)
     assert [p.name for p in cwd.iterdir()] == []  # nothing written beside the driver
-    return {"first": first, "second": preprocess(store, raw, cwd)}
+    return {"first": first, "second": preprocess(store, cluster, wheel, raw, cwd)}
 
 
-def test_preprocessing_reads_and_writes_the_object_store_and_counts_reconcile(store, processed):
+def test_preprocessing_reads_and_writes_the_object_store_and_counts_reconcile(store, processed, cluster_root):
+    assert executors_ran(cluster_root) == [2, 2]  # each run had an executor on each worker
     summary = processed["first"]
     output = store.uri("processed", END_DATE.isoformat())
     assert summary["totals"]["rows_read"] == DAYS * ROWS_PER_DAY

@@ -51,7 +51,7 @@ class S3Store:
         return fs.S3Settings.from_hadoop(self.spark_conf)
 
 
-def _free_port() -> int:
+def free_port() -> int:
     """A free port whose +10000 (SeaweedFS's gRPC port for it) is free too."""
     while True:
         with socket.socket() as s:
@@ -69,7 +69,7 @@ def seaweedfs(root: Path, bucket: str = "ctr") -> Iterator[S3Store]:
     weed = seaweedfs_binary()
     if not weed.is_file():
         raise FileNotFoundError(f"SeaweedFS not built at {weed}: run `make setup-test`")
-    master, volume, filer, s3 = (_free_port() for _ in range(4))
+    master, volume, filer, s3 = (free_port() for _ in range(4))
     data = root / "weed"
     data.mkdir(parents=True, exist_ok=True)
     command = [
