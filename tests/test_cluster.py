@@ -11,11 +11,13 @@ they are uploaded: the test checks that the jobs' outputs exist on S3 only.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import subprocess
 from pathlib import Path
 
 import pyarrow.fs as pafs
 import pytest
+import yaml
 from objectstore import S3Store, seaweedfs
 from sparkcluster import standalone
 from testkit import ENV, REPO, VENV_BIN, deepfm_command
@@ -24,6 +26,7 @@ from deepfm.cli.config import spark_conf
 from deepfm.core import fs
 from deepfm.core.features import FeatureSpec
 from deepfm.ops.spark import spark_submit_args
+from deepfm.training.launch import horovodrun_command
 
 pytestmark = pytest.mark.slow
 
@@ -132,3 +135,68 @@ def test_preprocessing_rerun_replaces_its_output_whole(store, processed):
     # S3 has no folders, so objects are what counts).
     output = store.uri("processed", END_DATE.isoformat())
     assert all(f.startswith(output + "/") for f in fs.files_under(store.uri("processed")))
+
+
+@pytest.fixture(scope="module")
+def trained(store, processed, tmp_path_factory) -> dict:
+    """Two Horovod ranks (Gloo) training from the processed data on S3 with the arrow feeder; the
+    S3 settings travel in a --config file (the job's ``spark`` section), as a user would pass them."""
+    root = tmp_path_factory.mktemp("train")
+    settings = root / "s3.yaml"
+    settings.write_text(yaml.safe_dump({"spark": store.spark_conf}))
+    data = store.uri("processed", END_DATE.isoformat())
+    args = f"--data {data} --output {root / 'run'} --model deepfm --loader arrow --epochs 1 --batch-size 256"
+    command = horovodrun_command(2, "localhost:2", [*args.split(), "--config", str(settings), "--set", "prefetch=0"])
+    result = subprocess.run(command, capture_output=True, text=True, env={**ENV, "OMP_NUM_THREADS": "1"}, cwd=root,
+                            timeout=600)  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+    return json.loads((root / "run" / "summary.json").read_text()) | {"run": str(root / "run")}
+
+
+def test_two_ranks_train_from_the_object_store(trained):
+    assert trained["world_size"] == 2 and trained["loader"] == "arrow" and trained["global_step"] > 0
+    # ~3000 training rows in row groups of 500: three groups a rank, five or six batches of 256 each
+    assert trained["global_step"] >= 5 and 0 < trained["val_auc"] < 1  # and validated on S3's validation day
+
+
+@pytest.fixture(scope="module")
+def scored(store, cluster, wheel, raw, trained, tmp_path_factory) -> list[dict]:
+    """``END_DATE`` scored twice on the cluster into a Delta table on S3 (the rerun replaces the day):
+    the executors load the bundle inside ``mapInArrow`` with the project from the wheel."""
+    cwd = tmp_path_factory.mktemp("scoring")
+    args = ("score", "--date", END_DATE.isoformat(), "--model", trained["bundle"], "--input", raw,
+            "--table", store.uri("delta", "scores"))  # fmt: skip
+    summaries = []
+    for _ in range(2):
+        result = submit(store, cluster, wheel, cwd, *args)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+        summaries.append(json.loads(result.stdout.strip().splitlines()[-1]))
+    return summaries
+
+
+def test_scoring_on_the_cluster_into_delta_on_s3_reconciles_and_a_rerun_replaces_the_day(
+    spark, store, scored, cluster_root
+):
+    first, second = scored
+    assert first["reconciled"] and second["reconciled"]
+    assert first["rows_in"] == ROWS_PER_DAY == first["scored"] + first["rejected"] and first["rejected"] > 0
+    assert second["version"] > first["version"]
+    assert executors_ran(cluster_root) == [4, 4]  # two preprocessing and two scoring runs, on both workers
+    hadoop = spark.sparkContext._jsc.hadoopConfiguration()
+    for key, value in store.spark_conf.items():
+        hadoop.set(key.removeprefix("spark.hadoop."), value)
+    day = spark.read.format("delta").load(store.uri("delta", "scores")).where(f"date = '{END_DATE}'")
+    assert day.count() == second["scored"]  # the rerun replaced the day: no row twice
+    assert day.select("scored_at").distinct().count() == 1  # all from one run
+
+
+def test_a_staged_folder_on_the_object_store_replaces_its_target_or_leaves_it(store):
+    target = store.uri("staged", "out")
+    with fs.staged_uri(target) as staging:
+        fs.put_text(fs.join(staging, "day=1", "part.parquet"), "data")
+        fs.put_text(fs.join(staging, "summary.json"), "{}")
+    with pytest.raises(RuntimeError), fs.staged_uri(target) as staging:
+        fs.put_text(fs.join(staging, "summary.json"), "half")
+        raise RuntimeError("a failed job")
+    assert fs.files_under(store.uri("staged")) == [f"{target}/day=1/part.parquet", f"{target}/summary.json"]
+    assert fs.read_text(f"{target}/summary.json") == "{}"

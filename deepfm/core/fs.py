@@ -330,17 +330,25 @@ def move_dir(source: PathLike, target: PathLike) -> None:
         local_path(target).parent.mkdir(parents=True, exist_ok=True)
         os.replace(local_path(source), local_path(target))
         return
-    _copy_tree(source, target)
+    copy_tree(source, target)
     remove_tree(source)
 
 
-def _copy_tree(source: PathLike, target: PathLike) -> None:
-    """Copy every file under ``source`` to the same place under ``target``: deepest first, so the
-    top-level files (a job's spec and summary, the last it writes) appear last."""
-    filesystem, _ = arrow(source)
+def copy_tree(source: PathLike, target: PathLike) -> None:
+    """Copy every file under folder ``source`` to the same place under ``target``, on the same file
+    system (server-side on an object store) or across two. Deepest files first, so the top-level
+    files (a job's spec and summary, the last it writes) appear last."""
+    src_fs, dst_fs = arrow(source)[0], arrow(target)[0]
+    same = src_fs.equals(dst_fs)
     base = str(source).rstrip("/")
     for file in sorted(files_under(source), key=lambda f: (-f.count("/"), f)):
-        filesystem.copy_file(arrow(file)[1], arrow(join(target, file[len(base) + 1 :]))[1])
+        src, dst = arrow(file)[1], arrow(join(target, file[len(base) + 1 :]))[1]
+        if isinstance(dst_fs, pafs.LocalFileSystem):  # object stores have no folders to make
+            dst_fs.create_dir(dst.rsplit("/", 1)[0], recursive=True)
+        if same:
+            dst_fs.copy_file(src, dst)
+        else:
+            pafs.copy_files(src, dst, source_filesystem=src_fs, destination_filesystem=dst_fs)
 
 
 @contextmanager
@@ -356,6 +364,6 @@ def staged_uri(target: PathLike) -> Iterator[str]:
     try:
         yield staging
         remove_tree(target)
-        _copy_tree(staging, target)
+        copy_tree(staging, target)
     finally:
         remove_tree(staging)
