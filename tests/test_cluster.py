@@ -33,6 +33,8 @@ pytestmark = pytest.mark.slow
 END_DATE = dt.date(2026, 11, 3)
 DAYS = 3  # two training days and a validation day
 ROWS_PER_DAY = 1500
+# Tiny data: few shuffle partitions, and Delta's log replayed in 2 tasks instead of 50.
+SMALL = {"spark.sql.shuffle.partitions": "2", "spark.databricks.delta.snapshotPartitions": "2"}
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +43,12 @@ def store(tmp_path_factory) -> S3Store:
     with seaweedfs(root) as s3:
         fs.use_s3(s3.settings)
         yield s3
+
+
+@pytest.fixture(autouse=True)
+def _reach_the_store(store) -> None:
+    """This process's S3 settings are the store's (a Spark session started since sets its own)."""
+    fs.use_s3(store.settings)
 
 
 @pytest.fixture(scope="module")
@@ -86,8 +94,8 @@ def raw(store, tmp_path_factory) -> str:
 def submit(store: S3Store, master: str, wheel: Path, cwd: Path, *job: str) -> subprocess.CompletedProcess:
     """``spark-submit --master MASTER --py-files WHEEL $(deepfm submit-args) JOB`` with the store's
     S3A settings, run from ``cwd``."""
-    settings = {**store.spark_conf, "spark.sql.shuffle.partitions": "2", "spark.driver.host": "127.0.0.1",
-                "spark.driver.bindAddress": "127.0.0.1", "spark.executor.memory": "1g"}  # fmt: skip
+    settings = {**store.spark_conf, **SMALL, "spark.driver.host": "127.0.0.1", "spark.driver.bindAddress": "127.0.0.1",
+                "spark.executor.memory": "1g"}  # fmt: skip
     conf = [a for k, v in settings.items() for a in ("--conf", f"{k}={v}")]
     command = [str(VENV_BIN / "spark-submit"), "--master", master, "--py-files", str(wheel), *conf,
                *spark_submit_args(spark_conf({}))]  # fmt: skip
@@ -182,6 +190,8 @@ def test_scoring_on_the_cluster_into_delta_on_s3_reconciles_and_a_rerun_replaces
     assert first["rows_in"] == ROWS_PER_DAY == first["scored"] + first["rejected"] and first["rejected"] > 0
     assert second["version"] > first["version"]
     assert executors_ran(cluster_root) == [4, 4]  # two preprocessing and two scoring runs, on both workers
+    for key, value in SMALL.items():
+        spark.conf.set(key, value)
     hadoop = spark.sparkContext._jsc.hadoopConfiguration()
     for key, value in store.spark_conf.items():
         hadoop.set(key.removeprefix("spark.hadoop."), value)
