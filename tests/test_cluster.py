@@ -20,7 +20,7 @@ import pytest
 import yaml
 from objectstore import S3Store, seaweedfs
 from sparkcluster import standalone
-from testkit import ENV, REPO, VENV_BIN, deepfm_command
+from testkit import ENV, REPO, VENV_BIN, build_wheel, deepfm_command
 
 from deepfm.cli.config import spark_conf
 from deepfm.core import fs
@@ -73,10 +73,7 @@ def executors_ran(cluster_root: Path) -> list[int]:
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
     """The project as a wheel: what executors import instead of the checkout."""
-    out = tmp_path_factory.mktemp("wheel")
-    pip = [str(VENV_BIN / "pip"), "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(out), str(REPO)]
-    subprocess.run(pip, check=True, env=ENV, capture_output=True)
-    return next(out.glob("deepfm_ctr-*.whl"))
+    return build_wheel(tmp_path_factory.mktemp("wheel"))
 
 
 @pytest.fixture(scope="module")
