@@ -1,16 +1,21 @@
 # The two commands of the README, and the pieces they are made of.
 # `make demo`: set up, then run the whole daily pipeline end to end on generated logs.
-# `make test`: set up, then lint, type-check and run the test suite (what CI runs).
+# `make test`: set up (and the test set-up: an S3 server and the S3A jars, cached once), then lint,
+# type-check and run the test suite (what CI runs).
 VENV := .venv
 PY := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export PYSPARK_PYTHON := $(CURDIR)/$(PY)
 export PYSPARK_DRIVER_PYTHON := $(CURDIR)/$(PY)
 
-.PHONY: setup demo test test-fast lint typecheck bench bench-scale doctor
+.PHONY: setup setup-test demo test test-fast lint typecheck bench bench-scale doctor
 
 setup:
 	@bash scripts/setup.sh
+
+# What only the test suite needs (tests/test_cluster.py): not part of `make demo`'s set-up.
+setup-test: setup
+	@bash scripts/setup_test.sh
 
 doctor: setup
 	@$(PY) -m deepfm doctor
@@ -25,7 +30,7 @@ lint: setup
 typecheck: setup
 	@$(VENV)/bin/mypy
 
-test: lint typecheck
+test: setup-test lint typecheck
 	@$(PY) -m pytest -n 2 --dist loadfile
 
 # Unit tests only: DEEPFM_FAST_TESTS makes a test that would start Spark fail instead.

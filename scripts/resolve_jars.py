@@ -1,8 +1,10 @@
-"""Resolve Delta Lake's jars from Maven Central once, into a cache Spark sessions reuse offline.
+"""Resolve a set of jars from Maven Central once, into a cache Spark sessions reuse offline.
 
-Run by scripts/setup.sh. Spark's own Ivy resolution (``spark.jars.packages``) fetches the jar
-matching the installed delta-spark wheel; the resolved jars are then copied to
-``$DEEPFM_CACHE/jars`` where :func:`deepfm.ops.spark.delta_jars` finds them.
+``resolve_jars.py [delta|s3a]``: ``delta`` (run by scripts/setup.sh) is Delta Lake's jar matching
+the installed delta-spark wheel; ``s3a`` (run by scripts/setup_test.sh: only the object-store test
+needs it) is hadoop-aws matching pyspark's Hadoop, with the AWS SDK bundle it depends on. Spark's
+own Ivy resolution (``spark.jars.packages``) fetches them; the resolved jars are then copied to
+the set's folder in ``$DEEPFM_CACHE`` where :func:`deepfm.ops.spark.cached_jars` finds them.
 """
 
 from __future__ import annotations
@@ -13,24 +15,26 @@ import sys
 from pyspark.sql import SparkSession
 
 from deepfm.core import fs
-from deepfm.ops.spark import cache_dir, delta_maven_coordinates
+from deepfm.ops.spark import JAR_SETS, cache_dir, jar_dir
 
 
-def main() -> int:
-    ivy = cache_dir() / "ivy"
-    target = cache_dir() / "jars"
+def main(jar_set: str = "delta") -> int:
+    coordinates, marker = JAR_SETS[jar_set]
+    # One Ivy folder per set (its jars/ is then exactly that set's); Delta's keeps its first name.
+    ivy = cache_dir() / ("ivy" if jar_set == "delta" else f"ivy-{jar_set}")
+    target = jar_dir(jar_set)
     spark = (
         SparkSession.builder.master("local[1]")
-        .appName("resolve-delta-jars")
-        .config("spark.jars.packages", delta_maven_coordinates())
+        .appName(f"resolve-{jar_set}-jars")
+        .config("spark.jars.packages", coordinates())
         .config("spark.jars.ivy", str(ivy))
         .config("spark.ui.enabled", "false")
         .getOrCreate()
     )
     spark.stop()
     jars = sorted((ivy / "jars").glob("*.jar"))
-    if not any("delta-spark" in j.name for j in jars):
-        print(f"no delta-spark jar resolved under {ivy}", file=sys.stderr)
+    if not any(marker in j.name for j in jars):
+        print(f"no {marker} jar resolved under {ivy}", file=sys.stderr)
         return 1
     with fs.staged_dir(target) as staging:
         for jar in jars:
@@ -40,4 +44,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(*sys.argv[1:]))

@@ -24,6 +24,9 @@ def test_doctor_reports_every_component():
     for component in ("pyspark", "delta", "petastorm", "horovod", "torch", "pyarrow", "java", "mlflow"):
         assert component in result.stdout
     assert "Gloo" in result.stdout
+    # What `make setup-test` (run by `make test`) provides: the S3 server and the S3A jars, present.
+    lines = {line.split()[0]: line.split()[1] for line in result.stdout.splitlines() if len(line.split()) > 1}
+    assert lines["seaweedfs"] == "ok" and lines["s3a-jars"] == "ok"
 
 
 def test_delta_write_replace_where_and_time_travel(spark, tmp_path):

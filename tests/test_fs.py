@@ -75,3 +75,29 @@ def test_a_lock_is_refused_naming_its_holder_and_freed_when_the_holder_dies(tmp_
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_uris_name_local_paths_and_object_stores_alike(tmp_path):
+    assert fs.is_local(tmp_path) and fs.is_local(f"file://{tmp_path}") and not fs.is_local("s3a://b/k")
+    assert fs.local_path(f"file://{tmp_path}/a") == tmp_path / "a"
+    assert fs.hadoop_uri("s3://b/k/day=1") == "s3a://b/k/day=1" and fs.hadoop_uri("gs://b/k") == "gs://b/k"
+    assert fs.hadoop_uri(tmp_path / "day=1") == f"file://{tmp_path}/day=1"  # '=' unescaped, as Hadoop wants
+    assert fs.join("s3a://b/k/", "x", "y") == "s3a://b/k/x/y" and fs.parent("s3a://b/k/x") == "s3a://b/k"
+    assert fs.arrow("s3a://b/k/x")[1] == "b/k/x"
+    settings = fs.S3Settings.from_hadoop({"spark.hadoop.fs.s3a.endpoint": "http://h:1",
+                                          "spark.hadoop.fs.s3a.connection.ssl.enabled": "false"})  # fmt: skip
+    assert settings == fs.S3Settings(endpoint="http://h:1", ssl=False, region=None)
+
+
+def test_a_staged_uri_replaces_a_local_folder_whole_and_copies_trees(tmp_path):
+    target = str(tmp_path / "out")
+    with fs.staged_uri(target) as staging:
+        fs.put_text(fs.join(staging, "a", "b.txt"), "1")
+    with pytest.raises(RuntimeError), fs.staged_uri(target) as staging:
+        fs.put_text(fs.join(staging, "c.txt"), "2")
+        raise RuntimeError("half-written")
+    assert fs.files_under(target) == [f"{target}/a/b.txt"] and fs.read_text(f"{target}/a/b.txt") == "1"
+    fs.copy_tree(target, tmp_path / "copy")
+    assert fs.read_text(tmp_path / "copy" / "a" / "b.txt") == "1" and fs.file_size(f"{target}/a/b.txt") == 1
+    fs.remove_tree(target)
+    assert not fs.exists(target) and [p.name for p in tmp_path.iterdir()] == ["copy"]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import site
 import subprocess
 import sys
@@ -13,7 +12,7 @@ import venv
 from pathlib import Path
 
 import pytest
-from testkit import REPO
+from testkit import build_wheel
 from tiny_ctr_data import write_dataset
 
 pytestmark = pytest.mark.slow
@@ -25,21 +24,12 @@ def installed(tmp_path_factory) -> Path:
     from this virtualenv's site-packages as a plain path, so its editable install of the checkout
     (a ``.pth`` hook, never processed from there) stays out of sight."""
     root = tmp_path_factory.mktemp("install")
-    source, wheels = root / "source", root / "wheels"  # built from a copy: no build/ folder in the checkout
-    shutil.copytree(REPO / "deepfm", source / "deepfm", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(REPO / "pyproject.toml", source)
+    wheel = build_wheel(root)
     pip = [sys.executable, "-m", "pip"]
-    subprocess.run(
-        [*pip, "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(source)],
-        check=True,
-        capture_output=True,
-        timeout=300,
-    )
     env_dir = root / "venv"
     venv.EnvBuilder(with_pip=False).create(env_dir)
     packages = env_dir / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
     (packages / "dependencies.pth").write_text("\n".join(site.getsitepackages()) + "\n")
-    (wheel,) = wheels.glob("deepfm_ctr-*.whl")
     install = [*pip, "--python", str(env_dir / "bin" / "python"), "install", "-q", "--no-deps", str(wheel)]
     subprocess.run(install, check=True, capture_output=True, timeout=300)
     return env_dir

@@ -19,8 +19,9 @@ import json
 import logging
 from collections.abc import Sequence
 
-from deepfm.cli.config import JobParser, load_defaults
+from deepfm.cli.config import JobParser, load_defaults, spark_conf
 from deepfm.cli.logs import setup_logging
+from deepfm.core import fs
 from deepfm.models import ModelDefaults, model_names
 from deepfm.training import distributed as dist
 from deepfm.training.feed import LOADERS
@@ -109,10 +110,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     missing = [f"--{key}" for key in ("data", "output") if not values.get(key)]
     if missing:
         p.parser.error(f"required: {', '.join(missing)}")
+    # A ``spark`` section (its fs.s3a.* keys: how to reach S3) is not the trainer's but the storage's.
+    storage = {"spark": values.pop("spark", None) or {}}
     try:
         cfg = TrainConfig.from_dict(values, ModelDefaults(load_defaults("models")))
     except ValueError as exc:
         p.parser.error(str(exc))
+    # Every rank reaches S3 the way Spark does (the fs.s3a.* keys of the Spark settings).
+    fs.use_s3(fs.S3Settings.from_hadoop(spark_conf(storage)))
     dist.init()
     primary = dist.is_primary()
     # Progress on rank 0 (stderr and RUN/train.log); other ranks report warnings only.

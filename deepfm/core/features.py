@@ -27,7 +27,6 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -168,10 +167,13 @@ class FeatureSpec:
         if not field.stored_vocabulary:
             indexes = pa.array(range(1, len(field.vocabulary) + 1), pa.int32())
             return pa.table({"value": pa.array(field.vocabulary, pa.string()), "index": indexes})
-        folder = Path(self.vocabularies)
-        if not folder.is_dir():
+        folder = self.vocabularies
+        if not fs.is_dir(folder):
             raise FeatureSpecError(f"feature spec {self.version}: vocabularies not found at {folder}")
-        table = pq.read_table(folder, columns=["value", "index"], filters=[("field", "=", field.name)])
+        filesystem, path = fs.arrow(folder)
+        table = pq.read_table(
+            path, columns=["value", "index"], filters=[("field", "=", field.name)], filesystem=filesystem
+        )
         if table.num_rows != field.vocabulary_size:
             raise FeatureSpecError(
                 f"feature spec {self.version}: vocabulary of {field.name} at {folder} has {table.num_rows} values, "
@@ -257,20 +259,20 @@ class FeatureSpec:
             raise FeatureSpecError(f"corrupt feature spec: stored version {d['version']} != recomputed {spec.version}")
         return spec
 
-    def save(self, directory: str | os.PathLike[str]) -> Path:
-        """Write ``<directory>/feature_spec.json`` atomically and return its path."""
-        return fs.write_json(Path(directory) / SPEC_FILENAME, self.to_dict(), indent=None)
+    def save(self, directory: str | os.PathLike[str]) -> str:
+        """Write ``<directory>/feature_spec.json`` (any URI) atomically and return its path."""
+        return fs.put_json(fs.join(directory, SPEC_FILENAME), self.to_dict(), indent=None)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> FeatureSpec:
-        """Load from a spec file or a directory holding ``feature_spec.json``."""
-        path = Path(path)
-        if path.is_dir():
-            path = path / SPEC_FILENAME
-        if not path.exists():
+        """Load from a spec file or a directory holding ``feature_spec.json`` (any URI)."""
+        path = str(path)
+        if fs.is_dir(path):
+            path = fs.join(path, SPEC_FILENAME)
+        if not fs.exists(path):
             raise FeatureSpecError(f"feature spec not found: {path}")
         try:
-            data = json.loads(path.read_text())
+            data = json.loads(fs.read_text(path))
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise FeatureSpecError(f"corrupt feature spec {path}: {exc}") from exc
-        return cls.from_dict(data).located(path.parent)
+        return cls.from_dict(data).located(fs.parent(path))

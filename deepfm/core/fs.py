@@ -1,4 +1,14 @@
-"""The one mechanism that writes files and folders so that readers never see them half-written.
+"""The one module through which Python code reaches files: local paths or URIs of object stores.
+
+Every path a job takes may be a plain path, a ``file://`` URI or a URI of a file system Arrow
+reaches (``s3://``/``s3a://``, ``gs://``, ``hdfs://``, ``abfss://``): :func:`arrow` gives the
+``pyarrow.fs`` file system and path of a URI, :func:`hadoop_uri` the URI Spark's Hadoop file
+systems take (``s3a://`` for S3). S3's endpoint, addressing and TLS come from the same Hadoop keys
+Spark's S3A reads (``fs.s3a.endpoint`` ...; :class:`S3Settings`), set once per process at an entry
+point (:func:`use_s3`); credentials from the standard ``AWS_*`` variables both read.
+
+It is also the one mechanism that writes files and folders so that readers never see them
+half-written.
 
 A file is written to a hidden temporary sibling and renamed over its target (a rename within a
 folder is atomic). A folder is built in a staging sibling and swapped in by two renames: the old
@@ -13,6 +23,12 @@ live process's temporaries are never touched.
 
 Files and folders get the permissions the process umask gives (``tempfile.mkstemp`` and
 ``mkdtemp`` would create them 0600 / 0700, hiding them from another account such as scoring's).
+
+On an object store a file's upload is atomic by itself, but a folder cannot be renamed:
+:func:`staged_uri` copies the staged folder over its target (server-side copies), data files
+first and the top-level files (a job's spec and summary) last, so a reader that waits for the
+summary sees complete data; between the delete of the old folder and the last copy, the target is
+incomplete.
 """
 
 from __future__ import annotations
@@ -24,10 +40,15 @@ import re
 import shutil
 import socket
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
+
+import pyarrow as pa
+import pyarrow.fs as pafs
 
 PathLike = str | os.PathLike[str]
 
@@ -153,3 +174,196 @@ def staged_dir(target: PathLike, keep_existing: bool = False) -> Iterator[Path]:
         (publish_dir if keep_existing else replace_dir)(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+# --- URIs: local paths and object stores -------------------------------------------------------
+
+S3_SCHEMES = ("s3", "s3a", "s3n")
+
+
+@dataclass(frozen=True)
+class S3Settings:
+    """How to reach S3 (or an S3-compatible store): Hadoop S3A's own settings, read here too."""
+
+    endpoint: str | None = None  # host[:port] or URL; None: AWS's
+    ssl: bool = True
+    region: str | None = None
+
+    @classmethod
+    def from_hadoop(cls, conf: Mapping[str, str]) -> S3Settings:
+        """From Spark settings (``spark.hadoop.fs.s3a.*``) or a Hadoop configuration (``fs.s3a.*``)."""
+
+        def get(key: str) -> str | None:
+            return conf.get(f"spark.hadoop.fs.s3a.{key}", conf.get(f"fs.s3a.{key}"))
+
+        ssl = (get("connection.ssl.enabled") or "true").lower() == "true"
+        return cls(endpoint=get("endpoint") or None, ssl=ssl, region=get("endpoint.region") or None)
+
+
+_s3 = S3Settings()
+
+
+def use_s3(settings: S3Settings) -> None:
+    """Set this process's S3 settings (an entry point does, from the job's Spark settings)."""
+    global _s3
+    _s3 = settings
+
+
+def is_local(uri: PathLike) -> bool:
+    """Whether ``uri`` is a plain path or a ``file:`` URI."""
+    return urlsplit(str(uri)).scheme in ("", "file")
+
+
+def local_path(uri: PathLike) -> Path:
+    """The path of a local ``uri`` (a plain path or ``file:`` URI)."""
+    text = str(uri)
+    return Path(urlsplit(text).path if text.startswith("file:") else text)
+
+
+def join(uri: PathLike, *parts: str) -> str:
+    """``uri`` with ``parts`` appended (``/``-separated, as every file system here takes)."""
+    return "/".join([str(uri).rstrip("/"), *parts])
+
+
+def parent(uri: PathLike) -> str:
+    return str(uri).rstrip("/").rsplit("/", 1)[0]
+
+
+def name(uri: PathLike) -> str:
+    return str(uri).rstrip("/").rsplit("/", 1)[-1]
+
+
+def hadoop_uri(uri: PathLike) -> str:
+    """The URI Spark's Hadoop file systems take: an absolute ``file://`` URI for a local path
+    (unescaped: Hadoop does not unescape the ``=`` of partition folders), ``s3a://`` for S3."""
+    if is_local(uri):
+        return f"file://{local_path(uri).resolve()}"
+    parts = urlsplit(str(uri))
+    return f"s3a://{parts.netloc}{parts.path}" if parts.scheme in S3_SCHEMES else str(uri)
+
+
+def arrow(uri: PathLike) -> tuple[pafs.FileSystem, str]:
+    """The ``pyarrow.fs`` file system holding ``uri``, and the path within it."""
+    if is_local(uri):
+        return pafs.LocalFileSystem(), str(local_path(uri).resolve())
+    parts = urlsplit(str(uri))
+    if parts.scheme in S3_SCHEMES:
+        endpoint = urlsplit(_s3.endpoint if "://" in (_s3.endpoint or "") else f"//{_s3.endpoint}")
+        s3 = pafs.S3FileSystem(
+            endpoint_override=endpoint.netloc or None,
+            scheme=endpoint.scheme or ("https" if _s3.ssl else "http"),
+            region=_s3.region,
+        )
+        return s3, f"{parts.netloc}{parts.path}".rstrip("/")
+    filesystem, path = pafs.FileSystem.from_uri(str(uri))
+    return filesystem, path
+
+
+def exists(uri: PathLike) -> bool:
+    filesystem, path = arrow(uri)
+    return filesystem.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def is_dir(uri: PathLike) -> bool:
+    filesystem, path = arrow(uri)
+    return filesystem.get_file_info(path).type == pafs.FileType.Directory
+
+
+def read_text(uri: PathLike) -> str:
+    filesystem, path = arrow(uri)
+    with filesystem.open_input_stream(path) as stream:
+        return stream.read().decode()
+
+
+def read_json(uri: PathLike) -> Any:
+    return json.loads(read_text(uri))
+
+
+def files_under(uri: PathLike) -> list[str]:
+    """The URIs of the files under folder ``uri`` (recursively, sorted)."""
+    filesystem, path = arrow(uri)
+    infos = filesystem.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True))
+    base = str(uri).rstrip("/")
+    return sorted(base + i.path[len(path) :] for i in infos if i.type == pafs.FileType.File)
+
+
+def file_size(uri: PathLike) -> int:
+    filesystem, path = arrow(uri)
+    return int(filesystem.get_file_info(path).size)
+
+
+def open_input(uri: PathLike) -> pa.NativeFile:
+    """``uri`` opened for random-access reading (a Parquet footer, then its row groups)."""
+    filesystem, path = arrow(uri)
+    return filesystem.open_input_file(path)
+
+
+def remove_tree(uri: PathLike) -> None:
+    """Remove folder ``uri`` and everything under it (nothing when absent)."""
+    if is_local(uri):
+        shutil.rmtree(local_path(uri), ignore_errors=True)
+        return
+    filesystem, path = arrow(uri)
+    if filesystem.get_file_info(path).type == pafs.FileType.Directory:
+        filesystem.delete_dir(path)
+
+
+def put_text(uri: PathLike, text: str) -> str:
+    """Replace ``uri``'s content with ``text``: atomically (``write_text``) where local; an object
+    store's upload is atomic by itself."""
+    if is_local(uri):
+        return str(write_text(local_path(uri), text))
+    filesystem, path = arrow(uri)
+    with filesystem.open_output_stream(path) as stream:
+        stream.write(text.encode())
+    return str(uri)
+
+
+def put_json(uri: PathLike, payload: Any, indent: int | None = 2) -> str:
+    return put_text(uri, json.dumps(payload, indent=indent))
+
+
+def move_dir(source: PathLike, target: PathLike) -> None:
+    """Move folder ``source`` to ``target`` (absent): a rename where local, server-side copies and
+    a delete on an object store (no renames there)."""
+    if is_local(source):
+        local_path(target).parent.mkdir(parents=True, exist_ok=True)
+        os.replace(local_path(source), local_path(target))
+        return
+    copy_tree(source, target)
+    remove_tree(source)
+
+
+def copy_tree(source: PathLike, target: PathLike) -> None:
+    """Copy every file under folder ``source`` to the same place under ``target``, on the same file
+    system (server-side on an object store) or across two. Deepest files first, so the top-level
+    files (a job's spec and summary, the last it writes) appear last."""
+    src_fs, dst_fs = arrow(source)[0], arrow(target)[0]
+    same = src_fs.equals(dst_fs)
+    base = str(source).rstrip("/")
+    for file in sorted(files_under(source), key=lambda f: (-f.count("/"), f)):
+        src, dst = arrow(file)[1], arrow(join(target, file[len(base) + 1 :]))[1]
+        if isinstance(dst_fs, pafs.LocalFileSystem):  # object stores have no folders to make
+            dst_fs.create_dir(dst.rsplit("/", 1)[0], recursive=True)
+        if same:
+            dst_fs.copy_file(src, dst)
+        else:
+            pafs.copy_files(src, dst, source_filesystem=src_fs, destination_filesystem=dst_fs)
+
+
+@contextmanager
+def staged_uri(target: PathLike) -> Iterator[str]:
+    """``staged_dir`` for any URI: a new staging folder next to ``target`` (hidden from readers),
+    put in place when the block succeeds and removed when it raises. Locally swapped in by
+    renames; on an object store copied over ``target`` (see the module's docstring)."""
+    if is_local(target):
+        with staged_dir(local_path(target)) as local:
+            yield str(local)
+        return
+    staging = join(parent(target), f".{name(target)}.tmp-{HOST}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    try:
+        yield staging
+        remove_tree(target)
+        copy_tree(staging, target)
+    finally:
+        remove_tree(staging)

@@ -210,7 +210,7 @@ def measure(cfg: TrainConfig, summary: dict[str, Any], wall_seconds: float, sett
     bundle = load_bundle(cfg.output / "bundle")
     if bundle.validation is None:
         raise RuntimeError(f"{cfg.output / 'bundle'} holds no validation metrics")
-    test_split = make_loader("arrow", cfg.data / "test", bundle.spec, cfg.eval_batch_size, shuffle=False)
+    test_split = make_loader("arrow", fs.join(cfg.data, "test"), bundle.spec, cfg.eval_batch_size, shuffle=False)
     metrics = evaluate(bundle.model, test_split.epoch(0), torch.device("cpu"))
     scores, selected_on = metrics.compute(), bundle.validation.compute()
     history = json.loads((cfg.output / "metrics.json").read_text())["epochs"]

@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -109,7 +108,7 @@ def save_bundle(
     stored = any(f.stored_vocabulary for f in spec.fields)
     with fs.staged_dir(path) as staging:
         if stored:  # the spec's own vocabularies travel with it: the bundle needs nothing else
-            shutil.copytree(spec.vocabularies, staging / VOCABULARIES)
+            fs.copy_tree(spec.vocabularies, staging / VOCABULARIES)  # from wherever the spec lives
         torch.save(state, staging / WEIGHTS_FILENAME)
         (staging / META_FILENAME).write_text(meta_text)
         if validation is not None:

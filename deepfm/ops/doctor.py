@@ -14,8 +14,12 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 
-from deepfm.ops.spark import delta_jars, delta_maven_coordinates
+from deepfm.ops.spark import cache_dir, cached_jars, delta_jars, delta_maven_coordinates, s3a_maven_coordinates
+
+# The S3 server of the object-store test, built by scripts/setup_test.sh (which names the same version).
+SEAWEEDFS_VERSION = "v0.0.0-20261109003541-7506e5f91cd6"
 
 
 @dataclass
@@ -49,6 +53,21 @@ def _delta() -> Check:
     ok = any("delta-spark" in j for j in jars)
     detail = f"{delta_maven_coordinates()} ({len(jars)} cached jars)" if ok else "jars not cached: run make setup"
     return Check("delta-jars", detail, ok)
+
+
+def seaweedfs_binary() -> Path:
+    """Where scripts/setup_test.sh builds SeaweedFS's ``weed``."""
+    return cache_dir() / "seaweedfs" / SEAWEEDFS_VERSION / "weed"
+
+
+def _test_components() -> list[Check]:
+    """What only the test suite needs (``make setup-test``): not required to run the pipeline."""
+    weed, jars = seaweedfs_binary(), cached_jars("s3a")
+    s3a = any("hadoop-aws" in j for j in jars)
+    return [
+        Check("seaweedfs", str(weed) if weed.is_file() else "not built: run make setup-test", weed.is_file(), False),
+        Check("s3a-jars", s3a_maven_coordinates() if s3a else "not cached: run make setup-test", s3a, False),
+    ]
 
 
 def _horovod() -> Check:
@@ -87,7 +106,7 @@ def run_checks() -> list[Check]:
         ("mlflow", None),
     ]:
         checks.append(_package(module, dist))
-    checks += [_delta(), _horovod(), _cuda()]
+    checks += [_delta(), _horovod(), _cuda(), *_test_components()]
     return checks
 
 

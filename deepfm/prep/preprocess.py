@@ -28,7 +28,7 @@ window shares all but one day with yesterday's, validates and counts only its ne
 vocabularies are then summed from the kept counts, and all days are encoded as always.
 
 Output directory (built in a staging folder, then swapped in over ``<output>`` by
-``deepfm.core.fs.staged_dir``: a failed run leaves the previous output untouched, a rerun replaces
+``deepfm.core.fs.staged_uri``: a failed run leaves the previous output untouched, a rerun replaces
 it whole):
   train/day=YYYY-MM-DD/part-*.parquet   label float32, then the spec's fields (int32 / float32)
   validation/day=YYYY-MM-DD/part-*.parquet
@@ -41,21 +41,18 @@ it whole):
 Every Parquet file holds one row group of at most ``row_group_rows`` rows (Petastorm shards by
 row group), and each day gets at least ``min_row_groups_per_day`` of them even when small.
 
-The output is written through the driver's filesystem (spec, summary, renames), so it must be a
-local path or a mount shared with the executors; the input may be any Hadoop path.
+The input and the output may be any URI of a file system both Spark (Hadoop) and Arrow reach
+(``deepfm.core.fs``): a local path, or ``s3a://``... shared by the driver and the executors.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import math
-import shutil
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -211,7 +208,7 @@ def _rows_per_day(days: list[dt.date], where: Column | None = None, suffix: str 
 
 
 def validate_days(
-    spark: SparkSession, logs: LogFormat, files: dict[dt.date, list[str]], window: Window, quarantine_dir: Path
+    spark: SparkSession, logs: LogFormat, files: dict[dt.date, list[str]], window: Window, quarantine_dir: str
 ) -> dict[dt.date, DayCounts]:
     """Count every day's records and write the malformed ones (``rawlogs.quarantined``) to
     ``<quarantine_dir>/day=<day>/``, in one Spark job over all days.
@@ -228,7 +225,7 @@ def validate_days(
     by_reason = (c for r in logs.reasons for c in _rows_per_day(days, F.col("reason") == r, f" {r}"))
     # Appended: the day-by-day fallback adds one day's folder per job (the folder is new each run).
     rawlogs.quarantined(rejected).observe(kept, *by_reason).write.partitionBy("day").mode("append").parquet(
-        _local_uri(quarantine_dir)
+        fs.hadoop_uri(quarantine_dir)
     )
     rows_read, rows_kept = read.get, kept.get  # each .get converts the whole row from the JVM
     if rows_read["all"] != sum(rows_read[d.isoformat()] for d in days):  # a file whose day was not found
@@ -237,7 +234,7 @@ def validate_days(
     for day in days:
         reasons = {r: rows_kept[f"{day.isoformat()} {r}"] for r in logs.reasons}
         counts[day] = DayCounts.validated(window.split(day), rows_read[day.isoformat()], reasons)
-        if not _day_dir(quarantine_dir, day).exists():
+        if not fs.exists(_day_dir(quarantine_dir, day)):
             _write_empty_parquet(_day_dir(quarantine_dir, day), QUARANTINE_SCHEMA)
         log.info(
             "validated %s: %d lines, %d quarantined %s",
@@ -249,9 +246,10 @@ def validate_days(
     return counts
 
 
-def _write_empty_parquet(directory: Path, schema: pa.Schema) -> None:
-    directory.mkdir(parents=True)
-    pq.write_table(schema.empty_table(), directory / "part-00000-empty.parquet")
+def _write_empty_parquet(directory: str, schema: pa.Schema) -> None:
+    filesystem, path = fs.arrow(directory)
+    filesystem.create_dir(path)
+    pq.write_table(schema.empty_table(), f"{path}/part-00000-empty.parquet", filesystem=filesystem)
 
 
 def validate(
@@ -259,7 +257,7 @@ def validate(
     logs: LogFormat,
     files: dict[dt.date, list[str]],
     window: Window,
-    quarantine_dir: Path,
+    quarantine_dir: str,
     skip: bool,
     skipped: dict[str, str],
     cache: DayCache | None = None,
@@ -274,7 +272,7 @@ def validate(
     counts = {}
     if cache:
         for day in files:
-            if kept := cache.validation(day, _day_dir(quarantine_dir, day)):
+            if kept := cache.validation(day, fs.local_path(_day_dir(quarantine_dir, day))):
                 counts[day] = DayCounts.validated(window.split(day), *kept)
     fresh = {day: day_files for day, day_files in files.items() if day not in counts}
     log.info("validating %d days%s", len(fresh), f" ({len(counts)} kept in the day cache)" if cache else "")
@@ -288,23 +286,24 @@ def validate(
             str(exc).strip().splitlines()[0][:300],
         )
         for day in fresh:
-            shutil.rmtree(_day_dir(quarantine_dir, day), ignore_errors=True)
+            fs.remove_tree(_day_dir(quarantine_dir, day))
         results = _validate_day_by_day(spark, logs, fresh, window, quarantine_dir)
     for day, result in results.items():
         if isinstance(result, DayCounts) and result.rows_read == 0:
             result = rawlogs.InputDayError(day, "no lines")
         if isinstance(result, rawlogs.InputDayError):
             _skip_or_raise(result, skip, skipped)
-            shutil.rmtree(_day_dir(quarantine_dir, day), ignore_errors=True)
+            fs.remove_tree(_day_dir(quarantine_dir, day))
             continue
         counts[day] = result
         if cache:
-            cache.store_validation(day, result.rows_read, result.quarantined_by_reason, _day_dir(quarantine_dir, day))
+            quarantined = fs.local_path(_day_dir(quarantine_dir, day))
+            cache.store_validation(day, result.rows_read, result.quarantined_by_reason, quarantined)
     return counts
 
 
 def _validate_day_by_day(
-    spark: SparkSession, logs: LogFormat, files: dict[dt.date, list[str]], window: Window, quarantine_dir: Path
+    spark: SparkSession, logs: LogFormat, files: dict[dt.date, list[str]], window: Window, quarantine_dir: str
 ) -> dict[dt.date, DayCounts | rawlogs.InputDayError]:
     """``validate_days`` of one day at a time, each day's counts or the error naming it."""
     results: dict[dt.date, DayCounts | rawlogs.InputDayError] = {}
@@ -316,14 +315,8 @@ def _validate_day_by_day(
     return results
 
 
-def _local_uri(path: Path) -> str:
-    """``file://`` URI of a driver-local path, unescaped (``Path.as_uri`` escapes the ``=`` of
-    partition folders, and Hadoop does not unescape it)."""
-    return f"file://{path.resolve()}"
-
-
-def _day_dir(root: Path, day: dt.date) -> Path:
-    return root / f"day={day.isoformat()}"
+def _day_dir(root: str, day: dt.date) -> str:
+    return fs.join(root, f"day={day.isoformat()}")
 
 
 def valid_rows(
@@ -332,12 +325,12 @@ def valid_rows(
     files: dict[dt.date, list[str]],
     counts: dict[dt.date, DayCounts],
     days: list[dt.date],
-    quarantine_dir: Path,
+    quarantine_dir: str,
 ) -> DataFrame:
     """Typed valid rows of the folders of ``days``: their records (one scan) minus the quarantined ones."""
     lines = logs.read_days(spark, {d: files[d] for d in days})
     quarantined = sum(counts[d].rows_quarantined for d in days)
-    return logs.parse_valid(rawlogs.without_quarantined(lines, _local_uri(quarantine_dir), quarantined))
+    return logs.parse_valid(rawlogs.without_quarantined(lines, fs.hadoop_uri(quarantine_dir), quarantined))
 
 
 def fit_spec(
@@ -345,7 +338,7 @@ def fit_spec(
     logs: LogFormat,
     files: dict[dt.date, list[str]],
     counts: dict[dt.date, DayCounts],
-    out_dir: Path,
+    out_dir: str,
     features: FeatureConfig,
     end_date: dt.date,
     window: Window,
@@ -369,7 +362,7 @@ def fit_spec(
         "rows_per_day": {d.isoformat(): counts[d].rows_valid for d in train_days},
         "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
-    rows_of = partial(valid_rows, spark, logs, files, counts, quarantine_dir=out_dir / QUARANTINE)
+    rows_of = partial(valid_rows, spark, logs, files, counts, quarantine_dir=fs.join(out_dir, QUARANTINE))
     fields = features.vocabulary_fields
     multi = [name for name in fields if features.plan(name).kind == "multi"]
     if logs.schema.event_time:
@@ -379,7 +372,7 @@ def fit_spec(
     if window.validation_fraction:
         train, cache = train.where(~window.hashed_validation()), None
     value_counts = day_value_counts(spark, rows_of, train_days, fields, multi, cache) if cache and fields else None
-    return encoding.fit(train, features, str(out_dir), metadata, value_counts)
+    return encoding.fit(train, features, out_dir, metadata, value_counts)
 
 
 def day_value_counts(
@@ -396,17 +389,17 @@ def day_value_counts(
     missing = [day for day in days if not cache.has_values(day, fields)]
     log.info("counting values of %d days (%d kept in the day cache)", len(missing), len(days) - len(missing))
     if missing:
-        staging = cache.scratch_dir()
+        staging = str(cache.scratch_dir())
         try:
             per_day = encoding.value_counts(rows_of(missing), fields, by=["day"], multi=multi)
-            per_day.write.partitionBy("day").parquet(_local_uri(staging))
+            per_day.write.partitionBy("day").parquet(fs.hadoop_uri(staging))
             for day in missing:
-                if not _day_dir(staging, day).exists():  # no value at all that day
+                if not fs.exists(_day_dir(staging, day)):  # no value at all that day
                     _write_empty_parquet(_day_dir(staging, day), to_arrow_schema(per_day.drop("day").schema))
-                cache.store_values(day, fields, _day_dir(staging, day))
+                cache.store_values(day, fields, fs.local_path(_day_dir(staging, day)))
         finally:
-            shutil.rmtree(staging, ignore_errors=True)
-    return spark.read.parquet(*(_local_uri(cache.values_path(d, fields)) for d in days))
+            fs.remove_tree(staging)
+    return spark.read.parquet(*(fs.hadoop_uri(cache.values_path(d, fields)) for d in days))
 
 
 def rows_per_file(counts: dict[dt.date, DayCounts], row_group_rows: int, min_row_groups_per_day: int) -> int:
@@ -422,7 +415,7 @@ def encode_days(
     files: dict[dt.date, list[str]],
     counts: dict[dt.date, DayCounts],
     spec: FeatureSpec,
-    out_dir: Path,
+    out_dir: str,
     max_rows_per_file: int,
     window: Window,
 ) -> dict[str, Any]:
@@ -436,11 +429,11 @@ def encode_days(
     observed in the same pass.
     """
     written, seen = Observation("written"), Observation("parsed")
-    rows = valid_rows(spark, logs, files, counts, sorted(counts), out_dir / QUARANTINE)
+    rows = valid_rows(spark, logs, files, counts, sorted(counts), fs.join(out_dir, QUARANTINE))
     in_window = F.col("day").isin(window.days)
     missing = [_missing(logs.schema.feature_kinds[f.name], f.name).alias(f.name) for f in spec.fields]
     rows = rows.observe(seen, F.count_if(~in_window).alias("outside the window"), *missing).where(in_window)
-    staging = out_dir / "_encoded"
+    staging = fs.join(out_dir, "_encoded")
     (
         encoding.encode(rows, spec)
         .select(*spec.encoded_columns, "day", window.split_of_rows().alias("split"))
@@ -448,16 +441,16 @@ def encode_days(
         .write.partitionBy("split", "day")
         .option("maxRecordsPerFile", max_rows_per_file)
         .mode("overwrite")
-        .parquet(_local_uri(staging))
+        .parquet(fs.hadoop_uri(staging))
     )
     for day_text, n in written.get.items():
         day = dt.date.fromisoformat(day_text)
         if day in counts or n:  # an event day whose own folder is missing may still have late rows
             counts.setdefault(day, DayCounts(window.split(day))).rows_written = int(n)
     for split in SPLITS:
-        if (staging / f"split={split}").exists():
-            (staging / f"split={split}").rename(out_dir / split)
-    shutil.rmtree(staging)
+        if fs.exists(fs.join(staging, f"split={split}")):
+            fs.move_dir(fs.join(staging, f"split={split}"), fs.join(out_dir, split))
+    fs.remove_tree(staging)
     parsed = seen.get
     outside = int(parsed.pop("outside the window"))
     return {"rows_outside_window": outside, "missing_by_field": {name: int(n) for name, n in parsed.items()}}
@@ -468,10 +461,10 @@ def _missing(kind: str, name: str) -> Column:
     return F.count_if(F.size(name) == 0) if kind == "multi" else F.count_if(F.col(name).isNull())
 
 
-def rejected_by_field(spark: SparkSession, quarantine_dir: Path) -> dict[str, dict[str, int]]:
+def rejected_by_field(spark: SparkSession, quarantine_dir: str) -> dict[str, dict[str, int]]:
     """Quarantined records per field at fault and reason (``(record)``: the whole record or its
     label), read back from the quarantine (small: a fraction of the input)."""
-    rows = spark.read.parquet(_local_uri(quarantine_dir)).groupBy("field", "reason").count().collect()
+    rows = spark.read.parquet(fs.hadoop_uri(quarantine_dir)).groupBy("field", "reason").count().collect()
     by_field: dict[str, dict[str, int]] = {}
     for row in sorted(rows, key=lambda r: (r["field"] or "", r["reason"])):
         by_field.setdefault(row["field"] or "(record)", {})[row["reason"]] = int(row["count"])
@@ -553,17 +546,18 @@ def run(spark: SparkSession, opts: Options) -> dict[str, Any]:
     stages = Stages(log)
     window = Window.of(opts)
     skipped: dict[str, str] = {}
-    output = Path(opts.output)
+    output = opts.output
     log.info("preprocess %s: train %s, validation %s%s, test %s -> %s", opts.end_date, _span(window.train),
              _span(window.validation), f" + {opts.validation_fraction:.0%} of the training rows" if
              opts.validation_fraction else "", _span(window.test), output)  # fmt: skip
     logs = LogFormat(opts.features.schema)
-    with fs.staged_dir(output) as tmp:
+    with fs.staged_uri(output) as tmp:
         with stages("discover"):
             layout, files = discover(spark, opts, window.days, skipped)
             cache = _day_cache(spark, opts, logs, files)
         with stages("validate"):
-            counts = validate(spark, logs, files, window, tmp / QUARANTINE, opts.skip_missing_days, skipped, cache)
+            quarantine = fs.join(tmp, QUARANTINE)
+            counts = validate(spark, logs, files, window, quarantine, opts.skip_missing_days, skipped, cache)
         with stages("fit"):
             spec = fit_spec(spark, logs, files, counts, tmp, opts.features, opts.end_date, window, cache)
         with stages("encode"):
@@ -571,10 +565,10 @@ def run(spark: SparkSession, opts: Options) -> dict[str, Any]:
             fields = encode_days(spark, logs, files, counts, spec, tmp, max_rows, window)
         with stages("finalize"):
             reconcile(counts, fields["rows_outside_window"], bool(logs.schema.event_time))
-            fields["rejected_by_field"] = rejected_by_field(spark, tmp / QUARANTINE)
+            fields["rejected_by_field"] = rejected_by_field(spark, quarantine)
             spec.save(tmp)
         summary = summarize(opts, layout, spec, counts, skipped, stages.seconds, max_rows, fields, cache)
-        (tmp / SUMMARY_FILENAME).write_text(json.dumps(summary, indent=2))
+        fs.put_json(fs.join(tmp, SUMMARY_FILENAME), summary)
     log.info("preprocess %s done: %s, spec %s", opts.end_date, summary["totals"], spec.version)
     return summary
 
@@ -585,6 +579,8 @@ def _day_cache(spark: SparkSession, opts: Options, logs: LogFormat, files: dict[
         log.info("day cache off: the %s log dates rows by %s, not by folder", logs.schema.name, logs.schema.event_time)
     if not opts.day_cache or logs.schema.event_time:
         return None
+    if not (fs.is_local(opts.day_cache) and fs.is_local(opts.output)):  # its entries move by local renames
+        raise ValueError(f"the day cache works on local paths only: turn it off (--day-cache '') for {opts.output}")
     return DayCache.open(spark, opts.day_cache, files, logs.rules)
 
 

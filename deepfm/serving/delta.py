@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import shutil
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -21,6 +20,8 @@ from pyspark.errors import AnalysisException
 from pyspark.sql import DataFrame, DataFrameWriter, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
+
+from deepfm.core import fs
 
 log = logging.getLogger(__name__)
 
@@ -100,10 +101,10 @@ def check_table(
     type and partitioning conflicts are refused regardless.
     """
     if not ref.exists(spark):
-        if ref.is_path and _interrupted_create(Path(ref.location)):
+        if ref.is_path and _interrupted_create(ref.location):
             log.warning("table %s: removing what a killed run left of its creation (no commit)", ref)
-            shutil.rmtree(ref.location)
-        elif ref.is_path and Path(ref.location).exists() and any(Path(ref.location).iterdir()):
+            fs.remove_tree(ref.location)
+        elif ref.is_path and fs.files_under(ref.location):
             raise TableError(f"table {ref}: the path exists and is not a Delta table")
         return
     table = DeltaTable.forName(spark, ref.ident)
@@ -117,15 +118,16 @@ def check_table(
         log.warning("table %s will gain columns: %s", ref, "; ".join(evolvable))
 
 
-def _interrupted_create(location: Path) -> bool:
-    """A folder holding nothing but a ``_delta_log`` without a committed version: what a run
-    killed while creating the table leaves (Delta writes the first commit to a temporary file,
+def _interrupted_create(location: str) -> bool:
+    """A folder (any URI) holding nothing but a ``_delta_log`` without a committed version: what a
+    run killed while creating the table leaves (Delta writes the first commit to a temporary file,
     then renames it)."""
-    if not (location / "_delta_log").is_dir():
+    delta_log = fs.join(location, "_delta_log")
+    if not fs.is_dir(delta_log):
         return False
-    files = [p for p in location.rglob("*") if p.is_file()]
-    in_log = all(p.is_relative_to(location / "_delta_log") for p in files)
-    return in_log and not any(_COMMIT.fullmatch(p.name) for p in files)
+    files = fs.files_under(location)
+    in_log = all(f.startswith(delta_log + "/") for f in files)
+    return in_log and not any(_COMMIT.fullmatch(fs.name(f)) for f in files)
 
 
 _COMMIT = re.compile(r"\d{20}\.(json|checkpoint\.parquet)")

@@ -63,16 +63,19 @@ class TrainState:
         return cls(**{**values, "best": Best(**values["best"])})
 
 
-def data_fingerprint(data: Path) -> str:
-    """16 hex digits over the names and sizes of the data's split files: rewritten data (a rerun
-    of preprocessing writes new files) is a new fingerprint."""
+def data_fingerprint(data: str) -> str:
+    """16 hex digits over the names and sizes of the data's split files (any URI): rewritten data
+    (a rerun of preprocessing writes new files) is a new fingerprint."""
+    root = data.rstrip("/")
     files = [
-        (str(path.relative_to(data)), path.stat().st_size) for split in SPLITS for path in parquet_files(data / split)
+        (uri.removeprefix(f"{root}/"), fs.file_size(uri))
+        for split in SPLITS
+        for uri in parquet_files(fs.join(root, split))
     ]
     return hashlib.sha256(json.dumps(files).encode()).hexdigest()[:16]
 
 
-def run_identity(model: CTRModel, spec: FeatureSpec, data: Path) -> dict[str, Any]:
+def run_identity(model: CTRModel, spec: FeatureSpec, data: str) -> dict[str, Any]:
     """What a checkpoint must match to be resumed: the model, its config, the feature spec, the data."""
     return {
         "model": model.name,

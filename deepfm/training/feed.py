@@ -30,6 +30,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
+from deepfm.core import fs
 from deepfm.core.features import FeatureSpec
 
 LOADERS = ("petastorm", "arrow")
@@ -80,26 +81,27 @@ class Columns:
         return [self.label, *self.categorical, *self.numeric]
 
 
-def parquet_files(path: str | Path) -> list[Path]:
-    """Data files of a (partitioned) Parquet dataset in sorted path order, as Petastorm lists them."""
-    root = Path(path)
-    if root.is_file():
+def parquet_files(path: str | Path) -> list[str]:
+    """Data files (URIs, ``deepfm.core.fs``) of a (partitioned) Parquet dataset in sorted path
+    order, as Petastorm lists them."""
+    root = str(path).rstrip("/")
+    if fs.exists(root) and not fs.is_dir(root):
         return [root]
-    files = [p for p in root.rglob("*") if p.is_file() and not _hidden(p.relative_to(root))]
+    files = [f for f in fs.files_under(root) if not _hidden(f[len(root) + 1 :])]
     if not files:
         raise FileNotFoundError(f"no Parquet files under {root}")
-    return sorted(files)
+    return files
 
 
-def _hidden(relative: Path) -> bool:
-    return any(part.startswith(("_", ".")) for part in relative.parts)
+def _hidden(relative: str) -> bool:
+    return any(part.startswith(("_", ".")) for part in relative.split("/"))
 
 
 def row_groups(path: str | Path) -> list[RowGroup]:
     """Every row group of the dataset with its row count, read from the footers only."""
     groups = []
     for file in parquet_files(path):
-        meta = pq.ParquetFile(file).metadata
+        meta = pq.ParquetFile(fs.open_input(file)).metadata
         groups += [RowGroup(str(file), i, meta.row_group(i).num_rows) for i in range(meta.num_row_groups)]
     return groups
 
@@ -134,7 +136,7 @@ class ShardLoader:
         shuffle_buffer: int = 0,
         seed: int = 1,
     ):
-        self.path = Path(path)
+        self.path = str(path)
         self.columns = columns
         self.batch_size = batch_size
         self.shard, self.shard_count = shard, shard_count
@@ -267,7 +269,7 @@ class ArrowLoader(ShardLoader):
         files: dict[str, pq.ParquetFile] = {}
         for i in self._order(epoch_seed(self.seed, epoch)):
             group = self.row_groups[i]
-            file = files.setdefault(group.file, pq.ParquetFile(group.file))
+            file = files.setdefault(group.file, pq.ParquetFile(fs.open_input(group.file)))
             table = file.read_row_group(group.index, columns=self.columns.all)
             yield {name: table.column(name).to_numpy() for name in self.columns.all}
 

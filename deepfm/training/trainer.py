@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from deepfm.core import fs
 from deepfm.core.features import FeatureSpec
 from deepfm.core.metrics import BinaryMetrics
 from deepfm.core.tracking import Tracker, TrackingSettings, store_uri
@@ -54,7 +55,7 @@ Init = Callable[[CTRModel], None]  # rank 0's initialisation of a fresh run (war
 class TrainConfig:
     """Everything a run depends on; the command line fills it from ``deepfm/conf/train.yaml``."""
 
-    data: Path
+    data: str  # a URI (deepfm.core.fs): the ranks read their shards from wherever it is
     output: Path
     model: str
     model_config: ModelConfig
@@ -112,7 +113,7 @@ class TrainConfig:
             **{
                 **values,
                 **numbers,
-                "data": Path(values["data"]),
+                "data": str(values["data"]),
                 "output": Path(values["output"]),
                 "model_config": model_defaults.resolve(values["model"], values.get("model_config") or {}),
                 "warm_start": Path(values["warm_start"]) if values.get("warm_start") else None,
@@ -185,7 +186,7 @@ def build_parts(cfg: TrainConfig, spec: FeatureSpec, model_config: ModelConfig) 
     rank, world = dist.rank(), dist.size()
     train_loader = make_loader(
         cfg.loader,
-        cfg.data / "train",
+        fs.join(cfg.data, "train"),
         spec,
         cfg.batch_size,
         shard=rank,
@@ -198,7 +199,13 @@ def build_parts(cfg: TrainConfig, spec: FeatureSpec, model_config: ModelConfig) 
     # Validation reads with pyarrow whatever --loader says: it is one unshuffled pass, and unlike
     # Petastorm it copes with a validation day of fewer row groups than ranks (some ranks get none).
     val_loader = make_loader(
-        "arrow", cfg.data / "validation", spec, cfg.eval_batch_size, shard=rank, shard_count=world, shuffle=False
+        "arrow",
+        fs.join(cfg.data, "validation"),
+        spec,
+        cfg.eval_batch_size,
+        shard=rank,
+        shard_count=world,
+        shuffle=False,
     )
     return Parts(model, optimizers, train_loader, val_loader, device, lr)
 
@@ -329,7 +336,7 @@ class _Run:
         if self.steps == 0:
             raise ValueError(
                 f"a train shard is empty: {parts.train_loader.dataset_row_groups} row groups in "
-                f"{cfg.data / 'train'} for {dist.size()} ranks"
+                f"{fs.join(cfg.data, 'train')} for {dist.size()} ranks"
             )
         log.info(
             "%s on %d rank(s), %s: shard of %d rows, %d steps of %d per epoch, lr %.3g, loader %s",

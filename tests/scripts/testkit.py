@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -41,6 +43,18 @@ def model(name: str, cardinalities: list[int], n_numeric: int, overrides: Mappin
 
 def model_for_spec(name: str, spec: FeatureSpec, overrides: Mapping[str, Any] | None = None) -> CTRModel:
     return build_model_for_spec(name, spec, model_config(name, overrides))
+
+
+def build_wheel(root: Path) -> Path:
+    """The project as a wheel under ``root``, built from a copy of the package (building in the
+    checkout would leave build/ and an egg-info there, which pip then takes for an installed copy)."""
+    source, wheels = root / "source", root / "wheels"
+    shutil.copytree(REPO / "deepfm", source / "deepfm", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / "pyproject.toml", source)
+    pip = [PYTHON, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(source)]
+    subprocess.run(pip, check=True, capture_output=True, timeout=300)
+    (wheel,) = wheels.glob("deepfm_ctr-*.whl")
+    return wheel
 
 
 def deepfm_command(*args: str) -> list[str]:

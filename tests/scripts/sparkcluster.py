@@ -1,0 +1,73 @@
+"""A real Spark standalone cluster for the cluster test: a master and workers started from the
+pip package's own launcher (``$SPARK_HOME/bin/spark-class``), each a process with its work
+directory under ``root``, so executors run in folders that are not the checkout.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+import pyspark
+from objectstore import free_port
+
+SPARK_HOME = Path(pyspark.__file__).parent
+
+
+@contextmanager
+def _process(command: list[str], log: Path, cwd: Path, env: dict[str, str]) -> Iterator[subprocess.Popen]:
+    with open(log, "wb") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=cwd, env=env,
+                                   start_new_session=True)  # fmt: skip
+    try:
+        yield process
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@contextmanager
+def standalone(root: Path, workers: int = 2, cores: int = 1, memory: str = "2g") -> Iterator[str]:
+    """A running master with ``workers`` registered workers; yields the master URL."""
+    # The daemons' environment: this virtualenv's Java/Spark, nothing pointing at the checkout.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"SPARK_HOME": str(SPARK_HOME)}
+    spark_class = str(SPARK_HOME / "bin" / "spark-class")
+    port, ui = free_port(), free_port()
+    url = f"spark://127.0.0.1:{port}"
+    with ExitStack() as stack:
+        master = ["org.apache.spark.deploy.master.Master", "--host", "127.0.0.1", "--port", str(port),
+                  "--webui-port", str(ui)]  # fmt: skip
+        stack.enter_context(_process([spark_class, *master], root / "master.log", root, env))
+        for i in range(workers):
+            work = root / f"worker{i}"
+            work.mkdir()
+            worker = ["org.apache.spark.deploy.worker.Worker", "--host", "127.0.0.1", "--cores", str(cores),
+                      "--memory", memory, "--work-dir", str(work), "--webui-port", str(free_port()), url]  # fmt: skip
+            stack.enter_context(_process([spark_class, *worker], root / f"worker{i}.log", work, env))
+        _await_workers(ui, workers, root)
+        yield url
+
+
+def _await_workers(ui: int, count: int, root: Path, timeout: float = 120) -> None:
+    """Wait until the master's status page lists ``count`` alive workers."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{ui}/json/", timeout=2) as page:
+                if json.load(page).get("aliveworkers", 0) >= count:
+                    return
+        except OSError:
+            pass
+        time.sleep(1)
+    logs = "\n".join(p.read_text()[-1500:] for p in sorted(root.glob("*.log")))
+    raise RuntimeError(f"the standalone cluster did not get {count} workers:\n{logs}")
