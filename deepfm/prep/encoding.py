@@ -173,9 +173,8 @@ def _vocabularies(
         return {}
     names, multi = [p.name for p in vocab_plans], [p.name for p in vocab_plans if p.kind == "multi"]
     counted = value_counts(train, names, multi=multi) if counts is None else counts
-    ranked = vocabulary.rank(
-        counted, {p.name: p.min_count for p in vocab_plans}, {p.name: p.max_size for p in vocab_plans}
-    )
+    thresholds = {p.name: p.min_count for p in vocab_plans}
+    ranked = vocabulary.rank(counted, thresholds, {p.name: p.max_size for p in vocab_plans}, summed=counts is None)
     return vocabulary.store(ranked, f"{directory}/{VOCABULARIES}", names)
 
 

@@ -32,21 +32,21 @@ class Fitted:
     digest: str
 
 
-def rank(counts: DataFrame, min_count: Mapping[str, int], max_size: Mapping[str, int]) -> DataFrame:
+def rank(
+    counts: DataFrame, min_count: Mapping[str, int], max_size: Mapping[str, int], summed: bool = False
+) -> DataFrame:
     """Each field's values with count >= its ``min_count``, ranked by (count desc, value asc) and cut
     to its ``max_size`` most frequent (0: no cap), from ``value_counts`` rows (several per value
-    when counted per day: they are summed).
+    when counted per day: they are summed, unless ``summed`` says there is one per value already,
+    which saves a shuffle of every value).
 
     Out: ``field``, ``value``, ``index`` (1-based rank). A field's values are ranked by one task
     (a sort within the field's partition): millions of values per field, not the driver's memory.
     """
     thresholds = F.create_map(*(x for name, n in min_count.items() for x in (F.lit(name), F.lit(n))))
     caps = F.create_map(*(x for name, n in max_size.items() for x in (F.lit(name), F.lit(n))))
-    frequent = (
-        counts.groupBy("field", "value")
-        .agg(F.sum("count").alias("count"))
-        .where(F.col("count") >= thresholds[F.col("field")])
-    )
+    totals = counts if summed else counts.groupBy("field", "value").agg(F.sum("count").alias("count"))
+    frequent = totals.where(F.col("count") >= thresholds[F.col("field")])
     order = Window.partitionBy("field").orderBy(F.col("count").desc(), F.col("value").asc())
     ranked = frequent.select("field", "value", F.row_number().over(order).cast("int").alias("index"))
     cap = caps[F.col("field")]
