@@ -18,7 +18,7 @@ from pathlib import Path
 import pyarrow.fs as pafs
 import pytest
 import yaml
-from objectstore import S3Store, seaweedfs
+from objectstore import CREDENTIALS, S3Store, seaweedfs
 from sparkcluster import standalone
 from testkit import ENV, REPO, VENV_BIN, build_wheel, deepfm_command
 
@@ -35,6 +35,9 @@ DAYS = 3  # two training days and a validation day
 ROWS_PER_DAY = 1500
 # Tiny data: few shuffle partitions, and Delta's log replayed in 2 tasks instead of 50.
 SMALL = {"spark.sql.shuffle.partitions": "2", "spark.databricks.delta.snapshotPartitions": "2"}
+# The jobs' environment: the store's credentials given explicitly (testkit's ENV is a snapshot of
+# this process's environment taken when testkit was first imported, maybe before objectstore's).
+JOB_ENV = {**ENV, **CREDENTIALS}
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +85,8 @@ def raw(store, tmp_path_factory) -> str:
     local = tmp_path_factory.mktemp("generated")
     start = END_DATE - dt.timedelta(days=DAYS - 1)
     args = f"--output {local} --days {DAYS} --rows-per-day {ROWS_PER_DAY} --start-date {start} --seed 5"
-    subprocess.run(deepfm_command("generate-logs", *args.split(), "--malformed-fraction", "0.01"), check=True, env=ENV)
+    generate = deepfm_command("generate-logs", *args.split(), "--malformed-fraction", "0.01")
+    subprocess.run(generate, check=True, env=JOB_ENV)
     s3, path = fs.arrow(store.uri("raw"))
     pafs.copy_files(str(local), path, destination_filesystem=s3)
     return store.uri("raw")
@@ -97,7 +101,8 @@ def submit(store: S3Store, master: str, wheel: Path, cwd: Path, *job: str) -> su
     command = [str(VENV_BIN / "spark-submit"), "--master", master, "--py-files", str(wheel), *conf,
                *spark_submit_args(spark_conf({}))]  # fmt: skip
     entry = str(REPO / "jobs" / f"{job[0]}.py")
-    return subprocess.run([*command, entry, *job[1:]], cwd=cwd, capture_output=True, text=True, env=ENV, timeout=600)
+    job_command = [*command, entry, *job[1:]]
+    return subprocess.run(job_command, cwd=cwd, capture_output=True, text=True, env=JOB_ENV, timeout=600)
 
 
 def preprocess(store: S3Store, master: str, wheel: Path, raw: str, cwd: Path) -> dict:
@@ -152,7 +157,7 @@ def trained(store, processed, tmp_path_factory) -> dict:
     data = store.uri("processed", END_DATE.isoformat())
     args = f"--data {data} --output {root / 'run'} --model deepfm --loader arrow --epochs 1 --batch-size 256"
     command = horovodrun_command(2, "localhost:2", [*args.split(), "--config", str(settings), "--set", "prefetch=0"])
-    result = subprocess.run(command, capture_output=True, text=True, env={**ENV, "OMP_NUM_THREADS": "1"}, cwd=root,
+    result = subprocess.run(command, capture_output=True, text=True, env={**JOB_ENV, "OMP_NUM_THREADS": "1"}, cwd=root,
                             timeout=600)  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
     return json.loads((root / "run" / "summary.json").read_text()) | {"run": str(root / "run")}

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow.fs as pafs
+from testkit import daemon
 
 from deepfm.core import fs
 from deepfm.ops.doctor import seaweedfs_binary
@@ -77,19 +78,10 @@ def seaweedfs(root: Path, bucket: str = "ctr") -> Iterator[S3Store]:
         f"-master.port={master}", f"-volume.port={volume}", f"-filer.port={filer}",
         "-s3", f"-s3.port={s3}", "-master.volumeSizeLimitMB=64", "-volume.max=20",
     ]  # fmt: skip
-    with open(root / "weed.log", "wb") as log:
-        server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     store = S3Store(f"127.0.0.1:{s3}", bucket)
-    try:
+    with daemon(command, root / "weed.log") as server:
         _create_bucket(store, server, root / "weed.log")
         yield store
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=2)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
 
 
 def _create_bucket(store: S3Store, server: subprocess.Popen, log: Path, timeout: float = 90) -> None:

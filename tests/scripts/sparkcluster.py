@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -16,24 +15,9 @@ from pathlib import Path
 
 import pyspark
 from objectstore import free_port
+from testkit import daemon
 
 SPARK_HOME = Path(pyspark.__file__).parent
-
-
-@contextmanager
-def _process(command: list[str], log: Path, cwd: Path, env: dict[str, str]) -> Iterator[subprocess.Popen]:
-    with open(log, "wb") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=cwd, env=env,
-                                   start_new_session=True)  # fmt: skip
-    try:
-        yield process
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 @contextmanager
@@ -47,13 +31,13 @@ def standalone(root: Path, workers: int = 2, cores: int = 1, memory: str = "2g")
     with ExitStack() as stack:
         master = ["org.apache.spark.deploy.master.Master", "--host", "127.0.0.1", "--port", str(port),
                   "--webui-port", str(ui)]  # fmt: skip
-        stack.enter_context(_process([spark_class, *master], root / "master.log", root, env))
+        stack.enter_context(daemon([spark_class, *master], root / "master.log", root, env))
         for i in range(workers):
             work = root / f"worker{i}"
             work.mkdir()
             worker = ["org.apache.spark.deploy.worker.Worker", "--host", "127.0.0.1", "--cores", str(cores),
                       "--memory", memory, "--work-dir", str(work), "--webui-port", str(free_port()), url]  # fmt: skip
-            stack.enter_context(_process([spark_class, *worker], root / f"worker{i}.log", work, env))
+            stack.enter_context(daemon([spark_class, *worker], root / f"worker{i}.log", work, env))
         _await_workers(ui, workers, root)
         yield url
 

@@ -6,7 +6,8 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -60,3 +61,23 @@ def build_wheel(root: Path) -> Path:
 def deepfm_command(*args: str) -> list[str]:
     """``python -m deepfm ARGS`` with this interpreter."""
     return [PYTHON, "-m", "deepfm", *args]
+
+
+@contextmanager
+def daemon(
+    command: list[str], log: Path, cwd: Path | None = None, env: Mapping[str, str] | None = None
+) -> Iterator[subprocess.Popen]:
+    """``command`` running in the background (its own session, output to ``log``) for the block;
+    terminated after it, killed if it has not stopped 10 s later."""
+    with open(log, "wb") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=cwd, env=env,
+                                   start_new_session=True)  # fmt: skip
+    try:
+        yield process
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
