@@ -428,35 +428,22 @@ def encode_days(
     window are dropped). Returns the missing values per field and the rows outside the window,
     observed in the same pass.
     """
-    written = Observation("written")
+    written, seen = Observation("written"), Observation("parsed")
     rows = valid_rows(spark, logs, files, counts, sorted(counts), fs.join(out_dir, QUARANTINE))
-    # Each field's missing flag rides with its row to the one observation, next to the writer: an
-    # observation of its own before encoding cut the generated code in two (~20% of the pass).
-    kinds = logs.schema.feature_kinds
-    flags = {f"_missing_{k}": _missing(kinds[f.name], f.name) for k, f in enumerate(spec.fields)}
-    columns: list[Column | str] = [*spec.encoded_columns, "day", window.split_of_rows().alias("split")]
-    encoded = encoding.encode(rows.select("*", *(flag.alias(n) for n, flag in flags.items())), spec).select(
-        *columns, F.col("day").isin(window.days).alias("_in_window"), *flags.keys()
-    )
-    metrics = [
-        *_rows_per_day(window.days),
-        F.count_if(~F.col("_in_window")).alias("outside the window"),
-        *(F.count_if(F.col(n)).alias(f"missing {f.name}") for n, f in zip(flags, spec.fields, strict=True)),
-    ]
+    in_window = F.col("day").isin(window.days)
+    missing = [_missing(logs.schema.feature_kinds[f.name], f.name).alias(f.name) for f in spec.fields]
+    rows = rows.observe(seen, F.count_if(~in_window).alias("outside the window"), *missing).where(in_window)
     staging = fs.join(out_dir, "_encoded")
     (
-        encoded.observe(written, *metrics)
-        .where("_in_window")
-        .select(*spec.encoded_columns, "day", "split")
+        encoding.encode(rows, spec)
+        .select(*spec.encoded_columns, "day", window.split_of_rows().alias("split"))
+        .observe(written, *_rows_per_day(window.days))
         .write.partitionBy("split", "day")
         .option("maxRecordsPerFile", max_rows_per_file)
         .mode("overwrite")
         .parquet(fs.hadoop_uri(staging))
     )
-    observed = written.get
-    outside = int(observed.pop("outside the window"))
-    missing = {f.name: int(observed.pop(f"missing {f.name}")) for f in spec.fields}
-    for day_text, n in observed.items():
+    for day_text, n in written.get.items():
         day = dt.date.fromisoformat(day_text)
         if day in counts or n:  # an event day whose own folder is missing may still have late rows
             counts.setdefault(day, DayCounts(window.split(day))).rows_written = int(n)
@@ -464,12 +451,14 @@ def encode_days(
         if fs.exists(fs.join(staging, f"split={split}")):
             fs.move_dir(fs.join(staging, f"split={split}"), fs.join(out_dir, split))
     fs.remove_tree(staging)
-    return {"rows_outside_window": outside, "missing_by_field": missing}
+    parsed = seen.get
+    outside = int(parsed.pop("outside the window"))
+    return {"rows_outside_window": outside, "missing_by_field": {name: int(n) for name, n in parsed.items()}}
 
 
 def _missing(kind: str, name: str) -> Column:
-    """Whether a row has no value of field ``name`` (a multi field: no item)."""
-    return F.size(name) == 0 if kind == "multi" else F.col(name).isNull()
+    """Observation metric: rows without a value of field ``name`` (a multi field: no item)."""
+    return F.count_if(F.size(name) == 0) if kind == "multi" else F.count_if(F.col(name).isNull())
 
 
 def rejected_by_field(spark: SparkSession, quarantine_dir: str) -> dict[str, dict[str, int]]:
