@@ -20,6 +20,7 @@ import pandas as pd
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
+from pyspark.sql import Observation
 from pyspark.sql import functions as F
 from testkit import CATEGORICAL_FIELDS, CRITEO, ENV, INTEGER_FIELDS, deepfm_command
 
@@ -27,7 +28,7 @@ from deepfm.cli.config import deep_update, load_defaults
 from deepfm.core import fs
 from deepfm.core.features import FeatureSpec, FieldSpec
 from deepfm.prep.encoding import FeatureConfig, encode, fit
-from deepfm.prep.preprocess import Options, Window, run
+from deepfm.prep.preprocess import Options, Window, _missing_counts, _missing_masks, run
 from deepfm.prep.rawlogs import InputDayError, LogFormat, day_paths, detect_layout, quarantined
 from deepfm.prep.synthetic import write_logs
 
@@ -203,6 +204,18 @@ def test_job_counts_reconcile_and_output_layout(generated, spark):
     for day in summary["train_days"]:  # small days still shard: several one-row-group files each
         files = [pq.ParquetFile(f) for f in (out / "train" / f"day={day}").glob("*.parquet")]
         assert len(files) >= 4 and all(f.num_row_groups == 1 for f in files)
+
+
+def test_missing_values_are_counted_per_field_through_masks_of_63_fields(spark):
+    """Each field's missing bit lands on its own count, across more fields than one long holds."""
+    names = [f"f{i}" for i in range(70)]
+    values = [[None if (r + i) % (i % 5 + 2) == 0 else r for i in range(70)] for r in range(40)]
+    df = spark.createDataFrame(values, ", ".join(f"{n} int" for n in names))
+    masks = _missing_masks([(n, "integer") for n in names])
+    observed = Observation("missing")
+    df.select(*masks.values()).observe(observed, *_missing_counts(names)).collect()
+    assert len(masks) == 2
+    assert observed.get == {f"missing {n}": sum(row[i] is None for row in values) for i, n in enumerate(names)}
 
 
 def test_both_layouts_and_gzip_give_the_same_encoded_data(generated, tmp_path, spark):
