@@ -456,7 +456,7 @@ def encode_days(
         )
     observed = written.get
     outside = int(observed.pop("outside the window"))
-    missing = {f.name: int(observed.pop(f"missing {f.name}")) for f in spec.fields}
+    missing = {f.name: int(observed.pop(f"missing {f.name}", 0)) for f in spec.fields}
     for day_text, n in observed.items():
         day = dt.date.fromisoformat(day_text)
         if day in counts or n:  # an event day whose own folder is missing may still have late rows
@@ -505,9 +505,11 @@ def _missing_masks(fields: list[tuple[str, str]]) -> dict[str, Column]:
 
 
 def _missing_counts(names: list[str]) -> list[Column]:
-    """Observation metrics ``missing <name>``: rows whose mask (``_missing_masks``) has the field's bit."""
+    """Observation metrics ``missing <name>``: the rows whose mask (``_missing_masks``) has the
+    field's bit. Sums of shifted bits, not ``count_if``: Spark computes a ``count_if``'s condition
+    in a projection of its own, a column per field on every row."""
     return [
-        F.count_if(F.col(f"_missing{i // MASK_BITS}").bitwiseAND(F.lit(1 << (i % MASK_BITS))) != 0).alias(
+        F.sum(F.shiftright(F.col(f"_missing{i // MASK_BITS}"), i % MASK_BITS).bitwiseAND(F.lit(1))).alias(
             f"missing {name}"
         )
         for i, name in enumerate(names)
