@@ -456,7 +456,7 @@ def encode_days(
         )
     observed = written.get
     outside = int(observed.pop("outside the window"))
-    missing = {f.name: int(observed.pop(f"missing {f.name}", 0)) for f in spec.fields}
+    missing = {f.name: int(observed.pop(f"missing {f.name}")) for f in spec.fields}
     for day_text, n in observed.items():
         day = dt.date.fromisoformat(day_text)
         if day in counts or n:  # an event day whose own folder is missing may still have late rows
