@@ -117,9 +117,10 @@ def _key(name: str) -> Column:
     return F.col(name).cast("string")
 
 
-def _probe_key(value: Column) -> Column:
-    """The 64-bit key a vocabulary join matches on: the same for a row's value and a vocabulary's."""
-    return F.xxhash64(value)
+def _probe_key(field: Column, value: Column) -> Column:
+    """The 64-bit key a vocabulary join matches on, of a value of the ``field``-th vocabulary field:
+    the same for a row's value and a vocabulary's."""
+    return F.xxhash64(field, value)
 
 
 def _quantile_probabilities(buckets: int) -> list[float]:
@@ -226,10 +227,12 @@ def fit(
     return spec
 
 
-def _vocabulary_frame(df: DataFrame, spec: FeatureSpec, field: FieldSpec) -> DataFrame:
-    """``field``'s vocabulary: ``value`` (string), ``index`` (int, 1-based) and ``key`` (the value
-    hashed as the rows' probe key is)."""
-    return vocabulary.table(df.sparkSession, spec, field).withColumn("key", _probe_key(F.col("value")))
+def _vocabulary_table(df: DataFrame, spec: FeatureSpec, fields: Sequence[FieldSpec]) -> DataFrame:
+    """``fields``' vocabularies in one frame: ``field`` (the field's position in ``fields``), ``value``
+    (string), ``index`` (int, 1-based) and ``key`` (the value hashed as the rows' probe key is)."""
+    position = F.create_map(*(x for k, f in enumerate(fields) for x in (F.lit(f.name), F.lit(k))))
+    table = vocabulary.tables(df.sparkSession, spec, fields).withColumn("field", position[F.col("field")])
+    return table.withColumn("key", _probe_key(F.col("field"), F.col("value")))
 
 
 def _item(field: FieldSpec, slot: int) -> Column:
@@ -263,31 +266,33 @@ def _look_up(df: DataFrame, spec: FeatureSpec, fields: Sequence[FieldSpec], broa
 
 
 def _broadcast_lookups(df: DataFrame, spec: FeatureSpec, fields: Sequence[FieldSpec]) -> DataFrame:
-    """``_look_up`` by a broadcast left join per vocabulary on the value's 64-bit hash (a multi-valued
-    field's slots each join its one vocabulary, broadcast once: Spark reuses the exchange).
+    """``_look_up`` by broadcast left joins on a 64-bit hash of (field, value): every lookup (a
+    field, or a slot of a multi-valued one) joins the one table of all these vocabularies, read by
+    one scan and broadcast once (Spark reuses the exchange). A scan and a broadcast per field cost
+    a Spark job and a generated class each: about a second per run whatever its size.
 
     A join on one long key probes a long-keyed hash map, cheaper per row than a join on the string
     (figures: benchmarks/README.md); the strings are then compared, so the index stays exact.
-    (Two vocabulary values of one field with the same 64-bit hash would duplicate rows, and the
-    jobs' row reconciliation would fail loudly.) The joins are one SQL statement, analysed once:
+    (Two vocabulary entries with the same 64-bit hash would duplicate rows, and the jobs' row
+    reconciliation would fail loudly.) The joins are one SQL statement, analysed once:
     26 ``DataFrame.join`` calls re-analyse the growing plan each time, seconds of driver time
     whatever the rows.
     """
     if not fields:
         return df
     lookups = _lookups(fields)
-    probes = [_probe_key(value).alias(f"_{column}_probe") for column, value, _ in lookups]
+    probes = [_probe_key(F.lit(k), value).alias(f"_{column}_probe") for column, value, k in lookups]
     values = [value.alias(f"_{column}_raw") for column, value, _ in lookups]
     joins, added = [], []
-    for j, (column, _, k) in enumerate(lookups):
+    for j, (column, _, _) in enumerate(lookups):
         table = f"vocabulary_{j}"
-        joins.append(f"LEFT JOIN {{vocabulary_{k}}} AS {table} ON rows.`_{column}_probe` = {table}.key")
+        joins.append(f"LEFT JOIN {{vocabularies}} AS {table} ON rows.`_{column}_probe` = {table}.key")
         added.append(f"CASE WHEN {table}.value = rows.`_{column}_raw` THEN {table}.index END AS `_{column}_index`")
     tables = ", ".join(f"vocabulary_{j}" for j in range(len(lookups)))
     kept = [f"rows.`{c}`" for c in df.columns]
     query = f"SELECT /*+ BROADCAST({tables}) */ {', '.join(kept + added)} FROM {{rows}} AS rows {' '.join(joins)}"
-    vocabularies = {f"vocabulary_{k}": _vocabulary_frame(df, spec, f) for k, f in enumerate(fields)}
-    return df.sparkSession.sql(query, None, rows=df.select("*", *probes, *values), **vocabularies)
+    vocabularies = _vocabulary_table(df, spec, fields)
+    return df.sparkSession.sql(query, None, rows=df.select("*", *probes, *values), vocabularies=vocabularies)
 
 
 def _shuffled_lookups(df: DataFrame, spec: FeatureSpec, fields: Sequence[FieldSpec]) -> DataFrame:
@@ -312,10 +317,9 @@ def _shuffled_lookups(df: DataFrame, spec: FeatureSpec, fields: Sequence[FieldSp
         for j, (_, value, k) in enumerate(lookups)
     ]
     pairs = keyed.select("_row_a", "_row_b", F.inline(F.array(*items))).where(F.col("value").isNotNull())
-    pairs = pairs.withColumn("key", _probe_key(F.col("value")))
-    tables = [_vocabulary_frame(df, spec, f).withColumn("field", F.lit(k)) for k, f in enumerate(fields)]
+    pairs = pairs.withColumn("key", _probe_key(F.col("field"), F.col("value")))
     # Merge, not broadcast: these vocabularies are too large by definition, whatever their files' size.
-    union = reduce(DataFrame.unionByName, tables).withColumnRenamed("value", "known").hint("merge")
+    union = _vocabulary_table(df, spec, fields).withColumnRenamed("value", "known").hint("merge")
     matched = pairs.join(union, ["field", "key"]).where(F.col("value") == F.col("known"))
     slot = F.col("slot")
     # Shuffled by row before aggregating: a row's matches are spread over all partitions of the

@@ -13,6 +13,7 @@ import hashlib
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import reduce
 
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
@@ -78,11 +79,17 @@ def store(ranked: DataFrame, directory: str, fields: Sequence[str]) -> dict[str,
     return fitted
 
 
-def table(spark: SparkSession, spec: FeatureSpec, field: FieldSpec) -> DataFrame:
-    """``field``'s vocabulary as rows ``value`` (string), ``index`` (int): read from the spec's
-    stored vocabularies, or made from an inline one."""
-    if field.stored_vocabulary:
-        stored = spark.read.schema(TABLE_SCHEMA).parquet(spec.vocabularies)
-        return stored.where(F.col("field") == F.lit(field.name)).select("value", "index")
-    rows = [(value, i) for i, value in enumerate(field.vocabulary, start=1)]
-    return spark.createDataFrame(rows, schema="value string, index int")
+def tables(spark: SparkSession, spec: FeatureSpec, fields: Sequence[FieldSpec]) -> DataFrame:
+    """``fields``' vocabularies as rows ``field`` (name), ``value`` (string), ``index`` (int): the
+    stored ones read by one scan (one generated class and one broadcast however many fields: a
+    scan per field made Spark compile and run one of each per field), inline ones made from the
+    spec."""
+    stored = [f.name for f in fields if f.stored_vocabulary]
+    inline = [(f.name, value, i) for f in fields if not f.stored_vocabulary for i, value in enumerate(f.vocabulary, 1)]
+    frames = []
+    if stored:
+        read = spark.read.schema(TABLE_SCHEMA).parquet(spec.vocabularies)
+        frames.append(read.where(F.col("field").isin(stored)).select("field", "value", "index"))
+    if inline or not stored:
+        frames.append(spark.createDataFrame(inline, schema="field string, value string, index int"))
+    return reduce(DataFrame.unionByName, frames)
