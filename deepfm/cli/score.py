@@ -77,7 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging()
     # Imported after argument parsing so `--help` answers without loading torch.
     from deepfm.core.features import FeatureSpecError
-    from deepfm.core.tracking import RegistryError, TrackingSettings
+    from deepfm.core.tracking import RegistryError, StoreError, TrackingSettings
     from deepfm.models.bundle import BundleError
     from deepfm.ops.spark import get_spark
     from deepfm.prep.rawlogs import InputDayError
@@ -104,7 +104,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         summary = run(spark, options)
         status = 0 if summary["reconciled"] else 1
-    except (TableError, BundleError, FeatureSpecError, InputDayError, RegistryError, SchemaMismatchError) as exc:
+    except (
+        TableError,
+        BundleError,
+        FeatureSpecError,
+        InputDayError,
+        RegistryError,
+        SchemaMismatchError,
+        StoreError,
+    ) as exc:
         log.error("refused, nothing written: %s", exc)
         summary, status = {"date": args.date.isoformat(), "error": str(exc)}, 2
     finally:
