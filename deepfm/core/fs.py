@@ -319,14 +319,15 @@ def put_stream(uri: PathLike, write: Callable[[BinaryIO], object]) -> str:
     as ``torch.save``): atomically where local (``write_atomic``); on an object store the bytes are
     uploaded once ``write`` returned, as one upload (atomic by itself). They are held in memory
     until then: Arrow's output streams cannot abort, and closing one on an exception would publish
-    the part written so far."""
+    the part written so far. Returns ``uri``."""
     if is_local(uri):
 
         def write_file(tmp: Path) -> None:
             with open(tmp, "wb") as stream:
                 write(stream)
 
-        return str(write_atomic(local_path(uri), write_file))
+        write_atomic(local_path(uri), write_file)
+        return str(uri)
     buffer = io.BytesIO()
     write(buffer)
     filesystem, path = arrow(uri)
