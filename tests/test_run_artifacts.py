@@ -12,10 +12,12 @@ import pytest
 import torch
 from testkit import model_for_spec
 
+import deepfm.cli.train as train_job
 from deepfm.cli.logs import UploadedLog
 from deepfm.core import fs
 from deepfm.core.features import FeatureSpec, FieldSpec
 from deepfm.core.metrics import BinaryMetrics
+from deepfm.core.tracking import StoreError, TrackingSettings, store_uri
 from deepfm.models import make_optimizers
 from deepfm.models.bundle import load_bundle
 from deepfm.training.artifacts import RunArtifacts, TrainState, read_summary
@@ -90,3 +92,13 @@ def test_an_uploaded_log_keeps_the_earlier_lines_and_writes_on_flush(uri):
         handler.emit(logging.makeLogRecord({"msg": line}))
         handler.flush()
     assert fs.read_text(log) == "first run\nresumed run\n"
+
+
+def test_a_run_directory_on_an_object_store_needs_a_configured_tracking_store(monkeypatch, capsys):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    with pytest.raises(StoreError, match="local folder only"):
+        store_uri(TrackingSettings(), "s3a://bucket/run")
+    assert store_uri(TrackingSettings(tracking_uri="http://mlflow:5000"), "s3a://bucket/run") == "http://mlflow:5000"
+    with pytest.raises(SystemExit) as refused:  # on every rank, before any starts
+        train_job.main(["--data", "s3a://bucket/data", "--output", "s3a://bucket/run"])
+    assert refused.value.code == 2 and "tracking_uri" in capsys.readouterr().err

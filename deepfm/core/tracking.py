@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from deepfm.core import fs
 
@@ -234,8 +235,10 @@ def alias_version(
 
 
 def resolve_model(reference: str, settings: TrackingSettings, folder: str | Path) -> str:
-    """A bundle folder: ``reference`` itself when it is a path, else the local copy of the version
-    ``models:/<name>@<alias>`` or ``models:/<name>/<version>`` names."""
+    """A bundle folder: ``reference`` itself when it is a path or URI, else the folder of the version
+    ``models:/<name>@<alias>`` or ``models:/<name>/<version>`` names: where it is when that is on
+    S3 (an artifact store there; whoever loads it reads it there, a cluster's executors too), else
+    a local copy."""
     if not reference.startswith(MODELS_SCHEME):
         return reference
     from mlflow.artifacts import download_artifacts
@@ -250,8 +253,9 @@ def resolve_model(reference: str, settings: TrackingSettings, folder: str | Path
         else:
             name, _, number = name.partition("/")
             version = client.get_model_version(name, number)
-        local = download_artifacts(artifact_uri=version.source, tracking_uri=uri)
+        on_s3 = urlsplit(version.source).scheme in fs.S3_SCHEMES
+        bundle = version.source if on_s3 else download_artifacts(artifact_uri=version.source, tracking_uri=uri)
     except MlflowException as exc:
         raise RegistryError(f"{reference} names no model version in {uri}: {exc.message}") from exc
-    log.info("registry: %s is %s version %s (%s)", reference, name, version.version, local)
-    return str(local)
+    log.info("registry: %s is %s version %s (%s)", reference, name, version.version, bundle)
+    return str(bundle)
