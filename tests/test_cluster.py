@@ -1,8 +1,8 @@
 """The pipeline on a cluster with every path on an object store: a real S3 server (SeaweedFS,
 built by ``make setup-test``), a Spark standalone master with two workers (separate processes and
 work directories), jobs submitted to it with ``spark-submit`` and the project shipped as a wheel
-(``--py-files``), reaching S3 through S3A; this process reads their output through
-``deepfm.core.fs`` (pyarrow's S3 file system).
+(``--py-files``), reaching S3 through S3A; training on two Horovod ranks whose run directory is on
+S3 too; this process reads their output through ``deepfm.core.fs`` (pyarrow's S3 file system).
 
 Nothing is written to the local disk but the server's own data and the logs generated before
 they are uploaded: the test checks that the jobs' outputs exist on S3 only.

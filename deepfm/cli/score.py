@@ -34,7 +34,8 @@ def parser() -> JobParser:
     p.add_argument("--date", required=True, type=dt.date.fromisoformat, help="day to score, YYYY-MM-DD")
     p.add_argument(
         "--model", required=True,
-        help="model bundle directory, or a registry reference: models:/<name>@<alias> or models:/<name>/<version>",
+        help="model bundle directory (a path or URI: the executors load it from there), or a registry reference: "
+        "models:/<name>@<alias> or models:/<name>/<version>",
     )  # fmt: skip
     p.add_argument("--table", required=True, help="scores Delta table: a path (contains '/') or a metastore table name")
     p.option("--input", key="input", help="raw log root: date=YYYY-MM-DD/ folders or Criteo day_N[.gz] files")

@@ -73,7 +73,7 @@ def parser() -> JobParser:
     p.option(
         "--warm-start",
         key="warm_start",
-        help="bundle to start from (same fields; new vocabulary rows start fresh, old ones are kept)",
+        help="bundle to start from, a path or URI (same fields; new vocabulary rows start fresh, old ones are kept)",
     )
     p.option(
         "--device",

@@ -24,7 +24,8 @@ live process's temporaries are never touched.
 Files and folders get the permissions the process umask gives (``tempfile.mkstemp`` and
 ``mkdtemp`` would create them 0600 / 0700, hiding them from another account such as scoring's).
 
-On an object store a file's upload is atomic by itself, but a folder cannot be renamed:
+On an object store a file's upload is atomic by itself (:func:`put_stream` uploads a file only
+once it is written whole), but a folder cannot be renamed:
 :func:`staged_uri` copies the staged folder over its target (server-side copies), data files
 first and the top-level files (a job's spec and summary) last, so a reader that waits for the
 summary sees complete data; between the delete of the old folder and the last copy, the target is
@@ -222,7 +223,7 @@ def local_path(uri: PathLike) -> Path:
 
 
 def absolute(uri: PathLike) -> str:
-    """``uri`` with a local path made absolute (for processes that run elsewhere in the tree)."""
+    """``uri`` with a local path made absolute (for processes with another working directory)."""
     return str(local_path(uri).resolve()) if is_local(uri) else str(uri)
 
 

@@ -86,7 +86,7 @@ def run_identity(model: CTRModel, spec: FeatureSpec, data: str) -> dict[str, Any
     }
 
 
-def read_summary(output: str) -> dict[str, Any]:
+def read_summary(output: fs.PathLike) -> dict[str, Any]:
     """The summary a finished run wrote (how a launcher learns the result of a training)."""
     path = fs.join(output, SUMMARY)
     if not fs.exists(path):
