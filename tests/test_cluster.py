@@ -239,6 +239,28 @@ def test_scoring_on_the_cluster_into_delta_on_s3_reconciles_and_a_rerun_replaces
     assert day.select("scored_at").distinct().count() == 1  # all from one run
 
 
+@pytest.fixture(scope="module")
+def reported(store, cluster, wheel, trained, scored, tmp_path_factory) -> dict:
+    """The day's model report from the bundle and the Delta metrics table on S3, written to S3."""
+    cwd = tmp_path_factory.mktemp("report")
+    result = submit(store, cluster, wheel, cwd, "report", "--bundle", trained["bundle"], "--metrics-table",
+                    store.uri("delta", "scores_metrics"), "--output", store.uri("reports", END_DATE.isoformat()),
+                    "--date", END_DATE.isoformat())  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+    # No file beside the driver (Spark's catalog leaves an empty spark-warehouse/ there, as scoring's does).
+    assert [p for p in cwd.rglob("*") if not p.is_dir()] == []
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_the_report_of_a_bundle_on_s3_is_written_to_s3(store, reported):
+    output = store.uri("reports", END_DATE.isoformat())
+    assert reported["report"] == fs.join(output, "report.html") and reported["days"] == 1  # a rerun replaced the day
+    assert {fs.name(f) for f in fs.files_under(output)} == {"report.html", "roc.png", "calibration.png",
+                                                             "daily_metrics.png", "summary.json"}  # fmt: skip
+    assert 'src="roc.png"' in fs.read_text(reported["report"])
+    assert fs.read_json(fs.join(output, "summary.json")) == reported
+
+
 def test_a_staged_folder_on_the_object_store_replaces_its_target_or_leaves_it(store):
     target = store.uri("staged", "out")
     with fs.staged_uri(target) as staging:
