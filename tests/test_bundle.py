@@ -199,5 +199,19 @@ def test_a_bundle_with_a_multi_valued_field_rebuilds_it_and_scoring_reads_its_sl
         }
         | columns
     )
-    scored = list(predict_fn(str(tmp_path / "bundle"), version, spec, torch.get_num_threads())([batch]))
+    scored = list(
+        predict_fn(str(tmp_path / "bundle"), version, spec, torch.get_num_threads(), fs.S3Settings())([batch])
+    )
     torch.testing.assert_close(torch.from_numpy(scored[0].column("ctr").to_numpy()), torch.sigmoid(expected))
+
+
+@pytest.mark.parametrize("as_uri", [str, lambda path: f"file://{path}"], ids=["plain path", "file URI"])
+def test_a_bundle_round_trips_through_a_plain_path_and_a_uri(tmp_path, model, spec, as_uri):
+    validation = BinaryMetrics()
+    validation.update(torch.tensor([0.2, 0.7]), torch.tensor([0.0, 1.0]))
+    version = save_bundle(as_uri(tmp_path / "bundle"), model, spec, validation=validation)
+    bundle = load_bundle(as_uri(tmp_path / "bundle"))
+    assert bundle.version == version and bundle.spec.version == spec.version and bundle.validation is not None
+    with torch.no_grad():
+        assert torch.equal(bundle.model(*inputs()), model(*inputs()))
+    assert [p.name for p in tmp_path.iterdir()] == ["bundle"]

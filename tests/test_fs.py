@@ -101,3 +101,18 @@ def test_a_staged_uri_replaces_a_local_folder_whole_and_copies_trees(tmp_path):
     assert fs.read_text(tmp_path / "copy" / "a" / "b.txt") == "1" and fs.file_size(f"{target}/a/b.txt") == 1
     fs.remove_tree(target)
     assert not fs.exists(target) and [p.name for p in tmp_path.iterdir()] == ["copy"]
+
+
+def test_a_streamed_file_replaces_its_target_only_when_written_whole_and_files_move(tmp_path):
+    target = f"file://{tmp_path}/a/f.bin"
+    fs.put_stream(target, lambda stream: stream.write(b"old"))
+
+    def half(stream) -> None:
+        stream.write(b"ne")
+        raise RuntimeError("killed mid-write")
+
+    with pytest.raises(RuntimeError):
+        fs.put_stream(target, half)
+    assert fs.read_text(target) == "old" and [p.name for p in (tmp_path / "a").iterdir()] == ["f.bin"]
+    fs.move(target, tmp_path / "b" / "g.bin")
+    assert not fs.exists(target) and (tmp_path / "b" / "g.bin").read_bytes() == b"old"

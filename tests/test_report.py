@@ -83,7 +83,7 @@ def test_html_table_escapes_formats_and_highlights(tmp_path):
     assert table.count("class=hi") == 1
     png = plots.plot_bars({"lr": 1.0, "deepfm": 2.5}, tmp_path / "img" / "bars.png", "x lr", "time")
     page = html.write_html(tmp_path / "page.html", "T", [table, html.html_image(png, tmp_path, "bars")])
-    assert 'src="img/bars.png"' in page.read_text() and png.read_bytes()[:4] == b"\x89PNG"
+    assert 'src="img/bars.png"' in Path(page).read_text() and Path(png).read_bytes()[:4] == b"\x89PNG"
 
 
 def test_a_model_keeps_its_colour_across_plots():
@@ -158,8 +158,10 @@ def _runs(aucs: list[float]) -> pd.DataFrame:
 def test_daily_report_shows_the_model_and_every_day(bundle_and_data, tmp_path):
     bundle_dir, data = bundle_and_data
     bundle = load_bundle(bundle_dir)
-    summary = daily_report.daily_report(bundle, _runs([0.71, 0.72, 0.735]), tmp_path / "a", date="2024-01-02")
-    page = Path(summary["report"]).read_text()
+    # The report's folder may be any URI, as the bundle's may.
+    summary = daily_report.daily_report(bundle, _runs([0.71, 0.72, 0.735]), f"file://{tmp_path}/a", date="2024-01-02")
+    assert summary["report"] == f"file://{tmp_path}/a/report.html"
+    page = (tmp_path / "a" / "report.html").read_text()
     for png in ("roc.png", "calibration.png", "daily_metrics.png"):
         assert f'src="{png}"' in page and (tmp_path / "a" / png).stat().st_size > 1000
     assert all(d in page for d in ("2024-01-01", "2024-01-02", "2024-01-03")) and "0.7350" in page
@@ -167,13 +169,13 @@ def test_daily_report_shows_the_model_and_every_day(bundle_and_data, tmp_path):
     expected = _validation_metrics(bundle, data).compute()  # the saved validation, not scored again
     assert summary["validation_auc"] == pytest.approx(expected["auc"]) and f"{expected['auc']:.4f}" in page
     # The plots are drawn from the inputs: other metrics, another picture.
-    daily_report.daily_report(bundle, _runs([0.6, 0.65, 0.7]), tmp_path / "b")
+    daily_report.daily_report(bundle, _runs([0.6, 0.65, 0.7]), str(tmp_path / "b"))
     assert (tmp_path / "a" / "daily_metrics.png").read_bytes() != (tmp_path / "b" / "daily_metrics.png").read_bytes()
-    empty = daily_report.daily_report(bundle, _runs([])[:0], tmp_path / "c")
+    empty = daily_report.daily_report(bundle, _runs([])[:0], str(tmp_path / "c"))
     assert empty["days"] == 0 and "No scoring run recorded yet" in Path(empty["report"]).read_text()
     save_bundle(tmp_path / "old", bundle.model, bundle.spec)  # a bundle without its validation
     with pytest.raises(BundleError, match="no validation metrics"):
-        daily_report.daily_report(load_bundle(tmp_path / "old"), _runs([0.7]), tmp_path / "d")
+        daily_report.daily_report(load_bundle(tmp_path / "old"), _runs([0.7]), str(tmp_path / "d"))
 
 
 @pytest.mark.slow

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from pathlib import Path
 
 from deepfm.cli.config import JobParser, spark_conf
 from deepfm.cli.logs import setup_logging
@@ -26,19 +25,19 @@ from deepfm.ops.spark import get_spark
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = JobParser("report", __doc__ or "", {})
-    p.add_argument("--bundle", type=Path, required=True, help="model bundle directory (the training's RUN/bundle)")
+    p.add_argument("--bundle", required=True, help="model bundle directory, a path or URI (the training's RUN/bundle)")
     p.add_argument(
         "--metrics-table",
         required=True,
         help="Delta metrics table of `deepfm score` (a path, or a metastore table name); "
         "missing: the report says no day was scored yet",
     )
-    p.add_argument("--output", type=Path, required=True, help="report directory (report.html and its PNGs)")
+    p.add_argument("--output", required=True, help="report directory, a path or URI (report.html and its PNGs)")
     p.add_argument("--date", default=None, help="YYYY-MM-DD to highlight in the daily metrics (default: newest)")
     args, values = p.parse(argv)
     setup_logging()
     runs = read_metrics_table(get_spark("deepfm-report", spark_conf(values)), args.metrics_table)
     summary = daily_report(load_bundle(args.bundle), runs, args.output, date=args.date)
-    fs.write_json(args.output / "summary.json", summary)
+    fs.put_json(fs.join(args.output, "summary.json"), summary)
     print(json.dumps(summary), flush=True)
     return 0

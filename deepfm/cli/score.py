@@ -34,7 +34,8 @@ def parser() -> JobParser:
     p.add_argument("--date", required=True, type=dt.date.fromisoformat, help="day to score, YYYY-MM-DD")
     p.add_argument(
         "--model", required=True,
-        help="model bundle directory, or a registry reference: models:/<name>@<alias> or models:/<name>/<version>",
+        help="model bundle directory (a path or URI: the executors load it from there), or a registry reference: "
+        "models:/<name>@<alias> or models:/<name>/<version>",
     )  # fmt: skip
     p.add_argument("--table", required=True, help="scores Delta table: a path (contains '/') or a metastore table name")
     p.option("--input", key="input", help="raw log root: date=YYYY-MM-DD/ folders or Criteo day_N[.gz] files")
@@ -77,7 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging()
     # Imported after argument parsing so `--help` answers without loading torch.
     from deepfm.core.features import FeatureSpecError
-    from deepfm.core.tracking import RegistryError, TrackingSettings
+    from deepfm.core.tracking import RegistryError, StoreError, TrackingSettings
     from deepfm.models.bundle import BundleError
     from deepfm.ops.spark import get_spark
     from deepfm.prep.rawlogs import InputDayError
@@ -104,7 +105,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         summary = run(spark, options)
         status = 0 if summary["reconciled"] else 1
-    except (TableError, BundleError, FeatureSpecError, InputDayError, RegistryError, SchemaMismatchError) as exc:
+    except (
+        TableError,
+        BundleError,
+        FeatureSpecError,
+        InputDayError,
+        RegistryError,
+        SchemaMismatchError,
+        StoreError,
+    ) as exc:
         log.error("refused, nothing written: %s", exc)
         summary, status = {"date": args.date.isoformat(), "error": str(exc)}, 2
     finally:

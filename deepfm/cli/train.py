@@ -3,8 +3,9 @@
     horovodrun -np 2 -H localhost:2 --gloo python -m deepfm train --data DATA --output RUN --model deepfm
     deepfm train --data DATA --output RUN          # one process, no Horovod needed
 
-DATA is the preprocessing output (train/ and test/ Parquet, feature_spec.json). RUN gets
-bundle/, metrics.json, summary.json, checkpoints/latest.pt and train.log; rerunning the same
+DATA is the preprocessing output (train/ and test/ Parquet, feature_spec.json). RUN (a path or a
+URI such as s3a://bucket/runs/x: the ranks share nothing else) gets bundle/, metrics.json,
+summary.json, checkpoints/latest.pt and train.log; rerunning the same
 command resumes from the checkpoint, unless the data, feature spec or model config changed (the
 earlier run is then moved to RUN/superseded/ and training starts over; --fresh always does). Rank
 0 prints the summary as its last stdout line and writes it to RUN/summary.json. Defaults:
@@ -20,8 +21,9 @@ import logging
 from collections.abc import Sequence
 
 from deepfm.cli.config import JobParser, load_defaults, spark_conf
-from deepfm.cli.logs import setup_logging
+from deepfm.cli.logs import flush_logs, setup_logging
 from deepfm.core import fs
+from deepfm.core.tracking import store_uri
 from deepfm.models import ModelDefaults, model_names
 from deepfm.training import distributed as dist
 from deepfm.training.feed import LOADERS
@@ -31,7 +33,10 @@ from deepfm.training.trainer import TrainConfig, train
 def parser() -> JobParser:
     p = JobParser("train", __doc__ or "", load_defaults("train"))
     p.option("--data", key="data", help="preprocessed data directory (train/, test/, feature_spec.json); required")
-    p.option("--output", key="output", help="run directory; an existing checkpoint there is resumed; required")
+    p.option(
+        "--output", key="output",
+        help="run directory, a path or URI (s3a://...); an existing checkpoint there is resumed; required",
+    )  # fmt: skip
     p.option(
         "--model",
         key="model",
@@ -68,7 +73,7 @@ def parser() -> JobParser:
     p.option(
         "--warm-start",
         key="warm_start",
-        help="bundle to start from (same fields; new vocabulary rows start fresh, old ones are kept)",
+        help="bundle to start from, a path or URI (same fields; new vocabulary rows start fresh, old ones are kept)",
     )
     p.option(
         "--device",
@@ -114,6 +119,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     storage = {"spark": values.pop("spark", None) or {}}
     try:
         cfg = TrainConfig.from_dict(values, ModelDefaults(load_defaults("models")))
+        if cfg.tracking.enabled:  # a run directory with no store for its runs: refused on every rank
+            store_uri(cfg.tracking, cfg.output)
     except ValueError as exc:
         p.parser.error(str(exc))
     # Every rank reaches S3 the way Spark does (the fs.s3a.* keys of the Spark settings).
@@ -124,9 +131,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(
         logging.INFO if primary else logging.WARNING,
         prefix=f"rank{dist.rank()} ",
-        file=cfg.output / "train.log" if primary else None,
+        file=fs.join(cfg.output, "train.log") if primary else None,
     )
-    summary = train(cfg)
+    try:
+        summary = train(cfg)
+    finally:
+        flush_logs()
     if primary:
         print(json.dumps(summary), flush=True)
     dist.shutdown()

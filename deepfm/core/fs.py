@@ -24,7 +24,8 @@ live process's temporaries are never touched.
 Files and folders get the permissions the process umask gives (``tempfile.mkstemp`` and
 ``mkdtemp`` would create them 0600 / 0700, hiding them from another account such as scoring's).
 
-On an object store a file's upload is atomic by itself, but a folder cannot be renamed:
+On an object store a file's upload is atomic by itself (:func:`put_stream` uploads a file only
+once it is written whole), but a folder cannot be renamed:
 :func:`staged_uri` copies the staged folder over its target (server-side copies), data files
 first and the top-level files (a job's spec and summary) last, so a reader that waits for the
 summary sees complete data; between the delete of the old folder and the last copy, the target is
@@ -34,6 +35,7 @@ incomplete.
 from __future__ import annotations
 
 import errno
+import io
 import json
 import os
 import re
@@ -44,7 +46,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 from urllib.parse import urlsplit
 
 import pyarrow as pa
@@ -220,6 +222,11 @@ def local_path(uri: PathLike) -> Path:
     return Path(urlsplit(text).path if text.startswith("file:") else text)
 
 
+def absolute(uri: PathLike) -> str:
+    """``uri`` with a local path made absolute (for processes with another working directory)."""
+    return str(local_path(uri).resolve()) if is_local(uri) else str(uri)
+
+
 def join(uri: PathLike, *parts: str) -> str:
     """``uri`` with ``parts`` appended (``/``-separated, as every file system here takes)."""
     return "/".join([str(uri).rstrip("/"), *parts])
@@ -308,47 +315,72 @@ def remove_tree(uri: PathLike) -> None:
         filesystem.delete_dir(path)
 
 
-def put_text(uri: PathLike, text: str) -> str:
-    """Replace ``uri``'s content with ``text``: atomically (``write_text``) where local; an object
-    store's upload is atomic by itself."""
+def put_stream(uri: PathLike, write: Callable[[BinaryIO], object]) -> str:
+    """Replace ``uri``'s content with what ``write`` writes to the binary stream it is given (such
+    as ``torch.save``): atomically where local (``write_atomic``); on an object store the bytes are
+    uploaded once ``write`` returned, as one upload (atomic by itself). They are held in memory
+    until then: Arrow's output streams cannot abort, and closing one on an exception would publish
+    the part written so far. Returns ``uri``."""
     if is_local(uri):
-        return str(write_text(local_path(uri), text))
+
+        def write_file(tmp: Path) -> None:
+            with open(tmp, "wb") as stream:
+                write(stream)
+
+        write_atomic(local_path(uri), write_file)
+        return str(uri)
+    buffer = io.BytesIO()
+    write(buffer)
     filesystem, path = arrow(uri)
     with filesystem.open_output_stream(path) as stream:
-        stream.write(text.encode())
+        stream.write(buffer.getbuffer())
     return str(uri)
+
+
+def put_text(uri: PathLike, text: str) -> str:
+    """Replace ``uri``'s content with ``text`` (``put_stream``)."""
+    return put_stream(uri, lambda stream: stream.write(text.encode()))
 
 
 def put_json(uri: PathLike, payload: Any, indent: int | None = 2) -> str:
     return put_text(uri, json.dumps(payload, indent=indent))
 
 
-def move_dir(source: PathLike, target: PathLike) -> None:
-    """Move folder ``source`` to ``target`` (absent): a rename where local, server-side copies and
-    a delete on an object store (no renames there)."""
+def move(source: PathLike, target: PathLike) -> None:
+    """Move file or folder ``source`` to ``target`` (absent): a rename where local, server-side
+    copies and a delete on an object store (no renames there)."""
     if is_local(source):
         local_path(target).parent.mkdir(parents=True, exist_ok=True)
         os.replace(local_path(source), local_path(target))
         return
-    copy_tree(source, target)
-    remove_tree(source)
+    if is_dir(source):
+        copy_tree(source, target)
+        remove_tree(source)
+    else:
+        copy_file(source, target)
+        filesystem, path = arrow(source)
+        filesystem.delete_file(path)
+
+
+def copy_file(source: PathLike, target: PathLike) -> None:
+    """Copy file ``source`` to ``target``, on the same file system (server-side on an object
+    store) or across two."""
+    (src_fs, src), (dst_fs, dst) = arrow(source), arrow(target)
+    if isinstance(dst_fs, pafs.LocalFileSystem):  # object stores have no folders to make
+        dst_fs.create_dir(dst.rsplit("/", 1)[0], recursive=True)
+    if src_fs.equals(dst_fs):
+        dst_fs.copy_file(src, dst)
+    else:
+        pafs.copy_files(src, dst, source_filesystem=src_fs, destination_filesystem=dst_fs)
 
 
 def copy_tree(source: PathLike, target: PathLike) -> None:
-    """Copy every file under folder ``source`` to the same place under ``target``, on the same file
-    system (server-side on an object store) or across two. Deepest files first, so the top-level
-    files (a job's spec and summary, the last it writes) appear last."""
-    src_fs, dst_fs = arrow(source)[0], arrow(target)[0]
-    same = src_fs.equals(dst_fs)
+    """Copy every file under folder ``source`` to the same place under ``target`` (``copy_file``).
+    Deepest files first, so the top-level files (a job's spec and summary, the last it writes)
+    appear last."""
     base = str(source).rstrip("/")
     for file in sorted(files_under(source), key=lambda f: (-f.count("/"), f)):
-        src, dst = arrow(file)[1], arrow(join(target, file[len(base) + 1 :]))[1]
-        if isinstance(dst_fs, pafs.LocalFileSystem):  # object stores have no folders to make
-            dst_fs.create_dir(dst.rsplit("/", 1)[0], recursive=True)
-        if same:
-            dst_fs.copy_file(src, dst)
-        else:
-            pafs.copy_files(src, dst, source_filesystem=src_fs, destination_filesystem=dst_fs)
+        copy_file(file, join(target, file[len(base) + 1 :]))
 
 
 @contextmanager

@@ -17,11 +17,15 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
+
+from deepfm.core import fs
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +36,10 @@ MODELS_SCHEME = "models:/"
 
 class RegistryError(ValueError):
     """A registry reference that names no model version."""
+
+
+class StoreError(ValueError):
+    """No store for runs whose folder is not local: a default (SQLite) store needs a local file."""
 
 
 @dataclass(frozen=True)
@@ -63,13 +71,18 @@ class TrackingSettings:
         }
 
 
-def store_uri(settings: TrackingSettings, folder: Path) -> str:
-    """The tracking URI runs of ``settings`` go to (``folder``: where a default store lives)."""
-    return (
-        settings.tracking_uri
-        or os.environ.get("MLFLOW_TRACKING_URI")
-        or f"sqlite:///{folder.resolve() / STORE_FILENAME}"
-    )
+def store_uri(settings: TrackingSettings, folder: str | Path) -> str:
+    """The tracking URI runs of ``settings`` go to (``folder``: where a default store lives, a
+    local path; ``StoreError`` for a folder on an object store when no store is configured)."""
+    configured = settings.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if configured:
+        return configured
+    if not fs.is_local(folder):
+        raise StoreError(
+            f"no MLflow store for {folder}: the default (SQLite) store lives in a local folder only; set "
+            "tracking.mlflow.tracking_uri (or $MLFLOW_TRACKING_URI) to a tracking server, or turn tracking off"
+        )
+    return f"sqlite:///{fs.local_path(folder).resolve() / STORE_FILENAME}"
 
 
 def _client(uri: str) -> Any:
@@ -98,7 +111,7 @@ class Tracker:
     """One MLflow run: ``start`` (or reopen), ``log_metrics``, ``set_tags``, ``log_artifact``,
     ``finish``. Every call is a no-op when ``enabled`` is false (other ranks, tracking off)."""
 
-    def __init__(self, settings: TrackingSettings, folder: Path, enabled: bool = True) -> None:
+    def __init__(self, settings: TrackingSettings, folder: str | Path, enabled: bool = True) -> None:
         self.settings, self.folder = settings, folder
         self.enabled = enabled and settings.enabled
         self.run_id: str | None = None
@@ -145,10 +158,20 @@ class Tracker:
             for key, value in tags.items():
                 self._client.set_tag(self.run_id, key, str(value))
 
-    def log_artifact(self, path: Path) -> None:
-        """A file, or a folder as a folder of the same name; missing paths are skipped."""
-        if self.run_id is None or not path.exists():
+    def log_artifact(self, uri: str | Path) -> None:
+        """A file, or a folder as a folder of the same name, at any URI; missing ones are skipped.
+        MLflow logs local files: one on an object store is copied to a temporary folder first."""
+        if self.run_id is None or not fs.exists(uri):
             return
+        if fs.is_local(uri):
+            self._log_local(fs.local_path(uri))
+            return
+        with tempfile.TemporaryDirectory() as tmp:
+            local = Path(tmp) / fs.name(uri)
+            (fs.copy_tree if fs.is_dir(uri) else fs.copy_file)(uri, local)
+            self._log_local(local)
+
+    def _log_local(self, path: Path) -> None:
         if path.is_dir():
             self._client.log_artifacts(self.run_id, str(path), artifact_path=path.name)
         else:
@@ -211,9 +234,11 @@ def alias_version(
     return str(version.version), dict(version.tags)
 
 
-def resolve_model(reference: str, settings: TrackingSettings, folder: Path) -> str:
-    """A bundle folder: ``reference`` itself when it is a path, else the local copy of the version
-    ``models:/<name>@<alias>`` or ``models:/<name>/<version>`` names."""
+def resolve_model(reference: str, settings: TrackingSettings, folder: str | Path) -> str:
+    """A bundle folder: ``reference`` itself when it is a path or URI, else the folder of the version
+    ``models:/<name>@<alias>`` or ``models:/<name>/<version>`` names: where it is when that is on
+    S3 (an artifact store there; whoever loads it reads it there, a cluster's executors too), else
+    a local copy."""
     if not reference.startswith(MODELS_SCHEME):
         return reference
     from mlflow.artifacts import download_artifacts
@@ -228,8 +253,9 @@ def resolve_model(reference: str, settings: TrackingSettings, folder: Path) -> s
         else:
             name, _, number = name.partition("/")
             version = client.get_model_version(name, number)
-        local = download_artifacts(artifact_uri=version.source, tracking_uri=uri)
+        on_s3 = urlsplit(version.source).scheme in fs.S3_SCHEMES
+        bundle = version.source if on_s3 else download_artifacts(artifact_uri=version.source, tracking_uri=uri)
     except MlflowException as exc:
         raise RegistryError(f"{reference} names no model version in {uri}: {exc.message}") from exc
-    log.info("registry: %s is %s version %s (%s)", reference, name, version.version, local)
-    return str(local)
+    log.info("registry: %s is %s version %s (%s)", reference, name, version.version, bundle)
+    return str(bundle)

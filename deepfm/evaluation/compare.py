@@ -30,7 +30,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -48,6 +47,7 @@ from deepfm.evaluation.curves import calibration_points, roc_curve, roc_on_grid
 from deepfm.models import ModelConfig, ModelDefaults, model_names
 from deepfm.models.bundle import load_bundle
 from deepfm.prep.synthetic import MANIFEST, reference_ceilings
+from deepfm.training.artifacts import BUNDLE, METRICS
 from deepfm.training.evaluate import evaluate
 from deepfm.training.feed import make_loader, row_groups
 from deepfm.training.launch import run_horovod
@@ -171,23 +171,23 @@ def train_config(
     cfg = TrainConfig.from_dict(values, settings.model_defaults)
     key = {k: v for k, v in cfg.to_dict().items() if k not in ("output", "tracking")}
     digest = hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:10]
-    output = settings.output / "runs" / f"{model}-s{seed}-{digest}"
+    output = fs.join(settings.output, "runs", f"{model}-s{seed}-{digest}")
     return dataclasses.replace(cfg, output=output, tracking=settings.tracking)
 
 
 def run(settings: Settings, model: str, seed: int, epochs: int, model_config: Mapping[str, Any]) -> dict[str, Any]:
     """Train one model (or reuse its finished run) and measure it; returns the run's record."""
     cfg = train_config(settings, model, seed, epochs, model_config)
-    done = cfg.output / "result.json"
-    if done.exists():
-        return json.loads(done.read_text())
-    shutil.rmtree(cfg.output, ignore_errors=True)  # a half-finished run restarts, so its time is whole
+    done = fs.join(cfg.output, "result.json")
+    if fs.exists(done):
+        return dict(fs.read_json(done))
+    fs.remove_tree(cfg.output)  # a half-finished run restarts, so its time is whole
     log.info("training %s seed %d %s -> %s", model, seed, dict(model_config) or "(paper settings)", cfg.output)
     started = time.perf_counter()
     summary = train(cfg) if settings.np == 1 else run_horovod(cfg, settings.np, settings.hosts)
     record = measure(cfg, summary, time.perf_counter() - started, settings)
     record["model_config_overrides"] = dict(model_config)
-    fs.write_json(done, record, indent=1)
+    fs.put_json(done, record, indent=1)
     log.info(
         "%s seed %d: AUC %.4f logloss %.4f, %.1f s",
         model,
@@ -199,24 +199,24 @@ def run(settings: Settings, model: str, seed: int, epochs: int, model_config: Ma
     return record
 
 
-def _train_seconds(metrics_json: Path) -> float:
-    return sum(e["train_seconds"] for e in json.loads(metrics_json.read_text())["epochs"])
+def _train_seconds(metrics_json: str) -> float:
+    return sum(e["train_seconds"] for e in fs.read_json(metrics_json)["epochs"])
 
 
 def measure(cfg: TrainConfig, summary: dict[str, Any], wall_seconds: float, settings: Settings) -> dict[str, Any]:
     """The run's numbers: the validation-selected bundle on the test split (scored once, here:
     training never opened it) with its curves, the validation that selected it, per-epoch
     history, time, size."""
-    bundle = load_bundle(cfg.output / "bundle")
+    bundle = load_bundle(fs.join(cfg.output, BUNDLE))
     if bundle.validation is None:
-        raise RuntimeError(f"{cfg.output / 'bundle'} holds no validation metrics")
+        raise RuntimeError(f"{fs.join(cfg.output, BUNDLE)} holds no validation metrics")
     test_split = make_loader("arrow", fs.join(cfg.data, "test"), bundle.spec, cfg.eval_batch_size, shuffle=False)
     metrics = evaluate(bundle.model, test_split.epoch(0), torch.device("cpu"))
     scores, selected_on = metrics.compute(), bundle.validation.compute()
-    history = json.loads((cfg.output / "metrics.json").read_text())["epochs"]
-    pretraining = cfg.output / "fnn_pretrain_fm" / "metrics.json"
-    train_seconds = _train_seconds(cfg.output / "metrics.json")
-    if pretraining.exists():
+    history = fs.read_json(fs.join(cfg.output, METRICS))["epochs"]
+    pretraining = fs.join(cfg.output, "fnn_pretrain_fm", METRICS)
+    train_seconds = _train_seconds(fs.join(cfg.output, METRICS))
+    if fs.exists(pretraining):
         train_seconds += _train_seconds(pretraining)
     fpr, tpr = roc_curve(metrics)
     grid = np.linspace(0.0, 1.0, settings.roc_points)

@@ -177,7 +177,7 @@ def _setup(results: dict[str, Any]) -> str:
     )
 
 
-def _efficiency(rows: list[dict[str, Any]], baseline: str, output: Path) -> tuple[str, Path]:
+def _efficiency(rows: list[dict[str, Any]], baseline: str, output: Path) -> tuple[str, str]:
     """Figure 6: training time per epoch relative to the baseline (absolute seconds without one)."""
     relative = rows[0]["time_vs_baseline"] is not None
     key, unit = ("time_vs_baseline", f"x {baseline}") if relative else ("train_s_per_epoch", "seconds")

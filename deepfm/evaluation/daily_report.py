@@ -5,12 +5,12 @@ metrics of every day from the Delta metrics table, as one offline HTML page with
 from __future__ import annotations
 
 import html
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 from pyspark.sql import SparkSession
 
+from deepfm.core import fs
 from deepfm.core.metrics import finite_or_none
 from deepfm.evaluation.curves import calibration_points, roc_curve
 from deepfm.evaluation.html import Column, fmt, html_image, html_table, write_html
@@ -52,22 +52,22 @@ def latest_per_day(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def daily_report(
-    bundle: Bundle, runs: pd.DataFrame, output: Path, date: str | None = None, calibration_groups: int = 10
+    bundle: Bundle, runs: pd.DataFrame, output: str, date: str | None = None, calibration_groups: int = 10
 ) -> dict[str, Any]:
-    """The report of ``bundle``: ROC and calibration of its validation, and the scoring metrics of
-    every day (``runs``: rows of the Delta metrics table) with ``date`` (default: the newest)
-    highlighted. Returns the summary (``report`` is the HTML path)."""
+    """The report of ``bundle`` in folder ``output`` (any URI): ROC and calibration of its
+    validation, and the scoring metrics of every day (``runs``: rows of the Delta metrics table)
+    with ``date`` (default: the newest) highlighted. Returns the summary (``report`` is the HTML
+    page's URI)."""
     if bundle.validation is None:
         raise BundleError(f"bundle {bundle.name} {bundle.version} holds no validation metrics: train it again")
-    output.mkdir(parents=True, exist_ok=True)
     metrics = bundle.validation
     selected_on = metrics.compute()
     data = bundle.meta.get("extra", {}).get("data", "?")
     label = f"{bundle.name} (AUC {selected_on['auc']:.4f})"
-    roc = plot_roc({label: roc_curve(metrics)}, output / "roc.png", title="ROC on the validation split")
+    roc = plot_roc({label: roc_curve(metrics)}, fs.join(output, "roc.png"), title="ROC on the validation split")
     calibration = plot_calibration(
         {bundle.name: calibration_points(metrics, calibration_groups)},
-        output / "calibration.png",
+        fs.join(output, "calibration.png"),
         title="Calibration on the validation split",
     )
     days = latest_per_day(runs)
@@ -82,7 +82,7 @@ def daily_report(
         "<h2>Scoring metrics by day (Delta metrics table, newest run per day)</h2>",
     ]
     if len(days):
-        trend = plot_daily(days, output / "daily_metrics.png", highlight=date)
+        trend = plot_daily(days, fs.join(output, "daily_metrics.png"), highlight=date)
         rows = days.to_dict("records")[::-1]
         parts += [
             html_table(rows, DAILY_COLUMNS, highlight=lambda r: r["date"] == date),
@@ -91,9 +91,9 @@ def daily_report(
     else:
         parts.append("<p>No scoring run recorded yet.</p>")
     day: dict[str, Any] = next((r for r in days.to_dict("records") if r["date"] == date), {}) if len(days) else {}
-    page = write_html(output / "report.html", f"Daily model report {date or ''}".strip(), parts)
+    page = write_html(fs.join(output, "report.html"), f"Daily model report {date or ''}".strip(), parts)
     return {
-        "report": str(page),
+        "report": page,
         "date": date,
         "model": bundle.name,
         "model_version": bundle.version,

@@ -6,8 +6,9 @@ import html
 import math
 import numbers
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
+
+from deepfm.core import fs
 
 Column = tuple[str, str, Callable[[Any], str]]  # key, header, formatter
 
@@ -43,17 +44,16 @@ def html_table(
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def html_image(path: Path, page_dir: Path, alt: str) -> str:
+def html_image(path: fs.PathLike, page_dir: fs.PathLike, alt: str) -> str:
     """An ``<img>`` with a path relative to the page, so the folder renders offline anywhere."""
-    return f'<img src="{html.escape(path.relative_to(page_dir).as_posix())}" alt="{html.escape(alt)}">'
+    relative = str(path).removeprefix(str(page_dir).rstrip("/") + "/")
+    return f'<img src="{html.escape(relative)}" alt="{html.escape(alt)}">'
 
 
-def write_html(path: Path, title: str, parts: Sequence[str]) -> Path:
+def write_html(path: fs.PathLike, title: str, parts: Sequence[str]) -> str:
     """A self-contained page: ``parts`` are HTML fragments, in order."""
     page = (
         f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
         f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>{''.join(parts)}</body></html>"
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(page)
-    return path
+    return fs.put_text(path, page)

@@ -6,7 +6,6 @@ A model keeps its colour in every plot (``colors``), so pictures of one report c
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import matplotlib
@@ -17,6 +16,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from deepfm.core import fs
 from deepfm.evaluation.curves import Curve
 from deepfm.models import model_names
 
@@ -35,21 +35,21 @@ def colors(labels: Sequence[str]) -> dict[str, Any]:
     return {label: palette(index(i, label) % palette.N) for i, label in enumerate(labels)}
 
 
-def _save(fig: plt.Figure, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
+def _save(fig: plt.Figure, path: fs.PathLike) -> str:
+    """``fig`` as a PNG at ``path`` (any URI); the figure is closed."""
     fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
+    saved = fs.put_stream(path, lambda stream: fig.savefig(stream, format="png", dpi=DPI))
     plt.close(fig)
-    return path
+    return saved
 
 
 def plot_roc(
     curves: dict[str, Curve],
-    path: Path,
+    path: fs.PathLike,
     title: str = "ROC on the test day",
     reference: str | None = None,
     zoom: float = 0.2,
-) -> Path:
+) -> str:
     """One ROC line per label (put the AUC in the label). Beside it: with ``reference`` (one of
     the labels; all curves on one FPR grid), each TPR minus the reference's, where curves that
     overlap on the ROC part; without, a zoom on FPR <= ``zoom``."""
@@ -87,9 +87,9 @@ def plot_roc(
 
 def plot_calibration(
     points: dict[str, list[dict[str, float]]],
-    path: Path,
+    path: fs.PathLike,
     title: str = "Calibration on the test day (equal-count groups)",
-) -> Path:
+) -> str:
     """Observed CTR against mean predicted CTR per score group; the diagonal is perfect calibration."""
     fig, ax = plt.subplots(figsize=(6, 5.2))
     palette = colors(list(points))
@@ -109,7 +109,7 @@ def plot_calibration(
 HISTORY_PANELS = (("train_loss", "train logloss"), ("val_logloss", "validation logloss"), ("val_auc", "validation AUC"))
 
 
-def plot_history(histories: dict[str, dict[str, list[float]]], path: Path) -> Path:
+def plot_history(histories: dict[str, dict[str, list[float]]], path: fs.PathLike) -> str:
     """Per-epoch curves: ``{label: {"epoch": [...], "train_loss": [...], "val_logloss": [...], "val_auc": [...]}}``."""
     fig, axes = plt.subplots(1, len(HISTORY_PANELS), figsize=(14, 4.2))
     palette = colors(list(histories))
@@ -123,7 +123,9 @@ def plot_history(histories: dict[str, dict[str, list[float]]], path: Path) -> Pa
     return _save(fig, path)
 
 
-def plot_bars(values: dict[str, float], path: Path, ylabel: str, title: str, reference: float | None = None) -> Path:
+def plot_bars(
+    values: dict[str, float], path: fs.PathLike, ylabel: str, title: str, reference: float | None = None
+) -> str:
     """One bar per label with its value printed on top (e.g. training time relative to LR)."""
     fig, ax = plt.subplots(figsize=(max(5.0, 0.8 * len(values) + 2), 4.2))
     labels = list(values)
@@ -137,8 +139,8 @@ def plot_bars(values: dict[str, float], path: Path, ylabel: str, title: str, ref
 
 
 def plot_sweep(
-    title: str, x_label: str, x_values: Sequence[str], series: dict[str, dict[str, list[float]]], path: Path
-) -> Path:
+    title: str, x_label: str, x_values: Sequence[str], series: dict[str, dict[str, list[float]]], path: fs.PathLike
+) -> str:
     """A hyper-parameter study as the paper draws it: AUC and logloss panels, one line per model.
 
     ``series[model]["auc"|"logloss"]`` align with ``x_values`` (NaN where a point is missing).
@@ -159,7 +161,7 @@ def plot_sweep(
 DAILY_PANELS = (("auc", "AUC"), ("logloss", "logloss"), ("calibration", "calibration (pred / obs CTR)"))
 
 
-def plot_daily(days: pd.DataFrame, path: Path, highlight: str | None = None) -> Path:
+def plot_daily(days: pd.DataFrame, path: fs.PathLike, highlight: str | None = None) -> str:
     """AUC, logloss and calibration of the scoring runs by date; ``highlight`` marks one date.
 
     The x axis is a time axis (not one category per run), so a day without a run shows as a gap.

@@ -22,7 +22,6 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -77,8 +76,8 @@ def save_bundle(
     extra: dict[str, Any] | None = None,
     validation: BinaryMetrics | None = None,
 ) -> str:
-    """Write ``model`` (trained on ``spec``'s layout) as a bundle at ``path``, replacing any bundle
-    there whole (``fs.staged_dir``: readers see the old bundle or the new one); return its version.
+    """Write ``model`` (trained on ``spec``'s layout) as a bundle at ``path`` (any URI), replacing
+    any bundle there whole (``fs.staged_uri``); return its version.
 
     ``validation`` is the metrics state of the validation that selected these weights.
     """
@@ -106,36 +105,37 @@ def save_bundle(
     except (TypeError, ValueError) as exc:
         raise BundleError(f"bundle metadata is not JSON-serialisable (check extra): {exc}") from exc
     stored = any(f.stored_vocabulary for f in spec.fields)
-    with fs.staged_dir(path) as staging:
+    with fs.staged_uri(path) as staging:
         if stored:  # the spec's own vocabularies travel with it: the bundle needs nothing else
-            fs.copy_tree(spec.vocabularies, staging / VOCABULARIES)  # from wherever the spec lives
-        torch.save(state, staging / WEIGHTS_FILENAME)
-        (staging / META_FILENAME).write_text(meta_text)
+            fs.copy_tree(spec.vocabularies, fs.join(staging, VOCABULARIES))  # from wherever the spec lives
+        fs.put_stream(fs.join(staging, WEIGHTS_FILENAME), lambda stream: torch.save(state, stream))
         if validation is not None:
-            torch.save(validation.to_tensor(), staging / VALIDATION_FILENAME)
+            metrics = validation.to_tensor()
+            fs.put_stream(fs.join(staging, VALIDATION_FILENAME), lambda stream: torch.save(metrics, stream))
+        fs.put_text(fs.join(staging, META_FILENAME), meta_text)  # last: on an object store, copied last
     return version
 
 
 def load_bundle(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> Bundle:
-    """Load and verify a bundle; the model comes back in eval mode.
+    """Load and verify the bundle at ``path`` (any URI); the model comes back in eval mode.
 
     Raises ``BundleError`` if the bundle is missing, corrupt or inconsistent, and
     ``FeatureSpecError`` if its spec is corrupt.
     """
-    path = Path(path)
+    path = str(path)
     meta = _read_meta(path)
     try:
         spec = FeatureSpec.from_dict(meta["feature_spec"]).located(path)
     except FeatureSpecError as exc:
         raise FeatureSpecError(f"bundle {path}: {exc}") from exc
-    if any(f.stored_vocabulary for f in spec.fields) and not (path / VOCABULARIES).is_dir():
+    if any(f.stored_vocabulary for f in spec.fields) and not fs.is_dir(fs.join(path, VOCABULARIES)):
         raise BundleError(f"bundle {path} is incomplete: {VOCABULARIES}/ missing")
     name = meta["model_name"]
     try:
         config = ModelConfig.from_dict(meta["model_config"])
     except (ValueError, TypeError) as exc:
         raise BundleError(f"bundle {path} is corrupt: {META_FILENAME}: {exc}") from exc
-    state = _read_tensors(path / WEIGHTS_FILENAME, map_location)
+    state = _read_tensors(path, WEIGHTS_FILENAME, map_location)
     if not isinstance(state, dict) or not all(isinstance(t, torch.Tensor) for t in state.values()):
         raise BundleError(f"bundle {path} is corrupt: {WEIGHTS_FILENAME} is not a state_dict")
     if bundle_version(state, name, config, spec) != meta["version"]:
@@ -146,17 +146,17 @@ def load_bundle(path: str | os.PathLike[str], map_location: str | torch.device =
     except (ValueError, KeyError, RuntimeError) as exc:
         raise BundleError(f"bundle {path}: cannot rebuild model {name!r} from its config and weights: {exc}") from exc
     validation = None
-    if (path / VALIDATION_FILENAME).is_file():
-        validation = BinaryMetrics.from_tensor(_read_tensors(path / VALIDATION_FILENAME, "cpu"))
+    if fs.exists(fs.join(path, VALIDATION_FILENAME)):
+        validation = BinaryMetrics.from_tensor(_read_tensors(path, VALIDATION_FILENAME, "cpu"))
     return Bundle(model.to(map_location).eval(), spec, name, config, meta["version"], meta, validation)
 
 
-def _read_meta(path: Path) -> dict[str, Any]:
-    meta_path = path / META_FILENAME
-    if not meta_path.is_file():
+def _read_meta(path: str) -> dict[str, Any]:
+    meta_path = fs.join(path, META_FILENAME)
+    if not fs.exists(meta_path):
         raise BundleError(f"no model bundle at {path} ({META_FILENAME} missing)")
     try:
-        meta = json.loads(meta_path.read_text())
+        meta = json.loads(fs.read_text(meta_path))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BundleError(f"bundle {path} is corrupt: {META_FILENAME}: {exc}") from exc
     required = {"bundle_format", "model_name", "model_config", "version", "feature_spec"}
@@ -168,10 +168,13 @@ def _read_meta(path: Path) -> dict[str, Any]:
     return meta
 
 
-def _read_tensors(file: Path, map_location: str | torch.device) -> Any:
-    if not file.is_file():
-        raise BundleError(f"bundle {file.parent} is incomplete: {file.name} missing")
+def _read_tensors(path: str, filename: str, map_location: str | torch.device) -> Any:
+    """The tensors of the bundle's file ``filename``."""
+    file = fs.join(path, filename)
+    if not fs.exists(file):
+        raise BundleError(f"bundle {path} is incomplete: {filename} missing")
     try:
-        return torch.load(file, map_location=map_location, weights_only=True)
+        with fs.open_input(file) as stream:
+            return torch.load(stream, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch.load raises many types on a damaged file (zip, pickle, EOF)
-        raise BundleError(f"bundle {file.parent} is corrupt: cannot read {file.name}: {exc}") from exc
+        raise BundleError(f"bundle {path} is corrupt: cannot read {filename}: {exc}") from exc

@@ -463,7 +463,7 @@ def encode_days(
             counts.setdefault(day, DayCounts(window.split(day))).rows_written = int(n)
     for split in SPLITS:
         if fs.exists(fs.join(staging, f"split={split}")):
-            fs.move_dir(fs.join(staging, f"split={split}"), fs.join(out_dir, split))
+            fs.move(fs.join(staging, f"split={split}"), fs.join(out_dir, split))
     fs.remove_tree(staging)
     return {"rows_outside_window": outside, "missing_by_field": missing}
 

@@ -17,6 +17,7 @@ from pyspark.accumulators import Accumulator, AccumulatorParam
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import types as T
 
+from deepfm.core import fs
 from deepfm.core.features import FeatureSpec
 from deepfm.core.metrics import BinaryMetrics, finite_or_none
 from deepfm.models.bundle import Bundle, load_bundle
@@ -34,11 +35,13 @@ PREDICTION_SCHEMA = T.StructType(
 _MODELS: dict[tuple[str, str], torch.nn.Module] = {}
 
 
-def _worker_model(path: str, version: str, threads: int) -> torch.nn.Module:
-    """The bundle's model, loaded once per Python worker process and kept for later tasks."""
+def _worker_model(path: str, version: str, threads: int, storage: fs.S3Settings) -> torch.nn.Module:
+    """The bundle's model, loaded from wherever ``path`` is (``storage``: how the driver reaches
+    S3) once per Python worker process and kept for later tasks."""
     key = (path, version)
     if key not in _MODELS:
         torch.set_num_threads(threads)
+        fs.use_s3(storage)
         bundle = load_bundle(path)
         if bundle.version != version:
             raise RuntimeError(f"bundle {path} changed during the run: {bundle.version} != {version}")
@@ -68,12 +71,19 @@ def metrics_vector(metrics: BinaryMetrics, rows: int, ctr_sum: float) -> np.ndar
 
 
 def predict_fn(
-    path: str, version: str, spec: FeatureSpec, threads: int, state: Accumulator | None = None
+    path: str,
+    version: str,
+    spec: FeatureSpec,
+    threads: int,
+    storage: fs.S3Settings,
+    state: Accumulator | None = None,
 ) -> Callable[[Iterable[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
     """The ``mapInArrow`` function: encoded Arrow batches -> ``PREDICTION_SCHEMA`` batches.
 
     Columns go from Arrow straight to numpy and torch (no pandas in between), and the function
-    closes over names only (not the model), so shipping it to executors is cheap. With ``state``
+    closes over names only (not the model), so shipping it to executors is cheap: each executor
+    loads the bundle from ``path`` (any URI its hosts reach: an object store's on a cluster,
+    with the driver's ``storage`` settings) itself. With ``state``
     (a ``MetricsSum`` accumulator), each task also adds its rows' metrics (``metrics_vector``:
     training's ``BinaryMetrics`` on labelled rows, and every row's count and CTR sum) from the
     predictions it returns, so the day's metrics need no second pass over the scores. Spark
@@ -92,7 +102,7 @@ def predict_fn(
         return torch.from_numpy(stacked)
 
     def predict(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        model = _worker_model(path, version, threads)
+        model = _worker_model(path, version, threads, storage)
         metrics, rows, ctr_sum = BinaryMetrics(), 0, 0.0
         with torch.inference_mode():
             for batch in batches:
@@ -137,11 +147,17 @@ def torch_threads(spark: SparkSession, requested: int = 0) -> int:
 
 
 def predict(
-    encoded: DataFrame, bundle_path: str, bundle: Bundle, threads: int, state: Accumulator | None = None
+    encoded: DataFrame,
+    bundle_path: str,
+    bundle: Bundle,
+    threads: int,
+    storage: fs.S3Settings,
+    state: Accumulator | None = None,
 ) -> DataFrame:
-    """Encoded rows -> ``impression_id, label, ctr``, the model evaluated on the executors
-    (with ``state``, also adding the predictions' metrics to it: see ``predict_fn``)."""
-    fn = predict_fn(bundle_path, bundle.version, bundle.spec, threads, state)
+    """Encoded rows -> ``impression_id, label, ctr``, the model evaluated on the executors, which
+    load the bundle from ``bundle_path`` (with ``state``, also adding the predictions' metrics to
+    it: see ``predict_fn``)."""
+    fn = predict_fn(bundle_path, bundle.version, bundle.spec, threads, storage, state)
     return encoded.mapInArrow(fn, PREDICTION_SCHEMA)
 
 

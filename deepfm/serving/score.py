@@ -30,10 +30,12 @@ from pyspark.sql import DataFrame, Observation, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from deepfm.core import fs
 from deepfm.core.schema import LogSchema
 from deepfm.core.timing import Stages
-from deepfm.core.tracking import Tracker, TrackingSettings, resolve_model
+from deepfm.core.tracking import Tracker, TrackingSettings, resolve_model, store_uri
 from deepfm.models.bundle import load_bundle
+from deepfm.ops.spark import s3_settings
 from deepfm.prep.rawlogs import LogFormat, quarantined, without_quarantined
 from deepfm.serving.delta import (
     TableError,
@@ -196,8 +198,11 @@ def run(spark: SparkSession, opts: ScoreOptions) -> dict[str, Any]:
     if not (opts.rejects or table.is_path):
         raise TableError(f"table {table} is a metastore table: give the rejects directory (--rejects)")
     rejects_dir = f"{(opts.rejects or table.location + '_rejects').rstrip('/')}/{opts.date.isoformat()}"
-    store = Path(table.location).parent if table.is_path else Path.cwd()  # where a default MLflow store lives
-    bundle_path = str(Path(resolve_model(opts.model, opts.tracking, store)).resolve())
+    store = fs.parent(table.location) if table.is_path else str(Path.cwd())  # where a default MLflow store lives
+    if opts.tracking.enabled:  # refused before anything is written, not when the day is tracked
+        store_uri(opts.tracking, store)
+    # Executors load the bundle themselves: a local path made absolute, an object store's URI as is.
+    bundle_path = fs.absolute(resolve_model(opts.model, opts.tracking, store))
 
     log.info(
         "scoring %s with %s into %s (metrics %s, rejects %s)", opts.date, bundle_path, table, metrics_table, rejects_dir
@@ -240,7 +245,10 @@ def run(spark: SparkSession, opts: ScoreOptions) -> dict[str, Any]:
     valid = logs.parse_valid(without_quarantined(raw, rejects_dir, rejected))
     # The day's metrics are summed from the predictions as they are made (one pass, no re-read).
     state = spark.sparkContext.accumulator(None, MetricsSum())
-    scores = with_run_columns(predict(encode_day(valid, bundle.spec), bundle_path, bundle, threads, state), run_info)
+    storage = s3_settings(spark)
+    scores = with_run_columns(
+        predict(encode_day(valid, bundle.spec), bundle_path, bundle, threads, storage, state), run_info
+    )
     with stages("score and write"):
         ensure_table(spark, table, SCORES_SCHEMA, [PARTITION_COLUMN])
         where = f"{PARTITION_COLUMN} = DATE'{opts.date.isoformat()}'"
@@ -297,7 +305,7 @@ def run(spark: SparkSession, opts: ScoreOptions) -> dict[str, Any]:
     return summary
 
 
-def track(opts: ScoreOptions, summary: dict[str, Any], store: Path) -> str | None:
+def track(opts: ScoreOptions, summary: dict[str, Any], store: str) -> str | None:
     """The day's metrics as an MLflow run of its own, tagged with the model that scored it."""
     tracker = Tracker(opts.tracking, store)
     params = {"date": summary["date"], "model": opts.model, "table": summary["table"], "batch_size": opts.batch_size}

@@ -8,7 +8,9 @@
     <output>/superseded/<time>/      a checkpoint (with its bundle and metrics) of other data or
                                      settings, moved aside when a run starts over
 
-Only rank 0 writes (``RunArtifacts(primary=True)``); every file is replaced atomically. A
+``<output>`` is any URI (``deepfm.core.fs``): a local folder or one on an object store, which
+ranks on other hosts reach too. Only rank 0 writes (``RunArtifacts(primary=True)``), through
+``deepfm.core.fs``; every file is replaced atomically, and a bundle whole. A
 checkpoint records the identity of its run (``run_identity``: model, config, feature spec, data
 files); only a run of the same identity resumes it.
 """
@@ -20,7 +22,6 @@ import datetime as dt
 import hashlib
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -85,37 +86,44 @@ def run_identity(model: CTRModel, spec: FeatureSpec, data: str) -> dict[str, Any
     }
 
 
-def read_summary(output: str | Path) -> dict[str, Any]:
+def read_summary(output: fs.PathLike) -> dict[str, Any]:
     """The summary a finished run wrote (how a launcher learns the result of a training)."""
-    path = Path(output) / SUMMARY
-    if not path.is_file():
+    path = fs.join(output, SUMMARY)
+    if not fs.exists(path):
         raise FileNotFoundError(f"no training summary at {path}: the run did not finish")
-    return json.loads(path.read_text())
+    return dict(fs.read_json(path))
 
 
 class RunArtifacts:
-    """Reads and writes the files of one run under ``output`` (writes on the primary rank only)."""
+    """Reads and writes the files of one run under ``output``, any URI (writes on the primary
+    rank only)."""
 
-    def __init__(self, output: Path, primary: bool) -> None:
+    def __init__(self, output: str, primary: bool) -> None:
         self.output, self.primary = output, primary
 
     @property
-    def bundle(self) -> Path:
-        return self.output / BUNDLE
+    def bundle(self) -> str:
+        return fs.join(self.output, BUNDLE)
 
     @property
-    def metrics(self) -> Path:
-        return self.output / METRICS
+    def metrics(self) -> str:
+        return fs.join(self.output, METRICS)
 
     @property
-    def checkpoint(self) -> Path:
-        return self.output / CHECKPOINT
+    def checkpoint(self) -> str:
+        return fs.join(self.output, CHECKPOINT)
+
+    @property
+    def summary(self) -> str:
+        return fs.join(self.output, SUMMARY)
 
     def load_checkpoint(self, device: torch.device) -> dict[str, Any] | None:
         """The checkpoint's payload, or None when there is none (or on non-primary ranks)."""
-        if not (self.primary and self.checkpoint.exists()):
+        if not (self.primary and fs.exists(self.checkpoint)):
             return None
-        return torch.load(self.checkpoint, map_location=device, weights_only=True)
+        with fs.open_input(self.checkpoint) as stream:
+            payload: dict[str, Any] = torch.load(stream, map_location=device, weights_only=True)
+        return payload
 
     def save_checkpoint(
         self, model: CTRModel, optimizers: Optimizers, state: TrainState, identity: dict[str, Any]
@@ -128,7 +136,7 @@ class RunArtifacts:
             "state": dataclasses.asdict(state),
             "identity": identity,
         }
-        fs.write_atomic(self.checkpoint, lambda tmp: torch.save(payload, tmp))
+        fs.put_stream(self.checkpoint, lambda stream: torch.save(payload, stream))
 
     def save_bundle(
         self, model: CTRModel, spec: FeatureSpec, validation: BinaryMetrics, extra: dict[str, Any]
@@ -136,23 +144,26 @@ class RunArtifacts:
         """The bundle of the best validation so far, with that validation's metrics state."""
         return save_bundle(self.bundle, model, spec, extra=extra, validation=validation) if self.primary else None
 
-    def retire(self) -> Path | None:
+    def retire(self) -> str | None:
         """Move the checkpoint, bundle, metrics and summary of an earlier run to
         ``superseded/<UTC time>/`` (kept for inspection); returns that folder (None: nothing moved)."""
-        present = [p for p in (self.checkpoint.parent, self.bundle, self.metrics, self.output / SUMMARY) if p.exists()]
-        if not (self.primary and present):
+        if not self.primary:
+            return None
+        present = [
+            uri for uri in (fs.parent(self.checkpoint), self.bundle, self.metrics, self.summary) if fs.exists(uri)
+        ]
+        if not present:
             return None
         stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S.%fZ")
-        folder = self.output / SUPERSEDED / stamp
-        folder.mkdir(parents=True)
-        for path in present:
-            path.rename(folder / path.name)
+        folder = fs.join(self.output, SUPERSEDED, stamp)
+        for uri in present:
+            fs.move(uri, fs.join(folder, fs.name(uri)))
         return folder
 
     def write_metrics(self, payload: dict[str, Any]) -> None:
         if self.primary:
-            fs.write_json(self.metrics, payload)
+            fs.put_json(self.metrics, payload)
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         if self.primary:
-            fs.write_json(self.output / SUMMARY, summary)
+            fs.put_json(self.summary, summary)

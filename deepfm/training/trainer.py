@@ -22,7 +22,6 @@ import os
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -39,7 +38,7 @@ from deepfm.models.bundle import load_bundle, state_digest
 from deepfm.models.optim import clip_grad_norm
 from deepfm.models.surgery import pretrain_init, warm_start
 from deepfm.training import distributed as dist
-from deepfm.training.artifacts import RunArtifacts, TrainState, run_identity
+from deepfm.training.artifacts import BUNDLE, RunArtifacts, TrainState, run_identity
 from deepfm.training.early_stopping import EarlyStopping, PlateauDecay
 from deepfm.training.evaluate import autocast, evaluate
 from deepfm.training.feed import LOADERS, Batch, ShardLoader, make_loader, prefetch
@@ -56,7 +55,7 @@ class TrainConfig:
     """Everything a run depends on; the command line fills it from ``deepfm/conf/train.yaml``."""
 
     data: str  # a URI (deepfm.core.fs): the ranks read their shards from wherever it is
-    output: Path
+    output: str  # a URI too: rank 0 writes the run's files there, a resumed run reads them back
     model: str
     model_config: ModelConfig
     epochs: int = 10
@@ -83,7 +82,7 @@ class TrainConfig:
     grad_clip_norm: float = 0.0  # global L2 norm the averaged gradients are clipped to; 0: off
     log_every: int = 50
     fnn_pretrain_epochs: int = 1
-    warm_start: Path | None = None
+    warm_start: str | None = None  # a bundle's URI
     fresh: bool = False  # start over even when a checkpoint of the same run is there
     tracking: TrackingSettings = field(default_factory=TrackingSettings)
 
@@ -114,9 +113,9 @@ class TrainConfig:
                 **values,
                 **numbers,
                 "data": str(values["data"]),
-                "output": Path(values["output"]),
+                "output": str(values["output"]),
                 "model_config": model_defaults.resolve(values["model"], values.get("model_config") or {}),
-                "warm_start": Path(values["warm_start"]) if values.get("warm_start") else None,
+                "warm_start": str(values["warm_start"]) if values.get("warm_start") else None,
                 "tracking": TrackingSettings.from_dict((values.get("tracking") or {}).get("mlflow") or {}),
             }
         )
@@ -126,10 +125,7 @@ class TrainConfig:
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         return {
             **values,
-            "data": str(self.data),
-            "output": str(self.output),
             "model_config": self.model_config.to_dict(),
-            "warm_start": str(self.warm_start) if self.warm_start else None,
             "tracking": {"mlflow": self.tracking.to_dict()},
         }
 
@@ -356,7 +352,7 @@ class _Run:
         self.tracker = Tracker(cfg.tracking, cfg.output, enabled=dist.is_primary())
         params = {**_flat_params(cfg), "world_size": dist.size(), "lr_scaled": parts.lr}
         tags = {"model": cfg.model, "spec_version": spec.version, "data": str(cfg.data)}
-        run_name = f"{cfg.output.name}-{cfg.model}"
+        run_name = f"{fs.name(cfg.output)}-{cfg.model}"
         run_id = self.tracker.start(params, run_id=self.state.mlflow_run_id, run_name=run_name, tags=tags)
         self.state.mlflow_run_id = dist.broadcast_object(run_id, name="mlflow_run_id")
         self._clock = time.perf_counter()
@@ -421,7 +417,7 @@ class _Run:
                 "validation": record,
                 "world_size": dist.size(),
                 "data": str(self.cfg.data),
-                "warm_start": str(self.cfg.warm_start) if self.cfg.warm_start else None,
+                "warm_start": self.cfg.warm_start,
             }
             version = self.artifacts.save_bundle(parts.model, self.spec, merged, extra)
             if version:
@@ -508,9 +504,9 @@ class _Run:
             "samples_per_s": last.get("samples_per_s"),
             "world_size": dist.size(),
             "loader": cfg.loader,
-            "bundle": str(self.artifacts.bundle),
-            "metrics": str(self.artifacts.metrics),
-            "output": str(cfg.output),
+            "bundle": self.artifacts.bundle,
+            "metrics": self.artifacts.metrics,
+            "output": cfg.output,
             "wall_time_s": round(s.wall_seconds, 1),
             "mlflow_run_id": s.mlflow_run_id,
             "tracking_uri": store_uri(cfg.tracking, cfg.output) if cfg.tracking.enabled else None,
@@ -579,12 +575,15 @@ def _warm_start_init(cfg: TrainConfig, spec: FeatureSpec) -> tuple[ModelConfig, 
 
 def _fnn_pretraining(cfg: TrainConfig, spec: FeatureSpec) -> Init:
     """Stage one of FNN: train an FM (its own resumable run in ``<output>/fnn_pretrain_fm``)."""
-    stage = dataclasses.replace(cfg, model="fm", epochs=cfg.fnn_pretrain_epochs, output=cfg.output / "fnn_pretrain_fm")
+    stage = dataclasses.replace(
+        cfg, model="fm", epochs=cfg.fnn_pretrain_epochs, output=fs.join(cfg.output, "fnn_pretrain_fm")
+    )
     log.info("FNN stage 1: training an FM for %d epoch(s) in %s", stage.epochs, stage.output)
     fit(stage, spec, build_parts(stage, spec, stage.model_config))
 
     def init(model: CTRModel) -> None:
-        pretrain_init(model, load_bundle(stage.output / "bundle").model)
-        log.info("FNN stage 2: embeddings initialised from %s", stage.output / "bundle")
+        bundle = fs.join(stage.output, BUNDLE)
+        pretrain_init(model, load_bundle(bundle).model)
+        log.info("FNN stage 2: embeddings initialised from %s", bundle)
 
     return init
