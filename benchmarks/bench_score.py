@@ -37,9 +37,10 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from deepfm.cli.config import load_defaults, load_schema, spark_conf
+from deepfm.core import fs
 from deepfm.models import ModelDefaults, build_model_for_spec
 from deepfm.models.bundle import load_bundle, save_bundle
-from deepfm.ops.spark import get_spark, s3_settings
+from deepfm.ops.spark import get_spark
 from deepfm.prep.encoding import FeatureConfig, fit
 from deepfm.prep.rawlogs import LogFormat
 from deepfm.prep.synthetic import write_logs
@@ -104,7 +105,8 @@ def main() -> None:
 
         encoded = encode_day(valid, spec).cache()
         rows = encoded.count()
-        scores = predict(encoded, bundle_path, bundle, torch_threads(spark), s3_settings(spark))
+        storage = fs.S3Settings.from_hadoop(spark.sparkContext.getConf().getAll())
+        scores = predict(encoded, bundle_path, bundle, torch_threads(spark), storage)
         stage = rows_per_second(lambda: to_noop(scores, rows))
 
         local = encoded.toPandas()

@@ -42,7 +42,7 @@ import re
 import shutil
 import socket
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -192,8 +192,11 @@ class S3Settings:
     region: str | None = None
 
     @classmethod
-    def from_hadoop(cls, conf: Mapping[str, str]) -> S3Settings:
-        """From Spark settings (``spark.hadoop.fs.s3a.*``) or a Hadoop configuration (``fs.s3a.*``)."""
+    def from_hadoop(cls, settings: Mapping[str, str] | Iterable[tuple[str, str]]) -> S3Settings:
+        """From Spark settings (``spark.hadoop.fs.s3a.*``; e.g. a session's
+        ``sparkContext.getConf().getAll()``, for the driver and, passed along, the executors) or a
+        Hadoop configuration (``fs.s3a.*``)."""
+        conf = dict(settings)
 
         def get(key: str) -> str | None:
             return conf.get(f"spark.hadoop.fs.s3a.{key}", conf.get(f"fs.s3a.{key}"))

@@ -35,7 +35,6 @@ from deepfm.core.schema import LogSchema
 from deepfm.core.timing import Stages
 from deepfm.core.tracking import Tracker, TrackingSettings, resolve_model, store_uri
 from deepfm.models.bundle import load_bundle
-from deepfm.ops.spark import s3_settings
 from deepfm.prep.rawlogs import LogFormat, quarantined, without_quarantined
 from deepfm.serving.delta import (
     TableError,
@@ -245,7 +244,7 @@ def run(spark: SparkSession, opts: ScoreOptions) -> dict[str, Any]:
     valid = logs.parse_valid(without_quarantined(raw, rejects_dir, rejected))
     # The day's metrics are summed from the predictions as they are made (one pass, no re-read).
     state = spark.sparkContext.accumulator(None, MetricsSum())
-    storage = s3_settings(spark)
+    storage = fs.S3Settings.from_hadoop(spark.sparkContext.getConf().getAll())
     scores = with_run_columns(
         predict(encode_day(valid, bundle.spec), bundle_path, bundle, threads, storage, state), run_info
     )
