@@ -199,8 +199,8 @@ def run(settings: Settings, model: str, seed: int, epochs: int, model_config: Ma
     return record
 
 
-def _train_seconds(metrics_json: str) -> float:
-    return sum(e["train_seconds"] for e in fs.read_json(metrics_json)["epochs"])
+def _train_seconds(epochs: list[dict[str, Any]]) -> float:
+    return sum(e["train_seconds"] for e in epochs)
 
 
 def measure(cfg: TrainConfig, summary: dict[str, Any], wall_seconds: float, settings: Settings) -> dict[str, Any]:
@@ -215,9 +215,9 @@ def measure(cfg: TrainConfig, summary: dict[str, Any], wall_seconds: float, sett
     scores, selected_on = metrics.compute(), bundle.validation.compute()
     history = fs.read_json(fs.join(cfg.output, METRICS))["epochs"]
     pretraining = fs.join(cfg.output, "fnn_pretrain_fm", METRICS)
-    train_seconds = _train_seconds(fs.join(cfg.output, METRICS))
+    train_seconds = _train_seconds(history)
     if fs.exists(pretraining):
-        train_seconds += _train_seconds(pretraining)
+        train_seconds += _train_seconds(fs.read_json(pretraining)["epochs"])
     fpr, tpr = roc_curve(metrics)
     grid = np.linspace(0.0, 1.0, settings.roc_points)
     return {

@@ -108,10 +108,9 @@ def save_bundle(
     with fs.staged_uri(path) as staging:
         if stored:  # the spec's own vocabularies travel with it: the bundle needs nothing else
             fs.copy_tree(spec.vocabularies, fs.join(staging, VOCABULARIES))  # from wherever the spec lives
-        fs.put_stream(fs.join(staging, WEIGHTS_FILENAME), lambda stream: torch.save(state, stream))
+        save_tensors(fs.join(staging, WEIGHTS_FILENAME), state)
         if validation is not None:
-            metrics = validation.to_tensor()
-            fs.put_stream(fs.join(staging, VALIDATION_FILENAME), lambda stream: torch.save(metrics, stream))
+            save_tensors(fs.join(staging, VALIDATION_FILENAME), validation.to_tensor())
         fs.put_text(fs.join(staging, META_FILENAME), meta_text)  # last: on an object store, copied last
     return version
 
@@ -174,7 +173,18 @@ def _read_tensors(path: str, filename: str, map_location: str | torch.device) ->
     if not fs.exists(file):
         raise BundleError(f"bundle {path} is incomplete: {filename} missing")
     try:
-        with fs.open_input(file) as stream:
-            return torch.load(stream, map_location=map_location, weights_only=True)
+        return load_tensors(file, map_location)
     except Exception as exc:  # torch.load raises many types on a damaged file (zip, pickle, EOF)
         raise BundleError(f"bundle {path} is corrupt: cannot read {filename}: {exc}") from exc
+
+
+def save_tensors(uri: str, tensors: Any) -> None:
+    """``torch.save`` of ``tensors`` (tensors, or containers of them and plain values) to ``uri``,
+    any URI, replacing it atomically (``fs.put_stream``)."""
+    fs.put_stream(uri, lambda stream: torch.save(tensors, stream))
+
+
+def load_tensors(uri: str, map_location: str | torch.device) -> Any:
+    """What ``save_tensors`` wrote to ``uri`` (loaded with ``weights_only``: no code runs)."""
+    with fs.open_input(uri) as stream:
+        return torch.load(stream, map_location=map_location, weights_only=True)

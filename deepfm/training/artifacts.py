@@ -30,7 +30,7 @@ from deepfm.core import fs
 from deepfm.core.features import FeatureSpec
 from deepfm.core.metrics import BinaryMetrics
 from deepfm.models import CTRModel, Optimizers
-from deepfm.models.bundle import save_bundle
+from deepfm.models.bundle import load_tensors, save_bundle, save_tensors
 from deepfm.training.early_stopping import Best
 from deepfm.training.feed import parquet_files
 
@@ -121,8 +121,7 @@ class RunArtifacts:
         """The checkpoint's payload, or None when there is none (or on non-primary ranks)."""
         if not (self.primary and fs.exists(self.checkpoint)):
             return None
-        with fs.open_input(self.checkpoint) as stream:
-            payload: dict[str, Any] = torch.load(stream, map_location=device, weights_only=True)
+        payload: dict[str, Any] = load_tensors(self.checkpoint, device)
         return payload
 
     def save_checkpoint(
@@ -136,7 +135,7 @@ class RunArtifacts:
             "state": dataclasses.asdict(state),
             "identity": identity,
         }
-        fs.put_stream(self.checkpoint, lambda stream: torch.save(payload, stream))
+        save_tensors(self.checkpoint, payload)
 
     def save_bundle(
         self, model: CTRModel, spec: FeatureSpec, validation: BinaryMetrics, extra: dict[str, Any]
