@@ -9,6 +9,7 @@ import stat
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -51,13 +52,24 @@ def test_temporaries_of_killed_writers_are_swept_and_live_ones_kept(tmp_path):
 
 
 def test_the_first_writer_of_an_entry_wins_and_the_second_keeps_quiet(tmp_path):
-    first, second = tmp_path / "first", tmp_path / "second"
-    for folder, value in ((first, "1"), (second, "2")):
-        folder.mkdir()
-        (folder / "v").write_text(value)
-    assert fs.publish_dir(first, tmp_path / "entry") is True
-    assert fs.publish_dir(second, tmp_path / "entry") is False
-    assert (tmp_path / "entry" / "v").read_text() == "1" and not second.exists()
+    """``publish_once`` (any URI: here a ``file://`` one): a failed writer leaves nothing, the first
+    complete one is named by the commit marker, a later one's folder is dropped."""
+    entry = (tmp_path / "entry").as_uri()
+
+    def write(value: str) -> Callable[[str], None]:
+        def fill(folder: str) -> None:
+            fs.put_text(fs.join(folder, "v"), value)
+            if value == "fail":
+                raise RuntimeError("a failed writer")
+
+        return fill
+
+    with pytest.raises(RuntimeError):
+        fs.publish_once(entry, write("fail"))
+    assert fs.committed(entry) is None and fs.listdir(entry) == []
+    first = fs.publish_once(entry, write("1"))
+    assert fs.publish_once(entry, write("2")) == first == fs.committed(entry)
+    assert fs.read_text(fs.join(first, "v")) == "1" and fs.listdir(entry) == sorted([fs.name(first), fs.COMMIT_MARKER])
 
 
 def test_a_lock_is_refused_naming_its_holder_and_freed_when_the_holder_dies(tmp_path):

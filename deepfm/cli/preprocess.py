@@ -100,7 +100,7 @@ def parser() -> JobParser:
     p.option(
         "--day-cache",
         key="day_cache",
-        help="driver-local folder keeping each day's validation and value counts between runs, so a "
+        help="folder (path or URI) keeping each day's validation and value counts between runs, so a "
         "daily run (whose window shares all but one day with yesterday's) validates and counts only "
         "its new days; a day's entry is recomputed when its files change; empty string: off",
     )

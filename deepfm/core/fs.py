@@ -14,12 +14,12 @@ A file is written to a hidden temporary sibling and renamed over its target (a r
 folder is atomic). A folder is built in a staging sibling and swapped in by two renames: the old
 folder stays whole until the new one is in place, and is then removed. A reader sees the old
 version or the new one; the target is absent only between the two renames of a replacement.
-``publish_dir`` is the first-writer-wins variant for content-addressed entries (the day cache):
-two runs that computed the same entry keep one, and neither fails.
+``publish_once`` is the first-writer-wins variant for content-addressed entries (the day cache),
+on any URI: two runs that computed the same entry keep one, and neither fails.
 
 Temporary names carry this host and process id (``.<name>.tmp-<host>-<pid>-<id>``): what a killed
-process left behind is removed by the next writer of the same target on the same host, and a
-live process's temporaries are never touched.
+process left behind is removed by the next writer of the same target on the same host (on an
+object store too), and a live process's temporaries are never touched.
 
 Files and folders get the permissions the process umask gives (``tempfile.mkstemp`` and
 ``mkdtemp`` would create them 0600 / 0700, hiding them from another account such as scoring's).
@@ -34,7 +34,6 @@ incomplete.
 
 from __future__ import annotations
 
-import errno
 import io
 import json
 import os
@@ -82,18 +81,21 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def sweep_orphans(target: PathLike) -> list[Path]:
-    """Remove the temporaries of ``target`` that processes of this host no longer running left
-    behind (a killed write); returns what was removed."""
-    target = Path(target)
-    pattern = re.compile(rf"^\.{re.escape(target.name)}\.(?:tmp|old)-{HOST}-(\d+)-[0-9a-f]{{8}}$")
+def sweep_orphans(target: PathLike) -> list[str]:
+    """Remove the temporaries of ``target`` (any URI) that processes of this host no longer running
+    left behind (a killed write); returns what was removed."""
+    target = absolute(target)
+    pattern = re.compile(rf"^\.{re.escape(name(target))}\.(?:tmp|old)-{HOST}-(\d+)-[0-9a-f]{{8}}$")
+    filesystem, folder = arrow(parent(target))
     removed = []
-    if target.parent.is_dir():
-        for entry in target.parent.iterdir():
-            match = pattern.match(entry.name)
-            if match and not _alive(int(match.group(1))):
-                shutil.rmtree(entry) if entry.is_dir() else entry.unlink(missing_ok=True)
-                removed.append(entry)
+    for entry in filesystem.get_file_info(pafs.FileSelector(folder, allow_not_found=True)):
+        match = pattern.match(entry.base_name)
+        if match and not _alive(int(match.group(1))):
+            if entry.type == pafs.FileType.Directory:
+                filesystem.delete_dir(entry.path)
+            else:
+                filesystem.delete_file(entry.path)
+            removed.append(join(parent(target), entry.base_name))
     return removed
 
 
@@ -136,36 +138,10 @@ def replace_dir(source: PathLike, target: PathLike) -> Path:
     return target
 
 
-def publish_dir(source: PathLike, target: PathLike) -> bool:
-    """Move the complete folder ``source`` to ``target`` unless a folder is there already (then
-    ``source`` is removed): the first of concurrent writers of identical content wins. Returns
-    whether ``source`` became ``target``."""
-    source, target = Path(source), Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.rename(source, target)  # fails on an existing non-empty folder, atomically
-        return True
-    except OSError as exc:
-        if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST) or not target.is_dir():
-            raise
-        shutil.rmtree(source, ignore_errors=True)
-        return False
-
-
-def scratch_dir(parent: PathLike) -> Path:
-    """A new folder path under ``parent`` (hidden from readers, owned by this process) for a
-    writer such as Spark to fill; orphans of killed processes there are removed first."""
-    parent = Path(parent)
-    parent.mkdir(parents=True, exist_ok=True)
-    sweep_orphans(parent / "scratch")
-    return _sibling(parent / "scratch", "tmp")
-
-
 @contextmanager
-def staged_dir(target: PathLike, keep_existing: bool = False) -> Iterator[Path]:
-    """A new, empty staging folder next to ``target``, put in place when the block succeeds and
-    removed when it raises: swapped in over ``target`` (``replace_dir``), or with ``keep_existing``
-    (a content-addressed entry) published only where no folder is yet (``publish_dir``)."""
+def staged_dir(target: PathLike) -> Iterator[Path]:
+    """A new, empty staging folder next to ``target``, swapped in over ``target`` when the block
+    succeeds (``replace_dir``) and removed when it raises."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     sweep_orphans(target)
@@ -173,7 +149,7 @@ def staged_dir(target: PathLike, keep_existing: bool = False) -> Iterator[Path]:
     staging.mkdir(mode=DIR_MODE)
     try:
         yield staging
-        (publish_dir if keep_existing else replace_dir)(staging, target)
+        replace_dir(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
@@ -197,12 +173,15 @@ class S3Settings:
         ``sparkContext.getConf().getAll()``, for the driver and, passed along, the executors) or a
         Hadoop configuration (``fs.s3a.*``)."""
         conf = dict(settings)
+        return cls.from_configuration(lambda key: conf.get(f"spark.hadoop.{key}", conf.get(key)))
 
-        def get(key: str) -> str | None:
-            return conf.get(f"spark.hadoop.fs.s3a.{key}", conf.get(f"fs.s3a.{key}"))
-
-        ssl = (get("connection.ssl.enabled") or "true").lower() == "true"
-        return cls(endpoint=get("endpoint") or None, ssl=ssl, region=get("endpoint.region") or None)
+    @classmethod
+    def from_configuration(cls, get: Callable[[str], str | None]) -> S3Settings:
+        """From a lookup of Hadoop keys (``fs.s3a.endpoint`` ...): a Spark session's Hadoop
+        configuration's ``get``, what S3A itself reads (``spark.hadoop.*`` settings,
+        ``core-site.xml``, values set at run time)."""
+        ssl = (get("fs.s3a.connection.ssl.enabled") or "true").lower() == "true"
+        return cls(endpoint=get("fs.s3a.endpoint") or None, ssl=ssl, region=get("fs.s3a.endpoint.region") or None)
 
 
 _s3 = S3Settings()
@@ -289,12 +268,23 @@ def read_json(uri: PathLike) -> Any:
     return json.loads(read_text(uri))
 
 
-def files_under(uri: PathLike) -> list[str]:
-    """The URIs of the files under folder ``uri`` (recursively, sorted)."""
+def listdir(uri: PathLike) -> list[str]:
+    """The names in folder ``uri`` (none when absent), sorted."""
+    filesystem, path = arrow(uri)
+    return sorted(i.base_name for i in filesystem.get_file_info(pafs.FileSelector(path, allow_not_found=True)))
+
+
+def sizes_under(uri: PathLike) -> dict[str, int]:
+    """The size of each file under folder ``uri`` (recursively; none when absent), by its path
+    relative to ``uri``."""
     filesystem, path = arrow(uri)
     infos = filesystem.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True))
-    base = str(uri).rstrip("/")
-    return sorted(base + i.path[len(path) :] for i in infos if i.type == pafs.FileType.File)
+    return {i.path[len(path) + 1 :]: int(i.size) for i in infos if i.type == pafs.FileType.File}
+
+
+def files_under(uri: PathLike) -> list[str]:
+    """The URIs of the files under folder ``uri`` (recursively, sorted)."""
+    return sorted(join(uri, relative) for relative in sizes_under(uri))
 
 
 def file_size(uri: PathLike) -> int:
@@ -395,10 +385,56 @@ def staged_uri(target: PathLike) -> Iterator[str]:
         with staged_dir(local_path(target)) as local:
             yield str(local)
         return
-    staging = join(parent(target), f".{name(target)}.tmp-{HOST}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    sweep_orphans(target)
+    staging = _temporary(target)
     try:
         yield staging
         remove_tree(target)
         copy_tree(staging, target)
     finally:
         remove_tree(staging)
+
+
+def _temporary(target: PathLike) -> str:
+    """A hidden name next to ``target`` (any URI) owned by this process (``sweep_orphans``)."""
+    return join(parent(target), f".{name(target)}.tmp-{HOST}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
+def scratch_dir(folder: PathLike) -> str:
+    """A new folder path under ``folder`` (any URI; hidden from readers, owned by this process) for
+    a writer such as Spark to fill; orphans of killed processes there are removed first."""
+    scratch = join(absolute(folder), "scratch")
+    sweep_orphans(scratch)
+    return _temporary(scratch)
+
+
+COMMIT_MARKER = "_committed.json"
+
+
+def committed(target: PathLike) -> str | None:
+    """The folder ``publish_once`` committed at ``target``, or None."""
+    marker = join(target, COMMIT_MARKER)
+    return join(target, read_json(marker)["folder"]) if exists(marker) else None
+
+
+def publish_once(target: PathLike, write: Callable[[str], object]) -> str:
+    """First writer wins, on any URI, for a folder of content-addressed data (writers that compute
+    it compute the same: the day cache). ``write(folder)`` fills a new folder of this process's
+    under ``target``; a marker file (``_committed.json``, written whole) then names it, unless a
+    concurrent writer's was named first (this one's is then removed). Returns the named folder,
+    which readers find with ``committed``. A marker because an object store has no rename that
+    fails on an existing target: two writers finishing at the same moment may both write it, each
+    naming a complete folder, and the one left unnamed stays until ``target`` is removed."""
+    if (done := committed(target)) is not None:
+        return done
+    folder = join(target, f"{HOST}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    try:
+        write(folder)
+    except BaseException:
+        remove_tree(folder)
+        raise
+    if (done := committed(target)) is not None:
+        remove_tree(folder)
+        return done
+    put_json(join(target, COMMIT_MARKER), {"folder": name(folder)})
+    return str(committed(target))

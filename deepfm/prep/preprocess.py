@@ -100,7 +100,7 @@ class Options:
     skip_missing_days: bool = False
     row_group_rows: int = 131_072
     min_row_groups_per_day: int = 4
-    day_cache: str | None = None  # driver-local folder of per-day results kept between runs (None: off)
+    day_cache: str | None = None  # folder (path or URI) of per-day results kept between runs (None: off)
     late_days: int = 1  # event-time logs: folders after the window read for rows logged late
 
 
@@ -273,7 +273,7 @@ def validate(
     counts = {}
     if cache:
         for day in files:
-            if kept := cache.validation(day, fs.local_path(_day_dir(quarantine_dir, day))):
+            if kept := cache.validation(day, _day_dir(quarantine_dir, day)):
                 counts[day] = DayCounts.validated(window.split(day), *kept)
     fresh = {day: day_files for day, day_files in files.items() if day not in counts}
     log.info("validating %d days%s", len(fresh), f" ({len(counts)} kept in the day cache)" if cache else "")
@@ -298,8 +298,7 @@ def validate(
             continue
         counts[day] = result
         if cache:
-            quarantined = fs.local_path(_day_dir(quarantine_dir, day))
-            cache.store_validation(day, result.rows_read, result.quarantined_by_reason, quarantined)
+            cache.store_validation(day, result.rows_read, result.quarantined_by_reason, _day_dir(quarantine_dir, day))
     return counts
 
 
@@ -390,14 +389,14 @@ def day_value_counts(
     missing = [day for day in days if not cache.has_values(day, fields)]
     log.info("counting values of %d days (%d kept in the day cache)", len(missing), len(days) - len(missing))
     if missing:
-        staging = str(cache.scratch_dir())
+        staging = cache.scratch_dir()
         try:
             per_day = encoding.value_counts(rows_of(missing), fields, by=["day"], multi=multi)
             per_day.write.partitionBy("day").parquet(fs.hadoop_uri(staging))
             for day in missing:
                 if not fs.exists(_day_dir(staging, day)):  # no value at all that day
                     _write_empty_parquet(_day_dir(staging, day), to_arrow_schema(per_day.drop("day").schema))
-                cache.store_values(day, fields, fs.local_path(_day_dir(staging, day)))
+                cache.store_values(day, fields, _day_dir(staging, day))
         finally:
             fs.remove_tree(staging)
     return spark.read.parquet(*(fs.hadoop_uri(cache.values_path(d, fields)) for d in days))
@@ -634,8 +633,6 @@ def _day_cache(spark: SparkSession, opts: Options, logs: LogFormat, files: dict[
         log.info("day cache off: the %s log dates rows by %s, not by folder", logs.schema.name, logs.schema.event_time)
     if not opts.day_cache or logs.schema.event_time:
         return None
-    if not (fs.is_local(opts.day_cache) and fs.is_local(opts.output)):  # its entries move by local renames
-        raise ValueError(f"the day cache works on local paths only: turn it off (--day-cache '') for {opts.output}")
     return DayCache.open(spark, opts.day_cache, files, logs.rules)
 
 
