@@ -134,7 +134,7 @@ def get_spark(app_name: str, defaults: Mapping[str, str]) -> SparkSession:
         conf.setIfMissing(str(key), str(value))
     conf.setIfMissing("spark.app.name", app_name)
     spark = SparkSession.builder.config(conf=conf).getOrCreate()
-    fs.use_s3(fs.S3Settings.from_hadoop(spark.sparkContext.getConf().getAll()))  # Python reaches S3 alike
+    fs.use_s3(fs.S3Settings.from_configuration(spark.sparkContext._jsc.hadoopConfiguration().get))  # as S3A does
     spark.sparkContext.setLogLevel(os.environ.get("DEEPFM_SPARK_LOG_LEVEL", "WARN"))
     log.info("spark session %s on %s (spark %s)", app_name, spark.sparkContext.master, spark.version)
     return spark

@@ -244,7 +244,7 @@ def run(spark: SparkSession, opts: ScoreOptions) -> dict[str, Any]:
     valid = logs.parse_valid(without_quarantined(raw, rejects_dir, rejected))
     # The day's metrics are summed from the predictions as they are made (one pass, no re-read).
     state = spark.sparkContext.accumulator(None, MetricsSum())
-    storage = fs.S3Settings.from_hadoop(spark.sparkContext.getConf().getAll())
+    storage = fs.S3Settings.from_configuration(spark.sparkContext._jsc.hadoopConfiguration().get)  # as S3A's
     scores = with_run_columns(
         predict(encode_day(valid, bundle.spec), bundle_path, bundle, threads, storage, state), run_info
     )
