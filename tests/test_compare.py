@@ -17,6 +17,7 @@ from tiny_ctr_data import write_dataset
 import deepfm.cli.compare as compare_job
 import deepfm.evaluation.compare as compare
 from deepfm.cli.config import deep_update, load_defaults
+from deepfm.core import fs
 from deepfm.evaluation.aggregate import closing_note, paired, summarize
 from deepfm.evaluation.compare import Settings, StudySettings
 
@@ -26,8 +27,8 @@ ARGS = ["--models", "lr,deepfm", "--seeds", "2", "--epochs", "1", "--set", "trai
 def settings(data: Path, output: Path, train: dict[str, Any], **values: Any) -> Settings:
     """Comparison settings over the packaged training defaults (as the command line builds them)."""
     return Settings(
-        data=data,
-        output=output,
+        data=str(data),
+        output=str(output),
         train=deep_update(load_defaults("train"), train),
         model_defaults=MODEL_DEFAULTS,
         **values,
@@ -44,7 +45,8 @@ def data(tmp_path_factory):
 @pytest.fixture(scope="module")
 def comparison(data, tmp_path_factory):
     out = tmp_path_factory.mktemp("compare")
-    assert compare_job.main(["--data", str(data), "--output", str(out), *ARGS]) == 0
+    # The output as a URI: every file of the comparison is reached through deepfm.core.fs.
+    assert compare_job.main(["--data", str(data), "--output", out.as_uri(), *ARGS]) == 0
     return out
 
 
@@ -56,7 +58,7 @@ def test_two_models_two_seeds_end_to_end(comparison):
     assert results["data"]["train_rows"] == 2400 and results["data"]["test_rows"] == 1200
     for r in results["runs"]:
         assert r["n"] == 1200 and len(r["history"]) == r["epochs_run"] == 1 and r["params"] > 0
-        assert (Path(r["run_dir"]) / "bundle").is_dir() and len(r["roc_tpr"]) == len(results["roc_fpr"])
+        assert (fs.local_path(r["run_dir"]) / "bundle").is_dir() and len(r["roc_tpr"]) == len(results["roc_fpr"])
     table = pd.read_csv(out / "table.csv")
     assert table["model"].tolist() == ["lr", "deepfm"] and table["runs"].tolist() == [2, 2]
     assert table.loc[0, "time_vs_baseline"] == 1.0 and table.loc[0, "auc_gain_pct"] == 0.0
@@ -77,7 +79,7 @@ def test_the_report_is_drawn_from_the_results(comparison, tmp_path, capsys):
             r["auc"] += 0.25
             r["roc_tpr"] = [min(1.0, t + 0.1) for t in r["roc_tpr"]]
     (tmp_path / "results.json").write_text(json.dumps(results))
-    assert compare_job.main(["--output", str(tmp_path), "--report-only", "--note", "edited inputs"]) == 0
+    assert compare_job.main(["--output", tmp_path.as_uri(), "--report-only", "--note", "edited inputs"]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     after = pd.read_csv(tmp_path / "table.csv").set_index("model")
     assert after.loc["lr", "auc_mean"] == pytest.approx(before.loc["lr", "auc_mean"] + 0.25)

@@ -12,7 +12,8 @@ DATA is any output of ``deepfm preprocess`` (train/, test/, feature_spec.json). 
 table.csv, report.html and its PNGs (open report.html offline). The last stdout line is a JSON
 summary: {"report", "results", "table", "ranking", "auc", "note"}. Defaults:
 deepfm/conf/compare.yaml; every run's training settings are deepfm/conf/train.yaml's with the
-``train`` section on top.
+``train`` section on top. DATA and OUT may be URIs (s3a://bucket/...; the S3 endpoint from
+spark.yaml or a --config file's spark section, as for `deepfm train`).
 """
 
 from __future__ import annotations
@@ -20,10 +21,10 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Sequence
-from pathlib import Path
 
-from deepfm.cli.config import JobParser, deep_update, load_defaults
+from deepfm.cli.config import JobParser, deep_update, load_defaults, spark_conf
 from deepfm.cli.logs import setup_logging
+from deepfm.core import fs
 from deepfm.evaluation.compare import Settings, compare
 from deepfm.evaluation.compare_report import render
 from deepfm.models import ModelDefaults
@@ -37,10 +38,10 @@ def parser() -> JobParser:
     p = JobParser("compare", __doc__ or "", load_defaults("compare"))
     p.add_argument(
         "--data",
-        type=Path,
-        help="preprocessed data directory (train/, test/, feature_spec.json); required unless --report-only",
+        help="preprocessed data directory, a path or URI (train/, test/, feature_spec.json); required unless "
+        "--report-only",
     )
-    p.add_argument("--output", type=Path, required=True, help="output directory (runs/, results.json, report.html)")
+    p.add_argument("--output", required=True, help="output directory, a path or URI (runs/, results.json, report.html)")
     p.option("--models", key="models", type=_names, help="comma-separated models of the registry")
     p.option("--seeds", key="seeds", type=int, help="runs per model, seeds base-seed..")
     p.option("--base-seed", key="base_seed", type=int, help="first seed; a seed gives every model the same data order")
@@ -71,8 +72,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = parser()
     args, values = p.parse(argv)
     setup_logging()
+    # A ``spark`` section (its fs.s3a.* keys: how to reach S3, as in spark.yaml) is the storage's.
+    fs.use_s3(fs.S3Settings.from_hadoop(spark_conf(values)))
+    values.pop("spark", None)
     if args.report_only:
-        results = json.loads((args.output / "results.json").read_text())
+        results = fs.read_json(fs.join(args.output, "results.json"))
         results["settings"]["note"] = args.note or results["settings"]["note"]
         print(json.dumps(render(results, args.output)), flush=True)
         return 0

@@ -33,7 +33,6 @@ import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -103,8 +102,8 @@ class Settings:
     comparison's ``train`` section on top); ``model_defaults`` resolves each model's config.
     """
 
-    data: Path
-    output: Path
+    data: str  # a path or URI
+    output: str  # a path or URI
     train: Mapping[str, Any]
     model_defaults: ModelDefaults
     models: tuple[str, ...] = tuple(model_names())
@@ -142,8 +141,8 @@ class Settings:
         return cls(
             **{
                 **values,
-                "data": Path(values["data"]),
-                "output": Path(values["output"]),
+                "data": str(values["data"]),
+                "output": str(values["output"]),
                 "models": tuple(values["models"]),
                 "seeds": tuple(range(base_seed, base_seed + int(values["seeds"]))),
                 "study": study,
@@ -264,21 +263,21 @@ def compare(settings: Settings) -> dict[str, Any]:
     report and results.json are its artifacts, each model's mean test AUC and logloss its metrics.
     """
     parent = Tracker(settings.tracking, settings.output)
-    known = settings.output / PARENT_RUN
-    reopened = json.loads(known.read_text())["run_id"] if known.exists() and parent.enabled else None
+    known = fs.join(settings.output, PARENT_RUN)
+    reopened = fs.read_json(known)["run_id"] if parent.enabled and fs.exists(known) else None
     run_id = parent.start({"data": str(settings.data), "models": ",".join(settings.models),
                            "seeds": len(settings.seeds), "epochs": settings.epochs}, run_id=reopened,
-                          run_name=f"compare-{settings.output.name}")  # fmt: skip
+                          run_name=f"compare-{fs.name(settings.output)}")  # fmt: skip
     if run_id:
-        fs.write_json(known, {"run_id": run_id, "tracking_uri": parent.uri})
+        fs.put_json(known, {"run_id": run_id, "tracking_uri": parent.uri})
         children = dataclasses.replace(settings.tracking, tracking_uri=parent.uri, parent_run_id=run_id)
         settings = dataclasses.replace(settings, tracking=children)
     results = run_all(settings)
     summary = render(results, settings.output)
     parent.log_metrics({f"{model}.auc_mean": auc for model, auc in summary["auc"].items()}, step=0)
-    for artifact in sorted(settings.output.glob("*")):
-        if artifact.is_file() and artifact.suffix in (".json", ".csv", ".html", ".png") and artifact != known:
-            parent.log_artifact(artifact)
+    for name in sorted(fs.sizes_under(settings.output)):  # the top level's report files
+        if "/" not in name and name.endswith((".json", ".csv", ".html", ".png")) and name != PARENT_RUN:
+            parent.log_artifact(fs.join(settings.output, name))
     parent.finish()
     return {**summary, "mlflow_run_id": run_id}
 
@@ -317,7 +316,7 @@ def run_all(settings: Settings) -> dict[str, Any]:
         "studies": studies,
         "ceilings": ceilings(settings.data),
     }
-    fs.write_json(settings.output / "results.json", results, indent=1)
+    fs.put_json(fs.join(settings.output, "results.json"), results, indent=1)
     return results
 
 
@@ -331,13 +330,14 @@ def machine() -> dict[str, Any]:
     }
 
 
-def ceilings(data: Path) -> dict[str, Any] | None:
+def ceilings(data: str) -> dict[str, Any] | None:
     """The generator's reference ceilings on the test day (``synthetic.reference_ceilings``), when
     the preprocessed logs were generated (a ``generator.json`` beside them, recording their schema:
     older generators did not) and have a test day."""
-    summary = json.loads((data / "summary.json").read_text()) if (data / "summary.json").exists() else {}
-    path = Path(summary.get("input", "")) / MANIFEST
-    manifest = json.loads(path.read_text()) if path.exists() else {}
+    summary_file = fs.join(data, "summary.json")
+    summary = fs.read_json(summary_file) if fs.exists(summary_file) else {}
+    path = fs.join(summary["input"], MANIFEST) if summary.get("input") else None
+    manifest = fs.read_json(path) if path and fs.exists(path) else {}
     if not (summary.get("test_days") and "schema" in manifest and summary.get("layout") == "date"):
         return None
     plans = FeatureSpec.load(data).metadata.get("field_plans", [])
@@ -347,9 +347,9 @@ def ceilings(data: Path) -> dict[str, Any] | None:
     return {"test_day": test_day, "min_count": min_count, "values": values}
 
 
-def data_size(data: Path) -> dict[str, Any]:
+def data_size(data: str) -> dict[str, Any]:
     """Rows of each split, from the Parquet footers."""
     return {
         "path": str(data),
-        **{f"{split}_rows": sum(g.num_rows for g in row_groups(data / split)) for split in SPLITS},
+        **{f"{split}_rows": sum(g.num_rows for g in row_groups(fs.join(data, split))) for split in SPLITS},
     }

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import html
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from deepfm.core import fs
 from deepfm.evaluation import plots
 from deepfm.evaluation.aggregate import (
     closing_note,
@@ -45,12 +45,12 @@ def _display(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def render(results: dict[str, Any], output: Path) -> dict[str, Any]:
-    """table.csv, the PNGs and report.html, all computed from ``results`` (results.json)."""
-    output.mkdir(parents=True, exist_ok=True)
+def render(results: dict[str, Any], output: str) -> dict[str, Any]:
+    """table.csv, the PNGs and report.html in folder ``output`` (any URI), all computed from
+    ``results`` (results.json)."""
     s = results["settings"]
     rows = summarize(results["runs"], s["baseline"])
-    pd.DataFrame(rows).to_csv(output / "table.csv", index=False)
+    fs.put_text(fs.join(output, "table.csv"), pd.DataFrame(rows).to_csv(index=False))
     by_model = {r["model"]: [x for x in results["runs"] if x["model"] == r["model"]] for r in rows}
     fpr = np.asarray(results["roc_fpr"])
     curves = {
@@ -61,15 +61,17 @@ def render(results: dict[str, Any], output: Path) -> dict[str, Any]:
     images = [
         (
             "ROC curves of all models on the test day (averaged over seeds)",
-            plots.plot_roc(curves, output / "roc.png", reference=reference),
+            plots.plot_roc(curves, fs.join(output, "roc.png"), reference=reference),
         ),
         (
             "Calibration on the test day (equal-count score groups, averaged over seeds)",
-            plots.plot_calibration({m: mean_calibration(rs) for m, rs in by_model.items()}, output / "calibration.png"),
+            plots.plot_calibration(
+                {m: mean_calibration(rs) for m, rs in by_model.items()}, fs.join(output, "calibration.png")
+            ),
         ),
         (
             "Train and validation curves per epoch (mean over seeds)",
-            plots.plot_history({m: mean_history(rs) for m, rs in by_model.items()}, output / "history.png"),
+            plots.plot_history({m: mean_history(rs) for m, rs in by_model.items()}, fs.join(output, "history.png")),
         ),
         _efficiency(rows, s["baseline"], output),
     ]
@@ -83,7 +85,7 @@ def render(results: dict[str, Any], output: Path) -> dict[str, Any]:
                     entry["x_label"],
                     [str(v) for v in entry["values"]],
                     study_series(entry),
-                    output / f"study_{name}.png",
+                    fs.join(output, f"study_{name}.png"),
                 ),
             )
         )
@@ -100,12 +102,12 @@ def render(results: dict[str, Any], output: Path) -> dict[str, Any]:
         + (f"<br>{html.escape(s['note'])}" if s.get("note") else "")
         + "</p>",
     ]
-    page = write_html(output / "report.html", "Model comparison (DeepFM paper, Table 2)", parts)
+    page = write_html(fs.join(output, "report.html"), "Model comparison (DeepFM paper, Table 2)", parts)
     ranking = [r["model"] for r in sorted(rows, key=lambda r: r["rank"])]
     return {
         "report": str(page),
-        "results": str(output / "results.json"),
-        "table": str(output / "table.csv"),
+        "results": fs.join(output, "results.json"),
+        "table": fs.join(output, "table.csv"),
         "ranking": ranking,
         "auc": {r["model"]: round(r["auc_mean"], 5) for r in rows},
         "paired": pairs,
@@ -177,11 +179,15 @@ def _setup(results: dict[str, Any]) -> str:
     )
 
 
-def _efficiency(rows: list[dict[str, Any]], baseline: str, output: Path) -> tuple[str, str]:
+def _efficiency(rows: list[dict[str, Any]], baseline: str, output: str) -> tuple[str, str]:
     """Figure 6: training time per epoch relative to the baseline (absolute seconds without one)."""
     relative = rows[0]["time_vs_baseline"] is not None
     key, unit = ("time_vs_baseline", f"x {baseline}") if relative else ("train_s_per_epoch", "seconds")
     title = f"Training time per epoch ({unit})"
     return title, plots.plot_bars(
-        {r["model"]: r[key] for r in rows}, output / "efficiency.png", unit, title, reference=1.0 if relative else None
+        {r["model"]: r[key] for r in rows},
+        fs.join(output, "efficiency.png"),
+        unit,
+        title,
+        reference=1.0 if relative else None,
     )
