@@ -11,7 +11,13 @@ Petastorm 0.13.1 facts this module encodes:
     loop: benchmarks/README.md), so the trainer iterates the reader's columnar row groups
     (``petastorm_row_groups``) and shuffles them in ``deepfm.training.feed``;
   - ``seed=0`` means *unseeded* (random row-group order); ``schema_fields`` are regexes;
-  - it wants URLs (``file:///...``), not paths.
+  - it wants URLs (``file:///...``), not paths;
+  - its ``filesystem`` argument must be one of pyarrow's legacy file systems (any other makes
+    pyarrow pick its new dataset API, which refuses Petastorm's legacy keywords): an object
+    store's URI is read with ``deepfm.core.fs``'s Arrow file system (its S3 settings), seen through
+    fsspec's ``ArrowFSWrapper`` and pyarrow's legacy ``DaskFileSystem``. Petastorm still strips the
+    URL's scheme with fsspec's own implementation for it (s3fs for ``s3a://``, not installed), so
+    the wrapper is registered for a scheme whose implementation cannot be imported.
 """
 
 from __future__ import annotations
@@ -20,9 +26,15 @@ import re
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from urllib.parse import urlsplit
 
+import fsspec
 import numpy as np
+from fsspec.implementations.arrow import ArrowFSWrapper
 from petastorm import make_batch_reader
+from pyarrow.filesystem import DaskFileSystem
+
+from deepfm.core import fs
 
 SAFE_POOL_TYPES = ("process", "dummy")
 # Petastorm 0.13 drives pyarrow's legacy ParquetDataset: one FutureWarning per row group read.
@@ -33,6 +45,29 @@ def dataset_url(path: str | Path) -> str:
     """``file://`` URL for a local path; URLs (hdfs://, s3://, file://) pass through."""
     text = str(path)
     return text if "://" in text else Path(text).resolve().as_uri()
+
+
+class _LegacyFileSystem(DaskFileSystem):
+    """pyarrow's legacy file-system interface over an fsspec one (``DaskFileSystem`` leaves out
+    the two calls the legacy dataset makes first)."""
+
+    def isdir(self, path: str) -> bool:
+        return bool(self.fs.isdir(path))
+
+    def isfile(self, path: str) -> bool:
+        return bool(self.fs.isfile(path))
+
+
+def _filesystem(url: str) -> _LegacyFileSystem | None:
+    """The file system Petastorm reads ``url`` with: its own for a local one, else ``fs.arrow``'s."""
+    if fs.is_local(url):
+        return None
+    scheme = urlsplit(url).scheme
+    try:
+        fsspec.get_filesystem_class(scheme)
+    except (ImportError, ValueError):  # only to strip the scheme from URLs (see the module's docstring)
+        fsspec.register_implementation(scheme, ArrowFSWrapper, clobber=True)
+    return _LegacyFileSystem(ArrowFSWrapper(fs.arrow(url)[0]))
 
 
 def _open_reader(
@@ -49,8 +84,10 @@ def _open_reader(
         raise ValueError(f"pool_type must be one of {SAFE_POOL_TYPES}: 'thread' silently drops rows")
     with warnings.catch_warnings():  # legacy-pyarrow and regex-behaviour notices, once per reader
         warnings.simplefilter("ignore")
+        url = dataset_url(path)
         return make_batch_reader(
-            dataset_url(path),
+            url,
+            filesystem=_filesystem(url),
             schema_fields=[re.escape(c) for c in columns],
             reader_pool_type=pool_type,
             workers_count=workers,
