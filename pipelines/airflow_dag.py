@@ -9,6 +9,8 @@ order (``max_active_runs=1``: each day warm-starts from the day before).
 Settings come from the environment of the scheduler:
   DEEPFM_REPO      checkout of this repository (default: this file's parent's parent)
   DEEPFM_WORKDIR   pipeline work directory (default: conf/pipeline.yaml's workdir)
+  DEEPFM_CONFIG    a pipeline settings file (--config): on a cluster, its storage and raw_dir
+                   (s3a:// URIs) and its spark section (master, S3 endpoint) reach every step
   DEEPFM_START     first run date of the schedule (default 2026-11-01)
 """
 
@@ -25,13 +27,14 @@ from airflow.operators.bash import BashOperator
 REPO = Path(os.environ.get("DEEPFM_REPO", Path(__file__).resolve().parent.parent))
 PYTHON = REPO / ".venv" / "bin" / "python"
 WORKDIR = os.environ.get("DEEPFM_WORKDIR", "")
+CONFIG = os.environ.get("DEEPFM_CONFIG", "")
 START = datetime.fromisoformat(os.environ.get("DEEPFM_START", "2026-11-01"))
 STEPS = ("preprocess", "train", "score", "report")
 
 
 def step_command(step: str) -> str:
-    workdir = f" --workdir {WORKDIR}" if WORKDIR else ""
-    return f"cd {REPO} && {PYTHON} pipelines/daily.py{workdir} run --date {{{{ ds }}}} --step {step}"
+    options = (f" --workdir {WORKDIR}" if WORKDIR else "") + (f" --config {CONFIG}" if CONFIG else "")
+    return f"cd {REPO} && {PYTHON} pipelines/daily.py{options} run --date {{{{ ds }}}} --step {step}"
 
 
 with DAG(

@@ -11,6 +11,7 @@ import pytest
 
 from deepfm.cli.config import load_defaults
 from deepfm.cli.pipeline import settings_from
+from deepfm.core import fs
 from deepfm.ops.pipeline import (
     RunPaths,
     Step,
@@ -100,7 +101,7 @@ def test_previous_bundle_is_newest_earlier_trained_date(tmp_path):
         (tmp_path / "markers" / day).mkdir(parents=True)
         (tmp_path / "markers" / day / "train.json").write_text("{}")
     (tmp_path / "models" / "2026-11-19" / "bundle").mkdir(parents=True)  # no marker: failed run
-    assert previous_bundle(RunPaths(tmp_path, DAY)) == tmp_path / "models" / "2026-11-18" / "bundle"
+    assert previous_bundle(RunPaths(tmp_path, DAY)) == str(tmp_path / "models" / "2026-11-18" / "bundle")
     assert previous_bundle(RunPaths(tmp_path, dt.date(2026, 11, 17))) is None
 
 
@@ -137,5 +138,39 @@ def test_every_day_of_a_run_date_has_a_named_role_and_the_scored_day_is_held_out
 
     assert (option("--end-date"), option("--validation-days"), option("--test-days")) == ("2026-11-19", "1", "0")
     assert option("--train-days") == str(settings.train_days) == "7"
-    read = sorted(d.name for d in preprocess.input_dirs)
+    read = sorted(fs.name(d) for d in preprocess.input_dirs)
     assert read[0] == "date=2026-11-12" and read[-1] == "date=2026-11-19"  # never the scored day
+
+
+def test_on_an_object_store_the_data_lives_there_and_the_run_state_stays_local(tmp_path):
+    """``storage`` and ``raw_dir`` URIs: every step reads and writes the store (the day cache
+    too), with the spark section's settings (master, S3A) on each; markers, locks and logs stay in
+    the work directory."""
+    spark = {"spark.master": "spark://m:7077", "spark.hadoop.fs.s3a.endpoint": "http://s3:8333"}
+    values = {**load_defaults("pipeline"), "workdir": str(tmp_path), "storage": "s3a://ctr/daily",
+              "raw_dir": "s3a://ctr/raw", "spark": spark}  # fmt: skip
+    settings = settings_from(values)
+    paths = RunPaths(settings.workdir, DAY, settings.storage)
+    steps = {s.name: s for s in build_steps(settings, paths)}
+
+    def option(step: str, name: str) -> str:
+        command = steps[step].command
+        return command[command.index(name) + 1]
+
+    assert (option("preprocess", "--input"), option("preprocess", "--output")) == ("s3a://ctr/raw", paths.processed)
+    assert paths.processed == "s3a://ctr/daily/processed/2026-11-20"
+    assert option("preprocess", "--day-cache") == "s3a://ctr/daily/day_cache"
+    assert option("train", "--output") == "s3a://ctr/daily/models/2026-11-20"
+    assert option("score", "--table") == "s3a://ctr/daily/delta/ctr_scores"
+    assert option("report", "--output") == "s3a://ctr/daily/reports/2026-11-20"
+    assert steps["train"].summary_file == "s3a://ctr/daily/models/2026-11-20/summary.json"
+    assert steps["preprocess"].input_dirs[0] == "s3a://ctr/raw/date=2026-11-19"
+    assert paths.marker("train").parent.parent.parent == paths.lock.parent.parent == tmp_path
+    for name in ("preprocess", "score", "report"):
+        command = steps[name].command
+        assert "--conf" in command and option(name, "--conf") == "spark.master=spark://m:7077"
+    (storage,) = (a for a in steps["train"].command if a.startswith("spark="))
+    assert json.loads(storage.removeprefix("spark=")) == spark  # how the ranks reach S3
+    local = RunPaths(tmp_path, DAY, settings_from({**values, "storage": None}).storage)
+    assert local.day_cache == str(tmp_path / "day_cache")
+    assert local.bundle == str(tmp_path / "models" / DAY.isoformat() / "bundle")

@@ -10,6 +10,10 @@ Finished steps are skipped on a rerun (markers keyed on a fingerprint of command
 unless --force (which also trains from scratch); a failed step stops the run with its log tail and
 exit code 1; a run of a date another run holds is refused with exit code 2. Defaults:
 deepfm/conf/pipeline.yaml (relative paths are relative to the current directory).
+
+On a cluster, with the data on an object store: --storage s3a://bucket/ctr --raw-dir s3a://bucket/raw
+and a --config file whose spark section every step gets (spark.master, spark.submit.pyFiles, the
+fs.s3a.* settings); markers, locks, logs and the MLflow store stay in the local --workdir.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from typing import Any
 
 from deepfm.cli.config import JobParser, load_defaults, load_schema, spark_conf
 from deepfm.cli.logs import setup_logging
+from deepfm.core import fs
 from deepfm.core.tracking import TrackingSettings, promote, store_uri
 from deepfm.ops.locks import Locked
 from deepfm.ops.pipeline import STEPS, PipelineSettings, RunPaths, StepFailed, date_range, day_roles, run_date
@@ -36,8 +41,15 @@ log = logging.getLogger(__name__)
 
 def parser() -> JobParser:
     p = JobParser("pipeline", __doc__ or "", load_defaults("pipeline"))
-    p.option("--workdir", key="workdir", help="root of raw logs, processed data, models, Delta tables, logs")
-    p.option("--raw-dir", key="raw_dir", help="raw click logs root (default: WORKDIR/raw)")
+    p.option(
+        "--workdir", key="workdir",
+        help="local folder of markers, locks, logs and the MLflow store (and of the data, by default)",
+    )  # fmt: skip
+    p.option(
+        "--storage", key="storage",
+        help="root of processed data, models, Delta tables, rejects, reports: a path or URI (default: WORKDIR)",
+    )  # fmt: skip
+    p.option("--raw-dir", key="raw_dir", help="raw click logs root, a path or URI (default: STORAGE/raw)")
     p.option("--model", key="model", help="model to train")
     p.add_argument("--quiet", action="store_true", help="do not echo the steps' output, only progress lines")
     sub = p.parser.add_subparsers(dest="command", required=True)
@@ -63,10 +75,13 @@ def parser() -> JobParser:
 
 def settings_from(values: Mapping[str, Any]) -> PipelineSettings:
     root = Path(values["workdir"]).resolve()
+    storage = fs.absolute(values.get("storage") or root)
     tracking = TrackingSettings.from_dict(values["tracking"]["mlflow"])
+    spark = {str(k): str(v) for k, v in (values.get("spark") or {}).items()}
     return PipelineSettings(
         workdir=root,
-        raw_dir=Path(values.get("raw_dir") or root / "raw").resolve(),
+        raw_dir=fs.absolute(values.get("raw_dir") or fs.join(storage, "raw")),
+        storage=storage,
         model=values["model"],
         train_days=int(values["train_days"]),
         num_workers=int(values["num_workers"]),
@@ -74,7 +89,8 @@ def settings_from(values: Mapping[str, Any]) -> PipelineSettings:
         train_args=tuple(values.get("train_args") or ()),
         preprocess_args=tuple(values.get("preprocess_args") or ()),
         score_args=tuple(values.get("score_args") or ()),
-        spark_submit=tuple(spark_submit_args(spark_conf({}))),
+        spark_submit=tuple(spark_submit_args(spark_conf(values))),
+        spark=spark,
         registered_model=values["registered_model"],
         alias=values["alias"],
         tracking=dataclasses.replace(tracking, tracking_uri=store_uri(tracking, root)),  # one store for every step
@@ -87,12 +103,12 @@ def generate_demo_logs(
     """Write train_days + 2 days of generated logs ending at the run date, unless present."""
     days = settings.train_days + 2
     first = run_day - dt.timedelta(days=days - 1)
-    wanted = [settings.raw_dir / f"date={(first + dt.timedelta(days=i)).isoformat()}" for i in range(days)]
-    if all(d.exists() for d in wanted):
+    wanted = [fs.join(settings.raw_dir, f"date={(first + dt.timedelta(days=i)).isoformat()}") for i in range(days)]
+    if all(fs.exists(d) for d in wanted):
         log.info("demo logs already in %s", settings.raw_dir)
         return
     write_logs(
-        settings.raw_dir,
+        fs.local_path(settings.raw_dir),
         days,
         rows_per_day,
         first,
@@ -103,12 +119,13 @@ def generate_demo_logs(
     )
 
 
-def delta_rows_for_day(paths: RunPaths) -> dict[str, int]:
+def delta_rows_for_day(paths: RunPaths, spark_settings: Mapping[str, str]) -> dict[str, int]:
     """Rows and distinct impressions of the run date in the Delta table (duplicates would differ)."""
     from pyspark.sql import functions as F
 
-    spark = get_spark("pipeline-summary", spark_conf({}))
-    day = spark.read.format("delta").load(str(paths.scores_table)).where(F.col("date") == F.lit(paths.day).cast("date"))
+    spark = get_spark("pipeline-summary", spark_settings)
+    table = spark.read.format("delta").load(fs.hadoop_uri(paths.scores_table))
+    day = table.where(F.col("date") == F.lit(paths.day).cast("date"))
     row = day.agg(F.count("*").alias("rows"), F.countDistinct("impression_id").alias("distinct")).first()
     assert row is not None  # an aggregation without grouping has one row
     return {"rows": int(row["rows"]), "distinct_impressions": int(row["distinct"])}
@@ -117,7 +134,7 @@ def delta_rows_for_day(paths: RunPaths) -> dict[str, int]:
 def print_summary(settings: PipelineSettings, paths: RunPaths, results: dict[str, dict[str, Any]]) -> None:
     pre, train, score, report = (results.get(s, {}) for s in STEPS)
     totals = pre.get("totals", {})
-    delta = delta_rows_for_day(paths)
+    delta = delta_rows_for_day(paths, {**spark_conf({}), **settings.spark})
 
     def pick(summary: dict[str, Any], keys: tuple[str, ...]) -> str:
         return json.dumps({k: summary.get(k) for k in keys if k in summary})
@@ -133,7 +150,7 @@ def print_summary(settings: PipelineSettings, paths: RunPaths, results: dict[str
         f"in {paths.scores_table}",
         f"registry:   {train.get('registered_model')} version {train.get('registered_version')}"
         f"{' (' + settings.alias + ')' if train.get('promoted') else ''} in {settings.tracking.tracking_uri}",
-        f"report:     {report.get('report', paths.report / 'report.html')}",
+        f"report:     {report.get('report', fs.join(paths.report, 'report.html'))}",
         f"artifacts:  data {paths.processed} | model {paths.bundle} | logs {paths.logs}",
     ]
     print("\n".join(lines))
@@ -146,6 +163,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.parser.error("--from needs --to")
     setup_logging()
     settings = settings_from(values)
+    if args.command == "demo" and not fs.is_local(settings.raw_dir):
+        p.parser.error(f"the demo generates its logs on this machine: give a local --raw-dir, not {settings.raw_dir}")
+    fs.use_s3(fs.S3Settings.from_hadoop(spark_conf(values)))  # the pipeline reads the steps' summaries
     echo = (lambda line: None) if args.quiet else (lambda line: print(f"  | {line}", flush=True))
     try:
         if args.command == "demo":
@@ -153,7 +173,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             day = args.date or dt.date.fromisoformat(str(demo["run_date"]))
             generate_demo_logs(settings, day, args.rows_per_day or int(demo["rows_per_day"]), demo)
             results = run_date(settings, day, force=args.force, echo=echo)
-            print_summary(settings, RunPaths(settings.workdir, day), results)
+            print_summary(settings, RunPaths(settings.workdir, day, settings.storage), results)
             return 0
         if args.command == "promote":
             promote(settings.tracking, settings.workdir, settings.registered_model, args.version, settings.alias)

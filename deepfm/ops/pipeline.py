@@ -10,18 +10,23 @@ fingerprint of its command and inputs; a rerun skips it while the fingerprint ma
 reruns everything). A failed step stops the run with its log tail, and the next run starts again
 from that step.
 
-Work directory layout::
+The data of a run lives under the storage root, a path or any URI (``s3a://bucket/ctr``: the
+jobs reach it through Spark's Hadoop file systems and ``deepfm.core.fs``; by default the work
+directory); the raw logs may be anywhere too::
 
-    raw/date=YYYY-MM-DD/...         raw click logs (input)
+    raw/date=YYYY-MM-DD/...         raw click logs (input; the default raw folder)
     processed/<D>/                  preprocessing output for run date D
     day_cache/                      each raw day's validation and value counts, kept between runs
     models/<D>/bundle/              the model trained for D, a version of the registered model; the
                                     alias (production) names the newest trained date's
-    mlflow.db, mlartifacts/         the MLflow store of every step's runs and the model registry
     delta/ctr_scores/               scored impressions (Delta, partitioned by date)
     delta/ctr_scores_metrics/       one row per scoring run (Delta)
     rejects/<D>/                    rows scoring could not parse
     reports/<D>/report.html         the model's ROC and calibration, daily metrics over time
+
+What belongs to the machine that runs the pipeline stays in its local work directory::
+
+    mlflow.db, mlartifacts/         the MLflow store of every step's runs and the model registry
     logs/<D>/<step>.log             each step's full output (and score.json, scoring's summary)
     markers/<D>/<step>.json         success markers (fingerprint + the step's JSON summary)
     locks/<D>.lock                  held by the run of date D (one run of a date at a time)
@@ -39,7 +44,7 @@ import subprocess
 import sys
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -68,8 +73,9 @@ class StepFailed(RuntimeError):
 class PipelineSettings:
     """What a run needs besides the date; the command line fills it from ``deepfm/conf/pipeline.yaml``."""
 
-    workdir: Path
-    raw_dir: Path
+    workdir: Path  # local: markers, locks, logs, the default MLflow store
+    raw_dir: str  # a path or URI
+    storage: str  # a path or URI: processed data, models, Delta tables, rejects, reports, day cache
     model: str = "deepfm"
     train_days: int = 7
     num_workers: int = 2
@@ -78,6 +84,7 @@ class PipelineSettings:
     preprocess_args: tuple[str, ...] = ()
     score_args: tuple[str, ...] = ()
     spark_submit: tuple[str, ...] = ()  # spark-submit's own arguments (ops.spark.spark_submit_args)
+    spark: Mapping[str, str] = field(default_factory=dict)  # every step's Spark and S3 settings (see build_steps)
     python: str = sys.executable
     registered_model: str = "deepfm-ctr"  # each day's model is a version of it
     alias: str = "production"  # follows the newest trained date
@@ -86,46 +93,55 @@ class PipelineSettings:
 
 @dataclass(frozen=True)
 class RunPaths:
-    """Where run date ``date``'s inputs and outputs live under the work directory."""
+    """Where run date ``date``'s inputs and outputs live: its data under ``storage`` (a path or
+    URI; empty: the work directory ``root``), its markers, locks and logs under ``root``."""
 
     root: Path
     date: dt.date
+    storage: str = ""
 
     @property
     def day(self) -> str:
         return self.date.isoformat()
 
-    @property
-    def processed(self) -> Path:
-        return self.root / "processed" / self.day
+    def data(self, *parts: str) -> str:
+        return fs.join(self.storage or self.root, *parts)
 
     @property
-    def models(self) -> Path:
-        return self.root / "models"
+    def processed(self) -> str:
+        return self.data("processed", self.day)
 
     @property
-    def model_run(self) -> Path:
-        return self.models / self.day
+    def day_cache(self) -> str:
+        return self.data("day_cache")
 
     @property
-    def bundle(self) -> Path:
-        return self.model_run / "bundle"
+    def models(self) -> str:
+        return self.data("models")
 
     @property
-    def scores_table(self) -> Path:
-        return self.root / "delta" / "ctr_scores"
+    def model_run(self) -> str:
+        return fs.join(self.models, self.day)
 
     @property
-    def metrics_table(self) -> Path:
-        return self.root / "delta" / "ctr_scores_metrics"
+    def bundle(self) -> str:
+        return fs.join(self.model_run, "bundle")
 
     @property
-    def rejects(self) -> Path:
-        return self.root / "rejects"
+    def scores_table(self) -> str:
+        return self.data("delta", "ctr_scores")
 
     @property
-    def report(self) -> Path:
-        return self.root / "reports" / self.day
+    def metrics_table(self) -> str:
+        return self.data("delta", "ctr_scores_metrics")
+
+    @property
+    def rejects(self) -> str:
+        return self.data("rejects")
+
+    @property
+    def report(self) -> str:
+        return self.data("reports", self.day)
 
     @property
     def logs(self) -> Path:
@@ -146,21 +162,21 @@ class Step:
 
     name: str
     command: list[str]
-    summary_file: Path
-    input_dirs: tuple[Path, ...] = ()
+    summary_file: str  # a path or URI
+    input_dirs: tuple[str, ...] = ()  # paths or URIs
     upstream: tuple[str, ...] = ()
     env: dict[str, str] = field(default_factory=dict)
     force_args: tuple[str, ...] = ()  # added when forced (not part of the fingerprint): redo, do not resume
     on_success: Callable[[dict[str, Any]], dict[str, Any]] | None = None  # adds to the summary
 
 
-def previous_bundle(paths: RunPaths) -> Path | None:
+def previous_bundle(paths: RunPaths) -> str | None:
     """The newest bundle trained for a date before ``paths.date`` (for warm starts)."""
     candidates = []
     for marker in (paths.root / "markers").glob("*/train.json"):
         day = dt.date.fromisoformat(marker.parent.name)
-        bundle = paths.models / day.isoformat() / "bundle"
-        if day < paths.date and bundle.exists():
+        bundle = fs.join(paths.models, day.isoformat(), "bundle")
+        if day < paths.date and fs.exists(bundle):
             candidates.append((day, bundle))
     return max(candidates)[1] if candidates else None
 
@@ -168,6 +184,11 @@ def previous_bundle(paths: RunPaths) -> Path | None:
 def _options(**values: object) -> list[str]:
     """``--key value`` pairs in order (underscores in keys as dashes)."""
     return [item for key, value in values.items() for item in (f"--{key.replace('_', '-')}", str(value))]
+
+
+def _conf_options(spark: Mapping[str, str]) -> list[str]:
+    """Spark settings as spark-submit's ``--conf key=value`` pairs."""
+    return [item for key, value in spark.items() for item in ("--conf", f"{key}={value}")]
 
 
 def _tracking_options(tracking: TrackingSettings) -> list[str]:
@@ -190,30 +211,33 @@ def day_roles(date: dt.date, train_days: int) -> dict[str, str]:
 
 
 def build_steps(settings: PipelineSettings, paths: RunPaths) -> list[Step]:
-    """The steps of run date ``paths.date``, as the commands a user would type."""
+    """The steps of run date ``paths.date``, as the commands a user would type. ``settings.spark``
+    reaches every step: spark-submit's ``--conf`` (a master, ``spark.submit.pyFiles``, S3A's
+    endpoint) and training's ``spark`` section (how its ranks reach S3)."""
     venv_bin = Path(settings.python).parent
     validation_day = dt.date.fromisoformat(day_roles(paths.date, settings.train_days)["validation"])
-    spark_submit = [str(venv_bin / "spark-submit"), *settings.spark_submit, ENTRY_POINT]
+    spark_submit = [str(venv_bin / "spark-submit"), *settings.spark_submit, *_conf_options(settings.spark), ENTRY_POINT]
     tracking = _tracking_options(settings.tracking)
+    storage = ["--set", f"spark={json.dumps(dict(settings.spark))}"] if settings.spark else []
     preprocess = Step(
         "preprocess",
         [*spark_submit, "preprocess", *_options(
             input=settings.raw_dir, output=paths.processed, end_date=validation_day.isoformat(),
-            train_days=settings.train_days, validation_days=1, test_days=0, day_cache=paths.root / "day_cache",
+            train_days=settings.train_days, validation_days=1, test_days=0, day_cache=paths.day_cache,
         ), *settings.preprocess_args],
-        summary_file=paths.processed / "summary.json",
-        input_dirs=tuple(settings.raw_dir / f"date={(validation_day - dt.timedelta(days=i)).isoformat()}"
+        summary_file=fs.join(paths.processed, "summary.json"),
+        input_dirs=tuple(fs.join(settings.raw_dir, f"date={(validation_day - dt.timedelta(days=i)).isoformat()}")
                          for i in range(settings.train_days + 1)),
     )  # fmt: skip
     warm = previous_bundle(paths)
     train_args = [
         *_options(data=paths.processed, output=paths.model_run, model=settings.model),
-        *(_options(warm_start=warm) if warm else []), *tracking, *settings.train_args,
+        *(_options(warm_start=warm) if warm else []), *tracking, *storage, *settings.train_args,
     ]  # fmt: skip
     train = Step(
         "train",
         horovodrun_command(settings.num_workers, settings.hosts, train_args, settings.python),
-        summary_file=paths.model_run / SUMMARY,
+        summary_file=fs.join(paths.model_run, SUMMARY),
         upstream=("preprocess",),
         force_args=("--fresh",),
         on_success=partial(publish, settings, paths),
@@ -224,8 +248,8 @@ def build_steps(settings: PipelineSettings, paths: RunPaths) -> list[Step]:
             date=paths.day, model=paths.bundle, input=settings.raw_dir, table=paths.scores_table,
             metrics_table=paths.metrics_table, rejects=paths.rejects, summary=paths.logs / "score.json",
         ), *tracking, *settings.score_args],
-        summary_file=paths.logs / "score.json",
-        input_dirs=(settings.raw_dir / f"date={paths.day}",),
+        summary_file=str(paths.logs / "score.json"),
+        input_dirs=(fs.join(settings.raw_dir, f"date={paths.day}"),),
         upstream=("train",),
     )  # fmt: skip
     report = Step(
@@ -233,23 +257,18 @@ def build_steps(settings: PipelineSettings, paths: RunPaths) -> list[Step]:
         [*spark_submit, "report", *_options(
             bundle=paths.bundle, metrics_table=paths.metrics_table, output=paths.report, date=paths.day,
         )],
-        summary_file=paths.report / "summary.json",
+        summary_file=fs.join(paths.report, "summary.json"),
         upstream=("score",),
     )  # fmt: skip
     return [preprocess, train, score, report]
-
-
-def _listing(directory: Path) -> list[tuple[str, int]]:
-    if not directory.exists():
-        return []
-    return sorted((str(p.relative_to(directory)), p.stat().st_size) for p in directory.rglob("*") if p.is_file())
 
 
 def fingerprint(step: Step, paths: RunPaths) -> str:
     """Hash of the command, the input files (names and sizes), the upstream fingerprints and the
     feature-spec format (outputs of an older format, which this code refuses to read, are redone)."""
     upstream = [read_marker(paths, name).get("fingerprint") for name in step.upstream]
-    payload = json.dumps([FORMAT_VERSION, step.command, [_listing(d) for d in step.input_dirs], upstream])
+    listings = [sorted(fs.sizes_under(d).items()) for d in step.input_dirs]
+    payload = json.dumps([FORMAT_VERSION, step.command, listings, upstream])
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -293,7 +312,7 @@ def run_step(
     started = time.time()
     command = [*step.command, *step.force_args] if force else step.command
     run_command(dataclasses.replace(step, command=command), paths.logs / f"{step.name}.log", echo)
-    summary = {**json.loads(step.summary_file.read_text()), "seconds": round(time.time() - started, 1)}
+    summary = {**fs.read_json(step.summary_file), "seconds": round(time.time() - started, 1)}
     if step.on_success is not None:  # before the marker: a failure here reruns the step
         summary.update(step.on_success(summary))
     fs.write_json(paths.marker(step.name), {"fingerprint": fp, "summary": summary})
@@ -307,7 +326,7 @@ def publish(settings: PipelineSettings, paths: RunPaths, train_summary: dict[str
     run_id = train_summary.get("mlflow_run_id")
     if not settings.tracking.enabled or not run_id:
         return {}
-    spec = json.loads((paths.processed / "summary.json").read_text())
+    spec = fs.read_json(fs.join(paths.processed, "summary.json"))
     tags = {
         "run_date": paths.day, "train_days": ",".join(spec["train_days"]),
         "validation_days": ",".join(spec["validation_days"]),
@@ -331,7 +350,7 @@ def run_date(
 ) -> dict[str, dict[str, Any]]:
     """Run (or resume) every step of one run date, holding the date's lock (``locks.Locked`` when
     another run of the date holds it); returns each step's summary."""
-    paths = RunPaths(settings.workdir, date)
+    paths = RunPaths(settings.workdir, date, settings.storage)
     results: dict[str, dict[str, Any]] = {}
     roles = day_roles(date, settings.train_days)
     log.info("[%s] days: train %s, validation %s, scored %s", paths.day, *roles.values())
