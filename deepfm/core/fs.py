@@ -34,6 +34,7 @@ incomplete.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -305,7 +306,10 @@ def remove_tree(uri: PathLike) -> None:
         return
     filesystem, path = arrow(uri)
     if filesystem.get_file_info(path).type == pafs.FileType.Directory:
-        filesystem.delete_dir(path)
+        # A folder whose objects were all removed may still be listed (SeaweedFS's filer keeps it),
+        # and Arrow then finds nothing to delete.
+        with contextlib.suppress(FileNotFoundError):
+            filesystem.delete_dir(path)
 
 
 def put_stream(uri: PathLike, write: Callable[[BinaryIO], object]) -> str:
