@@ -168,8 +168,11 @@ def test_failed_step_stops_the_run_with_its_log_tail(workdir, pipeline_env):
 
 @pytest.mark.skipif(not AIRFLOW_BIN.exists(), reason="Airflow's virtualenv is created by make setup")
 def test_airflow_dag_loads_and_runs_the_next_day(workdir, pipeline_env, tmp_path, spark):
+    config = tmp_path / "pipeline.yaml"  # a settings file the DAG passes on (DEEPFM_CONFIG): the defaults' model
+    config.write_text("model: deepfm\n")
     airflow_env = {
         **pipeline_env,
+        "DEEPFM_CONFIG": str(config),
         "AIRFLOW_HOME": str(tmp_path / "airflow"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "pipelines"),
@@ -184,7 +187,8 @@ def test_airflow_dag_loads_and_runs_the_next_day(workdir, pipeline_env, tmp_path
         "d = b.get_dag('deepfm_daily_ctr');"
         "print(json.dumps({'errors': {k: str(v) for k, v in b.import_errors.items()},"
         "'tasks': {t.task_id: sorted(t.downstream_task_ids) for t in d.tasks},"
-        "'catchup': d.catchup, 'schedule': str(d.schedule_interval), 'retries': d.default_args['retries']}))"
+        "'catchup': d.catchup, 'schedule': str(d.schedule_interval), 'retries': d.default_args['retries'],"
+        "'commands': {t.task_id: t.bash_command for t in d.tasks}}))"
     )
     loaded = subprocess.run([str(python), "-c", check], capture_output=True, text=True, env=airflow_env, timeout=300)
     assert loaded.returncode == 0, loaded.stderr[-3000:]
@@ -192,6 +196,7 @@ def test_airflow_dag_loads_and_runs_the_next_day(workdir, pipeline_env, tmp_path
     assert dag["errors"] == {}
     assert dag["tasks"] == {"preprocess": ["train"], "train": ["score"], "score": ["report"], "report": []}
     assert dag["catchup"] is True and dag["schedule"] == "@daily" and dag["retries"] >= 1
+    assert all(f"--workdir {workdir} --config {config} run" in command for command in dag["commands"].values())
 
     next_day = RUN_DATE + dt.timedelta(days=1)
     run = subprocess.run(
