@@ -10,6 +10,7 @@ Settings come from the environment of the scheduler:
   DEEPFM_REPO      checkout of this repository (default: this file's parent's parent)
   DEEPFM_WORKDIR   pipeline work directory (default: conf/pipeline.yaml's workdir)
   DEEPFM_START     first run date of the schedule (default 2026-11-01)
+  DEEPFM_LAUNCHER  who starts the training's ranks (default: conf/pipeline.yaml's launcher)
 """
 
 from __future__ import annotations
@@ -26,12 +27,14 @@ REPO = Path(os.environ.get("DEEPFM_REPO", Path(__file__).resolve().parent.parent
 PYTHON = REPO / ".venv" / "bin" / "python"
 WORKDIR = os.environ.get("DEEPFM_WORKDIR", "")
 START = datetime.fromisoformat(os.environ.get("DEEPFM_START", "2026-11-01"))
+LAUNCHER = os.environ.get("DEEPFM_LAUNCHER", "")
 STEPS = ("preprocess", "train", "score", "report")
 
 
 def step_command(step: str) -> str:
     workdir = f" --workdir {WORKDIR}" if WORKDIR else ""
-    return f"cd {REPO} && {PYTHON} pipelines/daily.py{workdir} run --date {{{{ ds }}}} --step {step}"
+    launcher = f" --launcher {LAUNCHER}" if LAUNCHER else ""
+    return f"cd {REPO} && {PYTHON} pipelines/daily.py{workdir}{launcher} run --date {{{{ ds }}}} --step {step}"
 
 
 with DAG(
