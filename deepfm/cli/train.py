@@ -42,7 +42,7 @@ from deepfm.training.launch import (
     run_command,
     run_on_spark,
 )
-from deepfm.training.trainer import TrainConfig, train
+from deepfm.training.trainer import LAUNCH_KEYS, TrainConfig, train
 
 
 def parser() -> JobParser:
@@ -142,7 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # A ``spark`` section (its fs.s3a.* keys: how to reach S3) is not the trainer's but the storage's.
     storage = {"spark": values.pop("spark", None) or {}}
     try:
-        launch = LaunchSettings.from_dict({key: values.pop(key, None) for key in ("launcher", "np", "hosts")})
+        launch = LaunchSettings.from_dict({key: values.pop(key, None) for key in LAUNCH_KEYS})
         cfg = TrainConfig.from_dict(values, ModelDefaults(load_defaults("models")))
         if cfg.tracking.enabled:  # a run directory with no store for its runs: refused on every rank
             store_uri(cfg.tracking, cfg.output)

@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 
 NUMBER_TYPES: dict[str, Callable[[Any], float | int]] = {"float": float, "float | None": float, "int": int}
 Init = Callable[[CTRModel], None]  # rank 0's initialisation of a fresh run (warm start, FNN)
+LAUNCH_KEYS = ("launcher", "np", "hosts")  # train.yaml's settings of deepfm.training.launch.LaunchSettings
 
 
 @dataclass(frozen=True)
@@ -99,7 +100,9 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any], model_defaults: ModelDefaults) -> TrainConfig:
-        """From ``train.yaml``'s layout: ``model_config`` holds overrides of the model's defaults."""
+        """From ``train.yaml``'s layout: ``model_config`` holds overrides of the model's defaults;
+        the launch keys (who starts how many ranks: ``launch.LaunchSettings``) are not the run's."""
+        values = {k: v for k, v in values.items() if k not in LAUNCH_KEYS}
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
