@@ -132,7 +132,7 @@ class TorchCollectives(Collectives):
             table_rows = torch.cat([r.split(c)[i] for r, c in zip(all_rows, counts)])
             table_values = torch.cat([v.split(c)[i] for v, c in zip(all_values, value_counts)])
             merged = table_values.view(-1, *grad.shape[1:]) / self.size
-            param.grad = torch.sparse_coo_tensor(table_rows.unsqueeze(0), merged, grad.shape)
+            param.grad = torch.sparse_coo_tensor(table_rows.unsqueeze(0), merged, grad.shape, check_invariants=False)
 
     def _all_gather_padded(self, tensor: torch.Tensor, lengths: list[int]) -> list[torch.Tensor]:
         """Every rank's 1-d ``tensor`` (rank k's of ``lengths[k]`` elements), in rank order, on
