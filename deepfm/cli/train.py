@@ -150,6 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.parser.error(str(exc))
     # Every rank reaches S3 the way Spark does (the fs.s3a.* keys of the Spark settings).
     s3 = fs.S3Settings.from_hadoop(spark_conf(storage))
+    fs.use_s3(s3)  # this process reads the summary back; ranks on executors get ``s3`` passed
     backend = backend_of_environment()
     if backend != "single" or launch.launcher == "none":  # this process is a rank
         rank_main(backend, cfg, s3)
