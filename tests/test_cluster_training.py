@@ -181,6 +181,7 @@ def kill_a_rank_mid_epoch(process: subprocess.Popen, output: str) -> None:
     if process.poll() is None:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
+    assert process.returncode != 0, "the job did not fail with its rank"
 
 
 @pytest.mark.parametrize("launcher", LAUNCHERS)
