@@ -161,8 +161,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         from deepfm.ops.spark import get_spark
 
-        get_spark("train", spark_conf(storage))  # under spark-submit: its master
-        summary = run_on_spark(launch, rank_main, cfg, s3)
+        spark = get_spark("train", spark_conf(storage))  # under spark-submit: its master
+        try:
+            summary = run_on_spark(launch, rank_main, cfg, s3)
+        finally:
+            spark.stop()
     print(json.dumps(summary), flush=True)
     return 0
 
