@@ -8,8 +8,9 @@ One run prints (and ends with one JSON line of every figure):
                        stacking into cat/num tensors, read-ahead thread)
            petastorm   ``--loader petastorm`` exactly as the trainer runs it (make_batch_reader, dummy
                        pool, its columnar row groups, same window and thread)
-  train  end-to-end samples/s of ``deepfm train`` (DeepFM, one epoch): 1 rank, and 2 ranks by
-         ``horovodrun -np 2`` (skip with ``--no-train``)
+  train  end-to-end samples/s of ``deepfm train`` (DeepFM, one epoch): one plain process, then 1 and
+         2 ranks by each launcher (horovodrun, horovod.spark.run and TorchDistributor on a local
+         Spark session; ``--launchers``; skip with ``--no-train``)
   gpu    when CUDA is available: DeepFM training steps at batch 65,536 with bf16 AMP, on batches
          already on the GPU (the model's speed) and fed by the arrow feeder (the job's speed)
 
@@ -171,9 +172,11 @@ def bench_feed(data: Path, spec: FeatureSpec, repeats: int) -> dict:
     }
 
 
-def bench_train(data: Path, out: Path) -> dict:
+def bench_train(data: Path, out: Path, launchers: Iterable[str]) -> dict:
+    """``deepfm train`` end to end by each launcher, 1 and 2 ranks on the same data (``none``: one
+    plain process). The Spark launchers run on a local session (``local[*]``: this host's cores)."""
     from deepfm.training.artifacts import read_summary
-    from deepfm.training.launch import horovodrun_command
+    from deepfm.training.launch import LaunchSettings, train_command
 
     bin_dir = Path(sys.executable).parent
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
@@ -181,23 +184,27 @@ def bench_train(data: Path, out: Path) -> dict:
     # shared host spins (10x slower, measured), which would flatter the scaling.
     args = ["--data", str(data), *"--model deepfm --epochs 1 --checkpoint-every 0 --log-every 0".split(),
             *"--early-stopping-patience 0 --set cpu_threads=1".split()]  # fmt: skip
-    runs = {
-        "1 rank": (out / "np1", [sys.executable, "-m", "deepfm", "train", *args, "--output", str(out / "np1")]),
-        "2 ranks": (out / "np2", horovodrun_command(2, "localhost:2", [*args, "--output", str(out / "np2")])),
-    }
     print("train: DeepFM (the paper's settings), one epoch, `deepfm train` end to end, 1 torch thread per rank")
+    print(f"  {'launcher':18s} {'ranks':>5s} {'samples/s':>10s} {'per rank':>9s} {'val AUC':>8s} {'wall s':>7s}")
     results = {}
-    for name, (output, command) in runs.items():
-        done = subprocess.run(command, capture_output=True, text=True, env=env)
-        if done.returncode:
-            raise RuntimeError(f"{' '.join(command)} failed:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
-        summary = read_summary(output)
-        per_rank = summary["samples_per_s"] / summary["world_size"]
-        print(
-            f"  {name:8s} {summary['samples_per_s']:>10,.0f} samples/s ({per_rank:,.0f} per rank), "
-            f"val AUC {summary['val_auc']:.4f}"
-        )
-        results[name] = summary["samples_per_s"]
+    for launcher in launchers:
+        for ranks in (1,) if launcher == "none" else (1, 2):
+            output = out / f"{launcher}-{ranks}"
+            command = train_command(LaunchSettings(launcher, ranks), [*args, "--output", str(output)])
+            started = time.perf_counter()
+            done = subprocess.run(command, capture_output=True, text=True, env=env)
+            if done.returncode:
+                raise RuntimeError(f"{' '.join(command)} failed:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
+            wall = time.perf_counter() - started
+            summary = read_summary(output)
+            rate = summary["samples_per_s"]
+            auc = summary["val_auc"]
+            print(f"  {launcher:18s} {ranks:>5d} {rate:>10,.0f} {rate / ranks:>9,.0f} {auc:>8.4f} {wall:>7.1f}")
+            results[f"{launcher} {ranks}"] = {
+                "samples_per_s": rate,
+                "val_auc": summary["val_auc"],
+                "wall_s": round(wall, 1),
+            }
     return results
 
 
@@ -258,6 +265,12 @@ def main() -> None:
         "--repeats", type=int, default=5, help="interleaved rounds of feed measurements, best kept [%(default)s]"
     )
     p.add_argument("--no-train", action="store_true", help="skip the end-to-end training runs")
+    p.add_argument(
+        "--launchers",
+        nargs="+",
+        default=["none", "horovodrun", "horovod-spark", "torch-distributor"],
+        help="launchers of the end-to-end runs (1 and 2 ranks each) [%(default)s]",
+    )
     p.add_argument("--gpu-only", action="store_true", help="only the GPU section (needs torch, pyarrow, numpy)")
     p.add_argument(
         "--device", default="cuda", help="device of the GPU section; 'cpu' tries the code path [%(default)s]"
@@ -279,7 +292,7 @@ def main() -> None:
                 train_data = data if args.data else Path(tmp) / "train"
                 if args.data is None:
                     write_synthetic(train_data, args.train_rows, files=4, row_group_rows=8192)
-                results["train"] = bench_train(train_data, Path(tmp) / "runs")
+                results["train"] = bench_train(train_data, Path(tmp) / "runs", args.launchers)
         device = torch.device(args.device)
         if device.type == "cpu" or torch.cuda.is_available():
             results["gpu"] = bench_gpu(data, spec, device, args.gpu_batch_size, args.gpu_steps)

@@ -12,6 +12,7 @@ Settings come from the environment of the scheduler:
   DEEPFM_CONFIG    a pipeline settings file (--config): on a cluster, its storage and raw_dir
                    (s3a:// URIs) and its spark section (master, S3 endpoint) reach every step
   DEEPFM_START     first run date of the schedule (default 2026-11-01)
+  DEEPFM_LAUNCHER  who starts the training's ranks (default: conf/pipeline.yaml's launcher)
 """
 
 from __future__ import annotations
@@ -29,11 +30,16 @@ PYTHON = REPO / ".venv" / "bin" / "python"
 WORKDIR = os.environ.get("DEEPFM_WORKDIR", "")
 CONFIG = os.environ.get("DEEPFM_CONFIG", "")
 START = datetime.fromisoformat(os.environ.get("DEEPFM_START", "2026-11-01"))
+LAUNCHER = os.environ.get("DEEPFM_LAUNCHER", "")
 STEPS = ("preprocess", "train", "score", "report")
 
 
 def step_command(step: str) -> str:
-    options = (f" --workdir {WORKDIR}" if WORKDIR else "") + (f" --config {CONFIG}" if CONFIG else "")
+    options = (
+        (f" --workdir {WORKDIR}" if WORKDIR else "")
+        + (f" --config {CONFIG}" if CONFIG else "")
+        + (f" --launcher {LAUNCHER}" if LAUNCHER else "")
+    )
     return f"cd {REPO} && {PYTHON} pipelines/daily.py{options} run --date {{{{ ds }}}} --step {step}"
 
 

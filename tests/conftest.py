@@ -16,7 +16,14 @@ from deepfm.ops.spark import get_spark
 
 # The longest modules first: ``make test`` runs files whole on two workers (pytest-xdist,
 # ``--dist loadfile``), and a long file started last would run alone at the end.
-LONGEST_FIRST = ("test_pipeline.py", "test_cluster.py", "test_scoring.py", "test_train.py", "test_preprocess.py")
+LONGEST_FIRST = (
+    "test_pipeline.py",
+    "test_cluster.py",
+    "test_cluster_training.py",
+    "test_scoring.py",
+    "test_train.py",
+    "test_preprocess.py",
+)
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -2,7 +2,7 @@
 
     deepfm generate-logs --output data/raw --days 9
     spark-submit $(deepfm submit-args) preprocess --end-date 2026-11-19     (or: deepfm preprocess ...)
-    horovodrun -np 2 -H localhost:2 --gloo python -m deepfm train --data DATA --output RUN
+    deepfm train --data DATA --output RUN --launcher horovodrun --np 2    (or horovod-spark, torch-distributor)
     spark-submit $(deepfm submit-args) score --date 2026-11-20 --model RUN/bundle --table T
     deepfm report | compare | pipeline | doctor
 
@@ -23,7 +23,10 @@ from collections.abc import Sequence
 COMMANDS: dict[str, tuple[str, str]] = {
     "generate-logs": ("deepfm.cli.generate_logs", "write synthetic click logs with a planted signal"),
     "preprocess": ("deepfm.cli.preprocess", "validate and encode raw logs into train/test Parquet and a feature spec"),
-    "train": ("deepfm.cli.train", "train a CTR model (one process, or one rank of horovodrun)"),
+    "train": (
+        "deepfm.cli.train",
+        "train a CTR model: one process, or N ranks (horovodrun, horovod.spark, TorchDistributor)",
+    ),
     "score": ("deepfm.cli.score", "score one day of raw logs into a Delta table of CTRs"),
     "report": ("deepfm.cli.report", "a model's offline HTML report with the daily scoring metrics"),
     "compare": ("deepfm.cli.compare", "the DeepFM paper's model comparison and sweeps, with a report"),

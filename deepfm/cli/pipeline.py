@@ -35,6 +35,7 @@ from deepfm.ops.locks import Locked
 from deepfm.ops.pipeline import STEPS, PipelineSettings, RunPaths, StepFailed, date_range, day_roles, run_date
 from deepfm.ops.spark import get_spark, spark_submit_args
 from deepfm.prep.synthetic import write_logs
+from deepfm.training.launch import LAUNCHERS
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,12 @@ def parser() -> JobParser:
     )  # fmt: skip
     p.option("--raw-dir", key="raw_dir", help="raw click logs root, a path or URI (default: STORAGE/raw)")
     p.option("--model", key="model", help="model to train")
+    p.option(
+        "--launcher",
+        key="launcher",
+        choices=LAUNCHERS[1:],
+        help="who starts the training's ranks (deepfm train --launcher)",
+    )
     p.add_argument("--quiet", action="store_true", help="do not echo the steps' output, only progress lines")
     sub = p.parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the pipeline for one date or a range of dates")
@@ -86,6 +93,7 @@ def settings_from(values: Mapping[str, Any]) -> PipelineSettings:
         train_days=int(values["train_days"]),
         num_workers=int(values["num_workers"]),
         hosts=values["hosts"],
+        launcher=values["launcher"],
         train_args=tuple(values.get("train_args") or ()),
         preprocess_args=tuple(values.get("preprocess_args") or ()),
         score_args=tuple(values.get("score_args") or ()),

@@ -1,15 +1,20 @@
-"""Train a CTR model on preprocessed Parquet, data-parallel with Horovod.
+"""Train a CTR model on preprocessed Parquet, alone or on N data-parallel ranks.
 
-    horovodrun -np 2 -H localhost:2 --gloo python -m deepfm train --data DATA --output RUN --model deepfm
-    deepfm train --data DATA --output RUN          # one process, no Horovod needed
+    deepfm train --data DATA --output RUN                                     # one process
+    deepfm train --data DATA --output RUN --launcher horovodrun --np 2        # horovodrun -np 2 (Horovod)
+    spark-submit $(deepfm submit-args) train --data DATA --output RUN --launcher horovod-spark --np 2
+    spark-submit $(deepfm submit-args) train --data DATA --output RUN --launcher torch-distributor --np 2
+    horovodrun -np 2 -H localhost:2 --gloo python -m deepfm train --data DATA --output RUN   # also torchrun
 
-DATA is the preprocessing output (train/ and test/ Parquet, feature_spec.json). RUN (a path or a
-URI such as s3a://bucket/runs/x: the ranks share nothing else) gets bundle/, metrics.json,
-summary.json, checkpoints/latest.pt and train.log; rerunning the same
-command resumes from the checkpoint, unless the data, feature spec or model config changed (the
-earlier run is then moved to RUN/superseded/ and training starts over; --fresh always does). Rank
-0 prints the summary as its last stdout line and writes it to RUN/summary.json. Defaults:
-deepfm/conf/train.yaml; the model's architecture from deepfm/conf/models.yaml, overridden by
+The Spark launchers run the ranks on the session's executors (horovod.spark.run with Horovod's
+collectives; TorchDistributor with torch.distributed's); a process started by horovodrun or
+torchrun is one rank. DATA is the preprocessing output (train/ and test/ Parquet,
+feature_spec.json). RUN (a path or a URI such as s3a://bucket/runs/x: the ranks share nothing
+else) gets bundle/, metrics.json, summary.json, checkpoints/latest.pt and train.log; rerunning the
+same command resumes from the checkpoint, unless the data, feature spec or model config changed
+(the earlier run is then moved to RUN/superseded/ and training starts over; --fresh always does).
+The summary is the last stdout line, and RUN/summary.json. Defaults: deepfm/conf/train.yaml; the
+model's architecture from deepfm/conf/models.yaml, overridden by
 ``--set model_config.<key>=<value>``.
 """
 
@@ -18,16 +23,26 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 from collections.abc import Sequence
+from typing import Any
 
 from deepfm.cli.config import JobParser, load_defaults, spark_conf
 from deepfm.cli.logs import flush_logs, setup_logging
 from deepfm.core import fs
 from deepfm.core.tracking import store_uri
 from deepfm.models import ModelDefaults, model_names
-from deepfm.training import distributed as dist
+from deepfm.training.artifacts import read_summary
+from deepfm.training.collectives import backend_of_environment, connect
 from deepfm.training.feed import LOADERS
-from deepfm.training.trainer import TrainConfig, train
+from deepfm.training.launch import (
+    LAUNCHERS,
+    LaunchSettings,
+    horovodrun_command,
+    run_command,
+    run_on_spark,
+)
+from deepfm.training.trainer import LAUNCH_KEYS, TrainConfig, train
 
 
 def parser() -> JobParser:
@@ -43,6 +58,15 @@ def parser() -> JobParser:
         choices=model_names(),
         help="model of the library (fnn first trains an FM to initialise its embeddings)",
     )
+    p.option(
+        "--launcher",
+        key="launcher",
+        choices=LAUNCHERS,
+        help="who starts --np ranks: horovodrun; horovod-spark or torch-distributor (on the Spark "
+        "session's executors); none: this process trains (alone, or as a rank horovodrun/torchrun started)",
+    )
+    p.option("--np", key="np", type=int, help="ranks the launcher starts")
+    p.option("--hosts", key="hosts", help="horovodrun -H host:slots,... (default localhost:<np>)")
     p.option("--epochs", key="epochs", type=int, help="maximum epochs")
     p.option("--batch-size", key="batch_size", type=int, help="rows per step per rank")
     p.option(
@@ -118,26 +142,51 @@ def main(argv: Sequence[str] | None = None) -> int:
     # A ``spark`` section (its fs.s3a.* keys: how to reach S3) is not the trainer's but the storage's.
     storage = {"spark": values.pop("spark", None) or {}}
     try:
+        launch = LaunchSettings.from_dict({key: values.pop(key, None) for key in LAUNCH_KEYS})
         cfg = TrainConfig.from_dict(values, ModelDefaults(load_defaults("models")))
         if cfg.tracking.enabled:  # a run directory with no store for its runs: refused on every rank
             store_uri(cfg.tracking, cfg.output)
     except ValueError as exc:
         p.parser.error(str(exc))
     # Every rank reaches S3 the way Spark does (the fs.s3a.* keys of the Spark settings).
-    fs.use_s3(fs.S3Settings.from_hadoop(spark_conf(storage)))
-    dist.init()
-    primary = dist.is_primary()
+    s3 = fs.S3Settings.from_hadoop(spark_conf(storage))
+    fs.use_s3(s3)  # this process reads the summary back; ranks on executors get ``s3`` passed
+    backend = backend_of_environment()
+    if backend != "single" or launch.launcher == "none":  # this process is a rank
+        rank_main(backend, cfg, s3)
+        return 0
+    if launch.launcher == "horovodrun":  # the same command again in each rank
+        run_command(horovodrun_command(launch.np, launch.hosts, list(sys.argv[1:] if argv is None else argv)))
+        summary = read_summary(cfg.output)
+    else:
+        from deepfm.ops.spark import get_spark
+
+        spark = get_spark("train", spark_conf(storage))  # under spark-submit: its master
+        try:
+            summary = run_on_spark(launch, rank_main, cfg, s3)
+        finally:
+            spark.stop()
+    print(json.dumps(summary), flush=True)
+    return 0
+
+
+def rank_main(backend: str, cfg: TrainConfig, s3: fs.S3Settings) -> dict[str, Any]:
+    """One rank of the training with ``backend``'s collectives (``s3``: how it reaches S3); returns
+    the summary, which rank 0 also prints as its last stdout line. The Spark launchers run it on
+    the executors."""
+    fs.use_s3(s3)
+    comm = connect(backend, cfg.device)
     # Progress on rank 0 (stderr and RUN/train.log); other ranks report warnings only.
     setup_logging(
-        logging.INFO if primary else logging.WARNING,
-        prefix=f"rank{dist.rank()} ",
-        file=fs.join(cfg.output, "train.log") if primary else None,
+        logging.INFO if comm.is_primary else logging.WARNING,
+        prefix=f"rank{comm.rank} ",
+        file=fs.join(cfg.output, "train.log") if comm.is_primary else None,
     )
     try:
-        summary = train(cfg)
+        summary = train(cfg, comm)
     finally:
         flush_logs()
-    if primary:
+    if comm.is_primary:
         print(json.dumps(summary), flush=True)
-    dist.shutdown()
-    return 0
+    comm.shutdown()
+    return summary

@@ -5,14 +5,14 @@ The categorical tables (``nn.Embedding(sparse=True)``) get sparse gradients and 
 parameters (MLP, numeric-field vectors, biases) get a dense ``torch.optim.Adam``. A dense Adam
 over a multi-million-row table would read and write every row at every step.
 
-Horovod: wrap each optimizer separately, e.g.
-``opts = opts.wrap(lambda opt, named: hvd.DistributedOptimizer(opt, named_parameters=named))``.
-Horovod reduces sparse gradients by allgather of their (index, value) pairs, which is what we
-want here: the traffic grows with the batch, not the table.
+Data-parallel ranks average the gradients in ``step()``
+(``deepfm.training.collectives.Collectives.distributed``: Horovod wraps each optimizer separately
+through ``wrap``); sparse gradients travel as the allgather of their (index, value) pairs, which
+is what we want here: the traffic grows with the batch, not the table.
 
 Regularisation of the tables that acts under Adam: ``row_decay`` shrinks the rows a step touched
 by ``lr * row_decay`` after the step (decoupled weight decay, as AdamW, applied lazily like
-SparseAdam itself). Under Horovod the gradient seen after ``step`` is the allgathered one, so
+SparseAdam itself). Across ranks the gradient seen after ``step`` is the allgathered one, so
 every rank decays the same rows.
 """
 

@@ -57,7 +57,7 @@ from deepfm.core.features import FORMAT_VERSION
 from deepfm.core.tracking import TrackingSettings
 from deepfm.ops.locks import exclusive
 from deepfm.training.artifacts import SUMMARY
-from deepfm.training.launch import horovodrun_command
+from deepfm.training.launch import LaunchSettings, train_command
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +80,7 @@ class PipelineSettings:
     train_days: int = 7
     num_workers: int = 2
     hosts: str = "localhost:2"
+    launcher: str = "horovodrun"  # deepfm train --launcher
     train_args: tuple[str, ...] = ()
     preprocess_args: tuple[str, ...] = ()
     score_args: tuple[str, ...] = ()
@@ -236,7 +237,12 @@ def build_steps(settings: PipelineSettings, paths: RunPaths) -> list[Step]:
     ]  # fmt: skip
     train = Step(
         "train",
-        horovodrun_command(settings.num_workers, settings.hosts, train_args, settings.python),
+        train_command(
+            LaunchSettings(settings.launcher, settings.num_workers, settings.hosts),
+            train_args,
+            settings.python,
+            spark_submit,
+        ),
         summary_file=fs.join(paths.model_run, SUMMARY),
         upstream=("preprocess",),
         force_args=("--fresh",),

@@ -1,6 +1,8 @@
 """The training job: data-parallel training of one model over Petastorm (or pyarrow) shards.
 
-One process per rank (``horovodrun -np N ... python -m deepfm train``) or a single plain process.
+One process per rank (started by a launcher of ``deepfm.training.launch``) or a single plain
+process; every exchange between the ranks goes through ``Parts.comm`` (``Collectives``: Horovod's
+or torch.distributed's).
 Each epoch every rank reads its own shard of ``<data>/train`` (``deepfm.training.feed``), takes
 the same number of steps as every other rank (the smallest shard's batch count: no rank waits at
 an allreduce another rank never reaches), and the distributed optimizer averages the gradients.
@@ -37,8 +39,8 @@ from deepfm.models import CTRModel, ModelConfig, ModelDefaults, Optimizers, buil
 from deepfm.models.bundle import load_bundle, state_digest
 from deepfm.models.optim import clip_grad_norm
 from deepfm.models.surgery import pretrain_init, warm_start
-from deepfm.training import distributed as dist
 from deepfm.training.artifacts import BUNDLE, RunArtifacts, TrainState, run_identity
+from deepfm.training.collectives import SINGLE_PROCESS, Collectives
 from deepfm.training.early_stopping import EarlyStopping, PlateauDecay
 from deepfm.training.evaluate import autocast, evaluate
 from deepfm.training.feed import LOADERS, Batch, ShardLoader, make_loader, prefetch
@@ -48,6 +50,7 @@ log = logging.getLogger(__name__)
 
 NUMBER_TYPES: dict[str, Callable[[Any], float | int]] = {"float": float, "float | None": float, "int": int}
 Init = Callable[[CTRModel], None]  # rank 0's initialisation of a fresh run (warm start, FNN)
+LAUNCH_KEYS = ("launcher", "np", "hosts")  # train.yaml's settings of deepfm.training.launch.LaunchSettings
 
 
 @dataclass(frozen=True)
@@ -97,7 +100,9 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any], model_defaults: ModelDefaults) -> TrainConfig:
-        """From ``train.yaml``'s layout: ``model_config`` holds overrides of the model's defaults."""
+        """From ``train.yaml``'s layout: ``model_config`` holds overrides of the model's defaults;
+        the launch keys (who starts how many ranks: ``launch.LaunchSettings``) are not the run's."""
+        values = {k: v for k, v in values.items() if k not in LAUNCH_KEYS}
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
@@ -141,45 +146,48 @@ class Parts:
     val_loader: ShardLoader
     device: torch.device
     lr: float
+    comm: Collectives  # the ranks: every collective of the run goes through it
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     """``auto``: this rank's GPU (``cuda:<local rank>``) when CUDA is available, else the CPU."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda":
         if not torch.cuda.is_available():
             raise RuntimeError("--device cuda but CUDA is not available")
-        torch.cuda.set_device(dist.local_rank())
-        return torch.device("cuda", dist.local_rank())
+        torch.cuda.set_device(local_rank)
+        return torch.device("cuda", local_rank)
     if name != "cpu":
         raise ValueError(f"device must be auto, cpu or cuda, not {name!r}")
     return torch.device("cpu")
 
 
-def cpu_threads(requested: int) -> int:
+def cpu_threads(requested: int, local_size: int = 1) -> int:
     """Torch threads per rank: ``requested``, else ``$OMP_NUM_THREADS``, else this host's cores
     divided among its ranks (oversubscribed cores spin: 10x slower on a loaded 2-core host)."""
     if requested > 0:
         return requested
     if os.environ.get("OMP_NUM_THREADS", "").isdigit():
         return int(os.environ["OMP_NUM_THREADS"])
-    return max(1, (os.cpu_count() or 1) // dist.local_size())
+    return max(1, (os.cpu_count() or 1) // local_size)
 
 
-def build_parts(cfg: TrainConfig, spec: FeatureSpec, model_config: ModelConfig) -> Parts:
-    """Model, optimizers and loaders of this rank (the model seeded by ``cfg.seed``)."""
-    device = resolve_device(cfg.device)
+def build_parts(
+    cfg: TrainConfig, spec: FeatureSpec, model_config: ModelConfig, comm: Collectives = SINGLE_PROCESS
+) -> Parts:
+    """Model, optimizers and loaders of this rank of ``comm`` (the model seeded by ``cfg.seed``)."""
+    device = resolve_device(cfg.device, comm.local_rank)
     if device.type == "cpu":
-        torch.set_num_threads(cpu_threads(cfg.cpu_threads))
+        torch.set_num_threads(cpu_threads(cfg.cpu_threads, comm.local_size))
     torch.manual_seed(cfg.seed)
     model = build_model_for_spec(cfg.model, spec, model_config).to(device)
     base_lr = cfg.learning_rate if cfg.learning_rate is not None else model_config.learning_rate
-    lr = base_lr * (dist.size() if cfg.lr_scaling == "linear" else 1)
-    optimizers = make_optimizers(model, lr, row_decay=model_config.embedding_weight_decay).wrap(
-        lambda opt, named: dist.distributed_optimizer(opt, named, cfg.sparse_as_dense)
+    lr = base_lr * (comm.size if cfg.lr_scaling == "linear" else 1)
+    optimizers = comm.distributed(
+        make_optimizers(model, lr, row_decay=model_config.embedding_weight_decay), cfg.sparse_as_dense
     )
-    rank, world = dist.rank(), dist.size()
+    rank, world = comm.rank, comm.size
     train_loader = make_loader(
         cfg.loader,
         fs.join(cfg.data, "train"),
@@ -203,7 +211,7 @@ def build_parts(cfg: TrainConfig, spec: FeatureSpec, model_config: ModelConfig) 
         shard_count=world,
         shuffle=False,
     )
-    return Parts(model, optimizers, train_loader, val_loader, device, lr)
+    return Parts(model, optimizers, train_loader, val_loader, device, lr, comm)
 
 
 def step_seed(seed: int, rank: int, global_step: int) -> int:
@@ -212,17 +220,23 @@ def step_seed(seed: int, rank: int, global_step: int) -> int:
 
 
 def train_step(
-    model: nn.Module, optimizers: Optimizers, batch: Batch, amp: bool, clip_norm: float = 0.0
+    model: nn.Module,
+    optimizers: Optimizers,
+    batch: Batch,
+    amp: bool,
+    clip_norm: float = 0.0,
+    comm: Collectives = SINGLE_PROCESS,
 ) -> torch.Tensor:
-    """One optimizer step on ``batch``, the averaged gradients clipped to ``clip_norm`` (0: not);
-    returns the mean loss (a detached 0-dim tensor)."""
+    """One optimizer step on ``batch``, the gradients averaged over ``comm``'s ranks (``optimizers``
+    come from its ``distributed``) and clipped to ``clip_norm`` (0: not); returns the mean loss
+    (a detached 0-dim tensor)."""
     with autocast(batch.cat.device, amp):
         logits = model(batch.cat, batch.num)  # (B,)
     loss = F.binary_cross_entropy_with_logits(logits.float(), batch.label)
     optimizers.zero_grad()
     loss.backward()
     if clip_norm:
-        with dist.synchronized(optimizers):  # clip what every rank will apply: the average
+        with comm.synchronized(optimizers):  # clip what every rank will apply: the average
             clip_grad_norm(list(model.parameters()), clip_norm)
             optimizers.step()
     else:
@@ -230,19 +244,19 @@ def train_step(
     return loss.detach()
 
 
-def train(cfg: TrainConfig) -> dict[str, Any]:
-    """The whole training job on this rank: optional FNN pre-training or warm start, then ``fit``.
+def train(cfg: TrainConfig, comm: Collectives = SINGLE_PROCESS) -> dict[str, Any]:
+    """The whole training job on this rank of ``comm``: optional FNN pre-training or warm start,
+    then ``fit``.
 
     Returns the summary (identical on every rank; rank 0 also writes it to ``summary.json``).
     """
-    dist.init()
     spec = FeatureSpec.load(cfg.data)
     model_config, init = cfg.model_config, None
     if cfg.warm_start:
-        model_config, init = _warm_start_init(cfg, spec)
+        model_config, init = _warm_start_init(cfg, spec, comm)
     elif cfg.model == "fnn":
-        init = _fnn_pretraining(cfg, spec)
-    return fit(cfg, spec, build_parts(cfg, spec, model_config), init)
+        init = _fnn_pretraining(cfg, spec, comm)
+    return fit(cfg, spec, build_parts(cfg, spec, model_config, comm), init)
 
 
 def fit(cfg: TrainConfig, spec: FeatureSpec, parts: Parts, init: Init | None = None) -> dict[str, Any]:
@@ -252,15 +266,16 @@ def fit(cfg: TrainConfig, spec: FeatureSpec, parts: Parts, init: Init | None = N
     FNN pre-training) and every rank starts from its weights.
     """
     run = _Run(cfg, spec, parts, init)
-    s, meter = run.state, run.meter
+    s, meter, comm = run.state, run.meter, parts.comm
     while s.epoch < cfg.epochs and not s.best.stopped:
         meter.begin_epoch()
         rows = 0
         for batch in run.batches():
             if meter.mark is None:  # the clock starts once the reader delivered
                 meter.start(s.global_step)
-            torch.manual_seed(step_seed(cfg.seed, dist.rank(), s.global_step))
-            run.loss.add(train_step(parts.model, parts.optimizers, batch, cfg.amp, cfg.grad_clip_norm), len(batch))
+            torch.manual_seed(step_seed(cfg.seed, comm.rank, s.global_step))
+            loss = train_step(parts.model, parts.optimizers, batch, cfg.amp, cfg.grad_clip_norm, comm)
+            run.loss.add(loss, len(batch))
             rows += len(batch)
             s.step_in_epoch += 1
             s.global_step += 1
@@ -297,10 +312,10 @@ class _LossMeter:
     def mean(self) -> float:
         return (self.total / max(self.rows, 1)).item()
 
-    def sync_into(self, state: TrainState) -> None:
+    def sync_into(self, state: TrainState, comm: Collectives) -> None:
         """Fold every rank's loss since the last sync into the (rank-identical) state."""
         local = torch.stack([self.total.cpu(), torch.tensor(float(self.rows), dtype=torch.float64)])
-        total = dist.allreduce_sum(local, name="train_loss")
+        total = comm.allreduce_sum(local, name="train_loss")
         state.loss_sum += float(total[0])
         state.loss_rows += int(total[1])
         self.total.zero_()
@@ -312,11 +327,12 @@ class _Run:
     tracking, throughput and loss accounting; the loop itself is ``fit``."""
 
     def __init__(self, cfg: TrainConfig, spec: FeatureSpec, parts: Parts, init: Init | None) -> None:
-        self.cfg, self.spec, self.parts = cfg, spec, parts
-        self.artifacts = RunArtifacts(cfg.output, dist.is_primary())
+        self.cfg, self.spec, self.parts, self.comm = cfg, spec, parts, parts.comm
+        comm = self.comm
+        self.artifacts = RunArtifacts(cfg.output, comm.is_primary)
         self.identity = run_identity(parts.model, spec, cfg.data)
         self.state = self._restore_or_init(init)
-        data_order = [dist.size(), cfg.batch_size, cfg.shuffle_buffer, cfg.seed]
+        data_order = [comm.size, cfg.batch_size, cfg.shuffle_buffer, cfg.seed]
         if self.state.data_order != data_order and self.state.step_in_epoch:
             log.warning(
                 "ranks, batch size, shuffle window or seed differ from the checkpoint's %s: "
@@ -328,16 +344,16 @@ class _Run:
         self.state.data_order = data_order
         # Equal steps on every rank: the smallest shard sets them; larger shards drop their tail
         # (a different tail every epoch, as the row-group order is reshuffled).
-        self.steps = dist.allreduce_min(parts.train_loader.num_batches, name="steps_per_epoch")
+        self.steps = comm.allreduce_min(parts.train_loader.num_batches, name="steps_per_epoch")
         if self.steps == 0:
             raise ValueError(
                 f"a train shard is empty: {parts.train_loader.dataset_row_groups} row groups in "
-                f"{fs.join(cfg.data, 'train')} for {dist.size()} ranks"
+                f"{fs.join(cfg.data, 'train')} for {comm.size} ranks"
             )
         log.info(
             "%s on %d rank(s), %s: shard of %d rows, %d steps of %d per epoch, lr %.3g, loader %s",
             cfg.model,
-            dist.size(),
+            comm.size,
             parts.device,
             parts.train_loader.expected_rows,
             self.steps,
@@ -349,16 +365,16 @@ class _Run:
         self.decay = PlateauDecay(cfg.lr_decay_factor, cfg.lr_decay_floor)
         self.meter = Throughput(self.steps * cfg.epochs, cfg.batch_size)
         self.loss = _LossMeter(parts.device)
-        self.tracker = Tracker(cfg.tracking, cfg.output, enabled=dist.is_primary())
-        params = {**_flat_params(cfg), "world_size": dist.size(), "lr_scaled": parts.lr}
+        self.tracker = Tracker(cfg.tracking, cfg.output, enabled=comm.is_primary)
+        params = {**_flat_params(cfg), "world_size": comm.size, "lr_scaled": parts.lr}
         tags = {"model": cfg.model, "spec_version": spec.version, "data": str(cfg.data)}
         run_name = f"{fs.name(cfg.output)}-{cfg.model}"
         run_id = self.tracker.start(params, run_id=self.state.mlflow_run_id, run_name=run_name, tags=tags)
-        self.state.mlflow_run_id = dist.broadcast_object(run_id, name="mlflow_run_id")
+        self.state.mlflow_run_id = comm.broadcast_object(run_id, name="mlflow_run_id")
         self._clock = time.perf_counter()
 
     def _restore_or_init(self, init: Init | None) -> TrainState:
-        model, optimizers = self.parts.model, self.parts.optimizers
+        model, optimizers, comm = self.parts.model, self.parts.optimizers, self.comm
         state = TrainState()
         checkpoint = self.artifacts.load_checkpoint(self.parts.device)
         if checkpoint is not None and (self.cfg.fresh or checkpoint.get("identity") != self.identity):
@@ -379,12 +395,12 @@ class _Run:
                 state.step_in_epoch,
                 state.global_step,
             )
-        elif dist.is_primary() and init is not None:
+        elif comm.is_primary and init is not None:
             init(model)
-        state = dist.broadcast_object(state)
-        dist.broadcast_parameters(model)
+        state = comm.broadcast_object(state, name="train_state")
+        comm.broadcast_parameters(model)
         for optimizer in optimizers:
-            dist.broadcast_optimizer_state(optimizer, model=model)
+            comm.broadcast_optimizer_state(optimizer, model=model)
         return state
 
     def batches(self) -> Iterator[Batch]:
@@ -400,9 +416,9 @@ class _Run:
     def validate(self) -> dict[str, Any]:
         """Every rank's shard of the validation split, merged; a new best becomes the bundle."""
         s, parts = self.state, self.parts
-        dist.average_buffers(parts.model)
+        self.comm.average_buffers(parts.model)
         local = evaluate(parts.model, parts.val_loader.epoch(0), parts.device, self.cfg.amp)
-        merged = BinaryMetrics.from_tensor(dist.allreduce_sum(local.to_tensor(), name="validation_metrics"))
+        merged = BinaryMetrics.from_tensor(self.comm.allreduce_sum(local.to_tensor(), name="validation_metrics"))
         metrics = merged.compute()
         lr = parts.optimizers.lr
         record = {"epoch": s.epoch + 1, "global_step": s.global_step, "lr": lr, **metrics}
@@ -415,7 +431,7 @@ class _Run:
         if improved:
             extra = {
                 "validation": record,
-                "world_size": dist.size(),
+                "world_size": self.comm.size,
                 "data": str(self.cfg.data),
                 "warm_start": self.cfg.warm_start,
             }
@@ -441,17 +457,17 @@ class _Run:
 
         Batch-norm statistics are averaged first: a run resumed from this checkpoint continues
         from the state every rank of the uninterrupted run has."""
-        dist.average_buffers(self.parts.model)
-        self.loss.sync_into(self.state)
+        self.comm.average_buffers(self.parts.model)
+        self.loss.sync_into(self.state, self.comm)
         self._tick()
         self.artifacts.save_checkpoint(self.parts.model, self.parts.optimizers, self.state, self.identity)
         self.artifacts.write_metrics(self._metrics())
 
     def end_epoch(self, rows: int) -> None:
         s, meter = self.state, self.meter
-        self.loss.sync_into(s)
+        self.loss.sync_into(s, self.comm)
         train_seconds = meter.train_seconds
-        rates = dist.allgather_object(rows / train_seconds if train_seconds > 0 else 0.0)
+        rates = self.comm.allgather_object(rows / train_seconds if train_seconds > 0 else 0.0)
         val = s.validations[-1] if s.best.stopped else self.validate()
         entry = {
             "epoch": s.epoch + 1,
@@ -487,7 +503,7 @@ class _Run:
     def finish(self) -> dict[str, Any]:
         s, cfg = self.state, self.cfg
         self._tick()
-        digests = dist.allgather_object(state_digest(self.parts.model.state_dict()))
+        digests = self.comm.allgather_object(state_digest(self.parts.model.state_dict()))
         if len(set(digests)) != 1:
             log.error("ranks ended with different weights: %s", digests)
         best = next((v for v in s.validations if v["global_step"] == s.best.step), {})
@@ -502,7 +518,7 @@ class _Run:
             "global_step": s.global_step,
             "stopped_early": s.best.stopped,
             "samples_per_s": last.get("samples_per_s"),
-            "world_size": dist.size(),
+            "world_size": self.comm.size,
             "loader": cfg.loader,
             "bundle": self.artifacts.bundle,
             "metrics": self.artifacts.metrics,
@@ -528,7 +544,7 @@ class _Run:
         return {
             "model": cfg.model,
             "loader": cfg.loader,
-            "world_size": dist.size(),
+            "world_size": self.comm.size,
             "batch_size_per_rank": cfg.batch_size,
             "learning_rate": self.parts.lr,
             "steps_per_epoch": self.steps,
@@ -551,10 +567,10 @@ def _flat_params(cfg: TrainConfig) -> dict[str, Any]:
     return {k: v for k, v in cfg.to_dict().items() if k != "tracking"}
 
 
-def _warm_start_init(cfg: TrainConfig, spec: FeatureSpec) -> tuple[ModelConfig, Init]:
+def _warm_start_init(cfg: TrainConfig, spec: FeatureSpec, comm: Collectives) -> tuple[ModelConfig, Init]:
     """The bundle's model config (read on rank 0, shared), and the rank-0 ``init`` copying its weights."""
-    bundle = load_bundle(cfg.warm_start) if dist.is_primary() and cfg.warm_start else None
-    name, config = dist.broadcast_object((bundle.name, bundle.config) if bundle else None)
+    bundle = load_bundle(cfg.warm_start) if comm.is_primary and cfg.warm_start else None
+    name, config = comm.broadcast_object((bundle.name, bundle.config) if bundle else None, name="warm_start")
     if name != cfg.model:
         raise ValueError(f"--warm-start {cfg.warm_start} holds a {name}, not a {cfg.model}")
 
@@ -573,13 +589,13 @@ def _warm_start_init(cfg: TrainConfig, spec: FeatureSpec) -> tuple[ModelConfig, 
     return config, init
 
 
-def _fnn_pretraining(cfg: TrainConfig, spec: FeatureSpec) -> Init:
+def _fnn_pretraining(cfg: TrainConfig, spec: FeatureSpec, comm: Collectives) -> Init:
     """Stage one of FNN: train an FM (its own resumable run in ``<output>/fnn_pretrain_fm``)."""
     stage = dataclasses.replace(
         cfg, model="fm", epochs=cfg.fnn_pretrain_epochs, output=fs.join(cfg.output, "fnn_pretrain_fm")
     )
     log.info("FNN stage 1: training an FM for %d epoch(s) in %s", stage.epochs, stage.output)
-    fit(stage, spec, build_parts(stage, spec, stage.model_config))
+    fit(stage, spec, build_parts(stage, spec, stage.model_config, comm))
 
     def init(model: CTRModel) -> None:
         bundle = fs.join(stage.output, BUNDLE)

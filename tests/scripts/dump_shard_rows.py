@@ -11,20 +11,20 @@ import numpy as np
 
 from deepfm.cli.config import load_defaults
 from deepfm.core.features import FeatureSpec
-from deepfm.training import distributed as dist
+from deepfm.training.collectives import backend_of_environment, connect
 from deepfm.training.feed import make_loader
 
 
 def main(data: str, out: str) -> None:
-    dist.init()
+    comm = connect(backend_of_environment())
     conf, spec = load_defaults("train"), FeatureSpec.load(data)
     loader = make_loader(
         conf["loader"],
         Path(data) / "train",
         spec,
         conf["batch_size"],
-        shard=dist.rank(),
-        shard_count=dist.size(),
+        shard=comm.rank,
+        shard_count=comm.size,
         shuffle_buffer=conf["shuffle_buffer"],
         seed=conf["seed"],
         pool_type=conf["petastorm_pool"],
@@ -33,7 +33,7 @@ def main(data: str, out: str) -> None:
     rows = [
         np.column_stack([b.cat.numpy(), b.num.numpy(), b.label.numpy()]).astype(np.float64) for b in loader.epoch(0)
     ]
-    np.save(Path(out) / f"rank{dist.rank()}.npy", np.concatenate(rows))
+    np.save(Path(out) / f"rank{comm.rank}.npy", np.concatenate(rows))
 
 
 if __name__ == "__main__":

@@ -9,13 +9,16 @@ import json
 import os
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import pyspark
 from objectstore import free_port
-from testkit import daemon
+from testkit import REPO, VENV_BIN, daemon
+
+from deepfm.cli.config import spark_conf
+from deepfm.ops.spark import spark_submit_args
 
 SPARK_HOME = Path(pyspark.__file__).parent
 
@@ -55,3 +58,12 @@ def _await_workers(ui: int, count: int, root: Path, timeout: float = 120) -> Non
         time.sleep(1)
     logs = "\n".join(p.read_text()[-1500:] for p in sorted(root.glob("*.log")))
     raise RuntimeError(f"the standalone cluster did not get {count} workers:\n{logs}")
+
+
+def submit_command(master: str, py_files: Path, conf: Mapping[str, str], job: str, *args: str) -> list[str]:
+    """``spark-submit --master MASTER --py-files PY_FILES --conf K=V... $(deepfm submit-args)
+    jobs/JOB.py ARGS`` with this virtualenv's spark-submit; the driver on 127.0.0.1."""
+    settings = {"spark.driver.host": "127.0.0.1", "spark.driver.bindAddress": "127.0.0.1", **conf}
+    options = [a for k, v in settings.items() for a in ("--conf", f"{k}={v}")]
+    return [str(VENV_BIN / "spark-submit"), "--master", master, "--py-files", str(py_files), *options,
+            *spark_submit_args(spark_conf({})), str(REPO / "jobs" / f"{job}.py"), *args]  # fmt: skip
