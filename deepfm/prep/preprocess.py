@@ -50,6 +50,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import math
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -57,6 +58,7 @@ from functools import partial, reduce
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 from py4j.protocol import Py4JJavaError
 from pyspark.errors import PySparkException
@@ -515,13 +517,19 @@ def _missing_counts(names: list[str]) -> list[Column]:
     ]
 
 
-def rejected_by_field(spark: SparkSession, quarantine_dir: str) -> dict[str, dict[str, int]]:
+def rejected_by_field(quarantine_dir: str) -> dict[str, dict[str, int]]:
     """Quarantined records per field at fault and reason (``(record)``: the whole record or its
-    label), read back from the quarantine (small: a fraction of the input)."""
-    rows = spark.read.parquet(fs.hadoop_uri(quarantine_dir)).groupBy("field", "reason").count().collect()
+    label), read back from the quarantine by Arrow on the driver, a batch at a time: two small
+    columns of a fraction of the input, and no Spark job (~0.13 s per run on 2 cores)."""
+    filesystem, path = fs.arrow(quarantine_dir)
+    counts: Counter[tuple[str, str]] = Counter()
+    for batch in ds.dataset(path, filesystem=filesystem, format="parquet").to_batches(columns=["field", "reason"]):
+        grouped = pa.Table.from_batches([batch]).group_by(["field", "reason"]).aggregate([("reason", "count")])
+        for row in grouped.to_pylist():
+            counts[row["field"] or "(record)", row["reason"]] += row["reason_count"]
     by_field: dict[str, dict[str, int]] = {}
-    for row in sorted(rows, key=lambda r: (r["field"] or "", r["reason"])):
-        by_field.setdefault(row["field"] or "(record)", {})[row["reason"]] = int(row["count"])
+    for (field_name, reason), n in sorted(counts.items()):
+        by_field.setdefault(field_name, {})[reason] = n
     return by_field
 
 
@@ -619,7 +627,7 @@ def run(spark: SparkSession, opts: Options) -> dict[str, Any]:
             fields = encode_days(spark, logs, files, counts, spec, tmp, max_rows, window)
         with stages("finalize"):
             reconcile(counts, fields["rows_outside_window"], bool(logs.schema.event_time))
-            fields["rejected_by_field"] = rejected_by_field(spark, quarantine)
+            fields["rejected_by_field"] = rejected_by_field(quarantine)
             spec.save(tmp)
         summary = summarize(opts, layout, spec, counts, skipped, stages.seconds, max_rows, fields, cache)
         fs.put_json(fs.join(tmp, SUMMARY_FILENAME), summary)
