@@ -118,12 +118,17 @@ def finished(process: subprocess.Popen) -> str:
     return stderr
 
 
-def rank_processes(rank: int) -> list[int]:
-    """This machine's processes that are rank ``rank`` of a training: Horovod's ranks carry
-    HOROVOD_RANK, torchrun's workers LOCAL_RANK and RANK (their agent has no LOCAL_RANK)."""
+def rank_processes(rank: int, under: Path) -> list[int]:
+    """This machine's processes that are rank ``rank`` of a training started by this module: those
+    working under ``under`` (its temporary folders hold the horovodrun ranks' folder and the
+    executors' work directories), so another test's trainings running beside it are left alone.
+    Horovod's ranks carry HOROVOD_RANK, torchrun's workers LOCAL_RANK and RANK (their agent has no
+    LOCAL_RANK)."""
     found = []
     for environ in Path("/proc").glob("[0-9]*/environ"):
         with contextlib.suppress(OSError):
+            if not (environ.parent / "cwd").resolve().is_relative_to(under):
+                continue
             variables = dict(
                 v.split("=", 1) for v in environ.read_bytes().decode(errors="replace").split("\0") if "=" in v
             )
@@ -134,7 +139,7 @@ def rank_processes(rank: int) -> list[int]:
     return found
 
 
-def kill_a_rank_mid_epoch(process: subprocess.Popen, output: str) -> None:
+def kill_a_rank_mid_epoch(process: subprocess.Popen, output: str, under: Path) -> None:
     """Once the run's first checkpoint is on S3, kill -9 of rank 1 alone (as a lost executor
     would); the job then fails."""
     checkpoint = fs.join(output, "checkpoints", "latest.pt")
@@ -142,7 +147,7 @@ def kill_a_rank_mid_epoch(process: subprocess.Popen, output: str) -> None:
     while not fs.exists(checkpoint):
         assert process.poll() is None and time.monotonic() < deadline, "the run ended before a checkpoint"
         time.sleep(0.2)
-    victims = rank_processes(1)
+    victims = rank_processes(1, under)
     assert victims, "no rank 1 found"
     for pid in victims:
         os.kill(pid, signal.SIGKILL)
@@ -166,14 +171,15 @@ def reference(store, cluster, wheel, processed, tmp_path_factory) -> dict:
 def resumed(store, cluster, wheel, processed, tmp_path_factory) -> dict[str, dict]:
     """Per launcher, a run killed mid-epoch, then rerun to its end: the rerun's metrics and the
     text that says it resumed (its train.log, or its stderr)."""
-    results = {}
+    results, base = {}, tmp_path_factory.getbasetemp().resolve()
     for launcher in LAUNCHERS:
         root, output = tmp_path_factory.mktemp(launcher), run_dir(store, launcher)
-        kill_a_rank_mid_epoch(launch(store, cluster, wheel, processed, launcher, output, root), output)
+        kill_a_rank_mid_epoch(launch(store, cluster, wheel, processed, launcher, output, root), output, base)
         deadline = time.monotonic() + 60  # rank 0 ends on its own: its collectives fail, or Spark kills its task
-        while rank_processes(0) and time.monotonic() < deadline:
+        while rank_processes(0, base) and time.monotonic() < deadline:
             time.sleep(0.5)
-        assert not rank_processes(0) and not rank_processes(1), f"a rank of the killed {launcher} run survived"
+        survivors = rank_processes(0, base) + rank_processes(1, base)
+        assert not survivors, f"a rank of the killed {launcher} run survived"
         stderr = finished(launch(store, cluster, wheel, processed, launcher, output, root))
         results[launcher] = {**fs.read_json(fs.join(output, "metrics.json")),
                              "log": fs.read_text(fs.join(output, "train.log")) + stderr}  # fmt: skip
