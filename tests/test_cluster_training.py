@@ -83,8 +83,8 @@ def processed(store, cluster, wheel, tmp_path_factory) -> str:
     return store.uri("processed")
 
 
-def run_dir(store: S3Store, launcher: str, name: str = "run") -> str:
-    return store.uri("launchers", launcher, name)
+def run_dir(store: S3Store, name: str) -> str:
+    return store.uri("launchers", name, "run")
 
 
 def train_args(store: S3Store, data: str, launcher: str, output: str, root: Path) -> list[str]:

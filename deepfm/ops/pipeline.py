@@ -219,7 +219,7 @@ def build_steps(settings: PipelineSettings, paths: RunPaths) -> list[Step]:
     validation_day = dt.date.fromisoformat(day_roles(paths.date, settings.train_days)["validation"])
     spark_submit = [str(venv_bin / "spark-submit"), *settings.spark_submit, *_conf_options(settings.spark), ENTRY_POINT]
     tracking = _tracking_options(settings.tracking)
-    storage = ["--set", f"spark={json.dumps(dict(settings.spark))}"] if settings.spark else []
+    ranks_spark = ["--set", f"spark={json.dumps(dict(settings.spark))}"] if settings.spark else []
     preprocess = Step(
         "preprocess",
         [*spark_submit, "preprocess", *_options(
@@ -233,7 +233,7 @@ def build_steps(settings: PipelineSettings, paths: RunPaths) -> list[Step]:
     warm = previous_bundle(paths)
     train_args = [
         *_options(data=paths.processed, output=paths.model_run, model=settings.model),
-        *(_options(warm_start=warm) if warm else []), *tracking, *storage, *settings.train_args,
+        *(_options(warm_start=warm) if warm else []), *tracking, *ranks_spark, *settings.train_args,
     ]  # fmt: skip
     train = Step(
         "train",
