@@ -31,7 +31,7 @@ typecheck: setup
 	@$(VENV)/bin/mypy
 
 test: setup-test lint typecheck
-	@$(PY) -m pytest -n 2 --dist loadfile
+	@$(PY) -m pytest -n 2 --dist loadfile --no-loadscope-reorder
 
 # Unit tests only: DEEPFM_FAST_TESTS makes a test that would start Spark fail instead.
 test-fast: setup

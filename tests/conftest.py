@@ -21,15 +21,18 @@ from deepfm.ops.spark import get_spark
 # the project's own sessions keep the default JIT.
 os.environ.setdefault("JAVA_TOOL_OPTIONS", "-XX:TieredStopAtLevel=1")
 
-# The longest modules first: ``make test`` runs files whole on two workers (pytest-xdist,
-# ``--dist loadfile``), and a long file started last would run alone at the end.
+# The longest modules first, in their measured order: ``make test`` runs files whole on two
+# workers (pytest-xdist, ``--dist loadfile``), and a long file started last runs alone at the end.
+# ``--no-loadscope-reorder`` keeps this order: xdist's own (by number of tests) started the
+# pipeline test, few tests but minutes long, last, with the other worker idle for 3 minutes.
 LONGEST_FIRST = (
-    "test_pipeline.py",
     "test_cluster.py",
     "test_cluster_training.py",
-    "test_scoring.py",
-    "test_train.py",
+    "test_pipeline.py",
     "test_preprocess.py",
+    "test_scoring.py",
+    "test_schemas.py",
+    "test_train.py",
 )
 
 

@@ -5,10 +5,12 @@ Spark master with two one-core workers and a SeaweedFS S3 server (``sparkcluster
 ``horovodrun`` starts two local ranks; ``horovod-spark`` and ``torch-distributor`` are
 ``spark-submit``ted to the cluster and run one rank in a task on each worker. Every run reads its
 shards from S3 and writes its run directory there. The reference is one uninterrupted
-``horovodrun`` run. Under each launcher a run has its rank 1 killed mid-epoch and is rerun: it must
-resume from its checkpoint and end with a bundle on S3, bit-identical weights on its ranks, and the
-reference's weights and validation AUC exactly (same shards, batches and seeds; with one torch
-thread per rank, both collectives average two ranks' gradients to the same bits).
+``horovodrun`` run. Under each Spark launcher a run has its rank 1 killed mid-epoch (a lost
+executor) and is rerun: it must resume from its checkpoint and end with a bundle on S3,
+bit-identical weights on its ranks, and the reference's weights and validation AUC exactly (same
+shards, batches and seeds; with one torch thread per rank, both collectives average two ranks'
+gradients to the same bits). A killed ``horovodrun`` run resumes in ``tests/test_train.py`` (local
+ranks) and from an S3 checkpoint in ``tests/test_cluster.py``.
 """
 
 from __future__ import annotations
@@ -162,17 +164,17 @@ def kill_a_rank_mid_epoch(process: subprocess.Popen, output: str, under: Path) -
 @pytest.fixture(scope="module")
 def reference(store, cluster, wheel, processed, tmp_path_factory) -> dict:
     """An uninterrupted horovodrun run's metrics (with its summary), read back from S3."""
-    output = run_dir(store, "reference")
+    output = run_dir(store, "horovodrun")
     finished(launch(store, cluster, wheel, processed, "horovodrun", output, tmp_path_factory.mktemp("reference")))
     return fs.read_json(fs.join(output, "metrics.json"))
 
 
 @pytest.fixture(scope="module")
 def resumed(store, cluster, wheel, processed, tmp_path_factory) -> dict[str, dict]:
-    """Per launcher, a run killed mid-epoch, then rerun to its end: the rerun's metrics and the
-    text that says it resumed (its train.log, or its stderr)."""
+    """Per Spark launcher, a run killed mid-epoch, then rerun to its end: the rerun's metrics and
+    the text that says it resumed (its train.log, or its stderr)."""
     results, base = {}, tmp_path_factory.getbasetemp().resolve()
-    for launcher in LAUNCHERS:
+    for launcher in SPARK_LAUNCHERS:
         root, output = tmp_path_factory.mktemp(launcher), run_dir(store, launcher)
         kill_a_rank_mid_epoch(launch(store, cluster, wheel, processed, launcher, output, root), output, base)
         deadline = time.monotonic() + 60  # rank 0 ends on its own: its collectives fail, or Spark kills its task
@@ -187,8 +189,9 @@ def resumed(store, cluster, wheel, processed, tmp_path_factory) -> dict[str, dic
 
 
 @pytest.mark.parametrize("launcher", LAUNCHERS)
-def test_each_launcher_trains_two_ranks_to_a_bundle_on_s3(store, resumed, launcher):
-    metrics, summary = resumed[launcher], resumed[launcher]["summary"]
+def test_each_launcher_trains_two_ranks_to_a_bundle_on_s3(store, reference, resumed, launcher):
+    metrics = {"horovodrun": reference, **resumed}[launcher]
+    summary = metrics["summary"]
     assert summary["world_size"] == 2 and summary["output"] == run_dir(store, launcher)
     digests = metrics["weight_digests"]
     assert len(digests) == 2 and digests[0] == digests[1]  # bit-identical weights on both ranks
@@ -198,7 +201,7 @@ def test_each_launcher_trains_two_ranks_to_a_bundle_on_s3(store, resumed, launch
     assert bundle.validation.compute()["auc"] == summary["val_auc"]
 
 
-@pytest.mark.parametrize("launcher", LAUNCHERS)
+@pytest.mark.parametrize("launcher", SPARK_LAUNCHERS)
 def test_a_run_whose_rank_was_killed_resumes_to_the_weights_of_an_uninterrupted_one(reference, resumed, launcher):
     metrics = resumed[launcher]
     (resumed_at,) = metrics["resumed_at_steps"]
