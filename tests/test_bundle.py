@@ -16,7 +16,14 @@ from deepfm.core import fs
 from deepfm.core.features import PADDING, FeatureSpec, FeatureSpecError, FieldSpec
 from deepfm.core.metrics import BinaryMetrics
 from deepfm.models import ModelDefaults
-from deepfm.models.bundle import META_FILENAME, WEIGHTS_FILENAME, BundleError, load_bundle, save_bundle
+from deepfm.models.bundle import (
+    META_FILENAME,
+    WEIGHTS_FILENAME,
+    BundleError,
+    bundle_version,
+    load_bundle,
+    save_bundle,
+)
 
 CONFIG = {"hidden_units": [16], "embedding_dim": 4}
 
@@ -215,3 +222,23 @@ def test_a_bundle_round_trips_through_a_plain_path_and_a_uri(tmp_path, model, sp
     with torch.no_grad():
         assert torch.equal(bundle.model(*inputs()), model(*inputs()))
     assert [p.name for p in tmp_path.iterdir()] == ["bundle"]
+
+
+def test_a_bundle_carries_its_logit_shift_and_one_from_before_calibration_loads_without(tmp_path, model, spec):
+    with torch.no_grad():
+        raw = model(*inputs())
+        model.logit_shift.fill_(-0.25)
+    save_bundle(tmp_path / "shifted", model, spec)
+    with torch.no_grad():
+        torch.testing.assert_close(load_bundle(tmp_path / "shifted").model(*inputs()), raw - 0.25)
+    # a bundle written before the shift existed: weights without it, version hashed without it
+    old = tmp_path / "old"
+    save_bundle(old, model, spec)
+    state = torch.load(old / WEIGHTS_FILENAME, weights_only=True)
+    del state["logit_shift"]
+    torch.save(state, old / WEIGHTS_FILENAME)
+    meta = json.loads((old / META_FILENAME).read_text())
+    meta["version"] = bundle_version(state, model.name, model.config, spec)
+    (old / META_FILENAME).write_text(json.dumps(meta))
+    with torch.no_grad():
+        torch.testing.assert_close(load_bundle(old).model(*inputs()), raw)

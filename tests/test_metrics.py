@@ -9,7 +9,7 @@ import pytest
 import torch
 from sklearn.metrics import log_loss, roc_auc_score
 
-from deepfm.core.metrics import BinaryMetrics, auc, finite_or_none
+from deepfm.core.metrics import BinaryMetrics, auc, calibrating_shift, finite_or_none
 
 
 def test_auc_hand_computed_with_a_tie():
@@ -98,3 +98,33 @@ def test_incompatible_binning_is_rejected():
 def test_finite_or_none_drops_what_json_and_delta_cannot_hold():
     assert finite_or_none(0.5) == 0.5 and finite_or_none(None) is None
     assert finite_or_none(math.nan) is None and finite_or_none(math.inf) is None
+
+
+def _metrics_of(logits: torch.Tensor, labels: torch.Tensor) -> BinaryMetrics:
+    metrics = BinaryMetrics()
+    metrics.update(torch.sigmoid(logits), labels)
+    return metrics
+
+
+def test_the_calibrating_shift_is_the_logloss_minimiser_and_matches_the_mean_to_the_ctr():
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(50_000, generator=g, dtype=torch.float64) * 1.2 - 1.5
+    labels = torch.bernoulli(torch.sigmoid(logits - 0.6), generator=g)  # the model over-predicts
+    before = _metrics_of(logits, labels).compute()
+    shift = calibrating_shift(_metrics_of(logits, labels))
+    after = _metrics_of(logits + shift, labels).compute()
+    assert before["calibration"] > 1.3 and shift == pytest.approx(-0.6, abs=0.05)
+    assert after["calibration"] == pytest.approx(1.0, abs=1e-3)  # bin centres: ~1e-4 off
+    # the exact minimiser of the logloss over a grid of shifts around it
+    grid = torch.linspace(shift - 0.01, shift + 0.01, 41, dtype=torch.float64)
+    losses = [log_loss(labels.numpy(), torch.sigmoid(logits + b).numpy()) for b in grid]
+    assert float(grid[int(np.argmin(losses))]) == pytest.approx(shift, abs=1e-3)
+    assert after["logloss"] < before["logloss"] and after["auc"] == pytest.approx(before["auc"], abs=1e-4)
+
+
+def test_a_calibrated_model_needs_no_shift_and_a_single_class_gets_none():
+    g = torch.Generator().manual_seed(4)
+    logits = torch.randn(50_000, generator=g, dtype=torch.float64) - 2.0
+    labels = torch.bernoulli(torch.sigmoid(logits), generator=g)
+    assert calibrating_shift(_metrics_of(logits, labels)) == pytest.approx(0.0, abs=0.03)
+    assert calibrating_shift(_metrics_of(logits, torch.zeros_like(logits))) == 0.0

@@ -139,6 +139,7 @@ def load_bundle(path: str | os.PathLike[str], map_location: str | torch.device =
         raise BundleError(f"bundle {path} is corrupt: {WEIGHTS_FILENAME} is not a state_dict")
     if bundle_version(state, name, config, spec) != meta["version"]:
         raise BundleError(f"bundle {path} is corrupt: its content does not hash to version {meta['version']}")
+    state.setdefault("logit_shift", torch.zeros(1))  # bundles from before calibration: no shift
     try:
         model = build_model_for_spec(name, spec, config)
         model.load_state_dict(state)

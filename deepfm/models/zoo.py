@@ -48,7 +48,13 @@ class CTRModel(nn.Module):
                           ``deep_embedding`` is None (the shared embedding of DeepFM).
     ``name``, ``config`` and the layout (``cardinalities``, ``n_numeric``, ``items_per_field``)
     are what ``build_model`` needs to rebuild the same architecture, e.g. from a bundle.
+
+    ``logit_shift [1]`` (a buffer) is added to every logit: 0 from ``build_model``; a bundle's
+    holds the calibration fitted on the validation day that selected it
+    (``deepfm.core.metrics.calibrating_shift``), so whatever scores the bundle is calibrated.
     """
+
+    logit_shift: torch.Tensor
 
     def __init__(
         self,
@@ -75,6 +81,7 @@ class CTRModel(nn.Module):
         self.fm = fm
         self.deep = deep
         self.deep_embedding = deep_embedding
+        self.register_buffer("logit_shift", torch.zeros(1))
 
     def forward(self, cat: torch.Tensor, num: torch.Tensor) -> torch.Tensor:
         """``cat [B, S]``, ``num [B, N]`` -> ``[B]`` logits."""
@@ -89,7 +96,7 @@ class CTRModel(nn.Module):
         if self.deep is not None:
             deep_input = self.deep_embedding(cat, num) if self.deep_embedding is not None else latent
             terms.append(self.deep(deep_input))
-        return sum(terms[1:], terms[0])
+        return sum(terms[1:], terms[0]) + self.logit_shift
 
 
 Builder = Callable[[str, ModelConfig, list[int], int, list[int]], CTRModel]

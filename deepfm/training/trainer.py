@@ -7,7 +7,8 @@ Each epoch every rank reads its own shard of ``<data>/train`` (``deepfm.training
 the same number of steps as every other rank (the smallest shard's batch count: no rank waits at
 an allreduce another rank never reaches), and the distributed optimizer averages the gradients.
 Validation on ``<data>/validation`` merges per-rank statistics with one allreduce; early stopping
-watches its AUC and the best validation's weights become the bundle. The test split is never
+watches its AUC and the best validation's weights become the bundle, with a logit shift fitted
+on that validation so its mean prediction is the observed CTR. The test split is never
 opened: model selection does not see the test day. Rank 0 writes the run's
 files (``deepfm.training.artifacts``).
 
@@ -23,6 +24,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,7 +35,7 @@ from torch import nn
 
 from deepfm.core import fs
 from deepfm.core.features import FeatureSpec
-from deepfm.core.metrics import BinaryMetrics
+from deepfm.core.metrics import BinaryMetrics, calibrating_shift
 from deepfm.core.tracking import Tracker, TrackingSettings, store_uri
 from deepfm.models import CTRModel, ModelConfig, ModelDefaults, Optimizers, build_model_for_spec, make_optimizers
 from deepfm.models.bundle import load_bundle, state_digest
@@ -83,6 +85,7 @@ class TrainConfig:
     lr_decay_factor: float = 1.0  # step size x factor after a validation without gain; 1: constant
     lr_decay_floor: float = 0.0  # the decay never goes below this step size
     grad_clip_norm: float = 0.0  # global L2 norm the averaged gradients are clipped to; 0: off
+    calibrate: bool = True  # bundles carry a logit shift fitted on their validation (calibrating_shift)
     log_every: int = 50
     fnn_pretrain_epochs: int = 1
     warm_start: str | None = None  # a bundle's URI
@@ -417,8 +420,7 @@ class _Run:
         """Every rank's shard of the validation split, merged; a new best becomes the bundle."""
         s, parts = self.state, self.parts
         self.comm.average_buffers(parts.model)
-        local = evaluate(parts.model, parts.val_loader.epoch(0), parts.device, self.cfg.amp)
-        merged = BinaryMetrics.from_tensor(self.comm.allreduce_sum(local.to_tensor(), name="validation_metrics"))
+        merged = self._validation()
         metrics = merged.compute()
         lr = parts.optimizers.lr
         record = {"epoch": s.epoch + 1, "global_step": s.global_step, "lr": lr, **metrics}
@@ -429,15 +431,25 @@ class _Run:
             parts.optimizers.set_lr(next_lr)
             log.info("validation plateau: learning rate %.3g -> %.3g", lr, next_lr)
         if improved:
+            record["logit_shift"] = shift = calibrating_shift(merged) if self.cfg.calibrate else 0.0
             extra = {
                 "validation": record,
                 "world_size": self.comm.size,
                 "data": str(self.cfg.data),
                 "warm_start": self.cfg.warm_start,
             }
-            version = self.artifacts.save_bundle(parts.model, self.spec, merged, extra)
+            with _shifted(parts.model, shift):  # the bundle's model, and its validation, calibrated
+                selected = self._validation() if shift else merged
+                version = self.artifacts.save_bundle(parts.model, self.spec, selected, extra)
             if version:
-                log.info("bundle %s saved (validation AUC %.4f)", version, metrics["auc"])
+                log.info(
+                    "bundle %s saved (validation AUC %.4f; logit shift %+.4f: calibration %.3f -> %.3f)",
+                    version,
+                    metrics["auc"],
+                    shift,
+                    metrics["calibration"],
+                    selected.compute()["calibration"],
+                )
         log.info(
             "validation at step %d: AUC %.4f logloss %.4f calibration %.3f (best AUC %.4f at step %d)%s",
             s.global_step,
@@ -451,6 +463,12 @@ class _Run:
         scalars = {f"val_{k}": float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
         self.tracker.log_metrics(scalars, step=s.global_step)
         return record
+
+    def _validation(self) -> BinaryMetrics:
+        """The model's metrics on every rank's shard of the validation split, merged."""
+        parts = self.parts
+        local = evaluate(parts.model, parts.val_loader.epoch(0), parts.device, self.cfg.amp)
+        return BinaryMetrics.from_tensor(self.comm.allreduce_sum(local.to_tensor(), name="validation_metrics"))
 
     def checkpoint(self) -> None:
         """All ranks fold their loss in; rank 0 writes the checkpoint and the metrics so far.
@@ -512,7 +530,8 @@ class _Run:
             "model": cfg.model,
             "val_auc": best.get("auc"),
             "val_logloss": best.get("logloss"),
-            "val_calibration": best.get("calibration"),
+            "val_calibration": best.get("calibration"),  # before the bundle's logit shift
+            "logit_shift": best.get("logit_shift"),
             "best_epoch": s.best.epoch,
             "epochs_run": len(s.history),
             "global_step": s.global_step,
@@ -555,6 +574,17 @@ class _Run:
             "weight_digests": digests,
             "summary": summary,
         }
+
+
+@contextmanager
+def _shifted(model: CTRModel, shift: float) -> Iterator[None]:
+    """``model`` with ``shift`` added to its logits (``CTRModel.logit_shift``), put back after."""
+    before = model.logit_shift.clone()
+    model.logit_shift += shift
+    try:
+        yield
+    finally:
+        model.logit_shift.copy_(before)
 
 
 def _differences(old: dict[str, Any], new: dict[str, Any]) -> str:
