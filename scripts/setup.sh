@@ -49,17 +49,18 @@ bootstrap_uv() {
     rm -rf "$home" && mv "$home.tmp-$$" "$home"
   fi
   UV="$home/bin/uv"
+  # Every uv call below: wheels hard-linked from its cache, the system's certificate store trusted
+  # (as pip's is), no Python ever downloaded.
+  export UV_CACHE_DIR="$CACHE/uv-cache" UV_LINK_MODE=hardlink UV_SYSTEM_CERTS=1 UV_PYTHON_DOWNLOADS=never
 }
 
-# Installs into the virtualenv whose python is $1; wheels are hard-linked from the cache, the
-# system's certificate store is trusted (as pip's is) and no Python is ever downloaded. Modules
-# are byte-compiled at install, as pip does: under PYTHONDONTWRITEBYTECODE nothing else would, and
-# every process would compile torch anew (its import 7.4 s instead of 3.7). From the cache alone
-# first: online, uv revalidates pyspark's 435 MB sdist and builds it again (~40 s).
+# Installs into the virtualenv whose python is $1. Modules are byte-compiled at install, as pip
+# does: under PYTHONDONTWRITEBYTECODE nothing else would, and every process would compile torch
+# anew (its import 7.4 s instead of 3.7). From the cache alone first: online, uv revalidates
+# pyspark's 435 MB sdist and builds it again (~40 s).
 uv_install() {
   local python="$1"; shift
   local -a uv=("$UV" pip install -q --compile-bytecode --python "$python" "$@")
-  export UV_CACHE_DIR="$CACHE/uv-cache" UV_LINK_MODE=hardlink UV_SYSTEM_CERTS=1 UV_PYTHON_DOWNLOADS=never
   "${uv[@]}" --offline 2>/dev/null || "${uv[@]}"
 }
 
@@ -67,7 +68,7 @@ uv_install() {
 make_venv() {
   [ -x "$1/bin/python" ] && return 0
   log "creating virtualenv $1"
-  UV_PYTHON_DOWNLOADS=never "$UV" venv -q --seed --python "$PY_BIN" "$1"
+  "$UV" venv -q --seed --python "$PY_BIN" "$1"
 }
 
 install_python_deps() {
