@@ -5,7 +5,9 @@
 #   - SeaweedFS (an S3 server; Apache-2.0) built from its Go module at a pinned version
 #     (`go install` refuses it: its go.mod has replace directives; ~7 min on 2 cores, once),
 #   - hadoop-aws (Spark's S3A) and the AWS SDK bundle it was built against, resolved from Maven
-#     Central by scripts/resolve_jars.py (~560 MB, once).
+#     Central by scripts/resolve_jars.py (~560 MB, once),
+#   - a class-data-sharing archive of a Spark driver (tests/scripts/class_archive.py: ~190 MB and
+#     ~1.5 min, once per checkout location and jar set), which the tests' JVMs start from.
 # `deepfm doctor` reports both; the cluster test skips naming this script when they are missing.
 set -euo pipefail
 
@@ -39,10 +41,16 @@ resolve_s3a_jars() {
   DEEPFM_CACHE="$CACHE" "$VENV/bin/python" "$ROOT/scripts/resolve_jars.py" s3a >/dev/null
 }
 
+build_class_archive() {
+  # After the S3A jars: they are on the drivers' class path, so they are part of the archive's key.
+  DEEPFM_CACHE="$CACHE" "$VENV/bin/python" "$ROOT/tests/scripts/class_archive.py" >/dev/null
+}
+
 main() {
   build_seaweedfs
   resolve_s3a_jars
-  log "test set-up ready: $WEED, $CACHE/jars-s3a"
+  build_class_archive
+  log "test set-up ready: $WEED, $CACHE/jars-s3a, $CACHE/class-archive"
 }
 
 if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then main "$@"; fi
