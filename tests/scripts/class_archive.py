@@ -1,10 +1,10 @@
 """A class-data-sharing archive of a Spark driver running the project's jobs, for the tests' JVMs.
 
 Much of a small Spark job's time is its JVM's start: a driver loads, parses and verifies ~24,000
-classes of Spark, Delta and Hadoop, every driver anew (the suite starts over a hundred). HotSpot's
-dynamic AppCDS archive (JDK 13+) keeps them parsed and verified in a file the JVMs map (a session
-took 14,500 of its classes from it): a session with its first jobs took 24 s instead of 35 s, a
-pipeline's score step 37 s instead of 48 s.
+classes of Spark, Delta and Hadoop, every driver anew. HotSpot's dynamic AppCDS archive (JDK 13+)
+keeps them parsed and verified in a file the JVMs map (a session took 14,500 of its classes from
+it): a session with its first jobs took 26 s instead of 35 s, a pipeline's score step 37 s
+instead of 48 s (benchmarks/README.md).
 
 The archive is made by one driver (``-XX:ArchiveClassesAtExit``) running preprocessing and
 scoring into Delta on a few generated rows, and is named by a digest of the Java runtime
@@ -94,21 +94,20 @@ def jobs(work: Path) -> None:
     from deepfm.core.features import FeatureSpec
     from deepfm.models.bundle import save_bundle
 
+    def deepfm(command: str) -> None:  # the work folder's paths have no spaces
+        if main(command.split()) != 0:
+            raise SystemExit(f"deepfm {command} failed")
+
     raw, processed, delta = work / "raw", work / "processed", work / "delta"
-    start = (RUN_DATE - dt.timedelta(days=3)).isoformat()
-    main(["generate-logs", "--output", str(raw), "--days", "4", "--rows-per-day", "300", "--start-date", start,
-          "--malformed-fraction", "0.02"])  # fmt: skip
-    validation_day = (RUN_DATE - dt.timedelta(days=1)).isoformat()
-    main(["preprocess", "--input", str(raw), "--output", str(processed), "--end-date", validation_day,
-          "--train-days", "2", "--validation-days", "1", "--test-days", "0",
-          "--day-cache", str(work / "cache")])  # fmt: skip
-    bundle = str(work / "bundle")
+    start, validation_day = RUN_DATE - dt.timedelta(days=3), RUN_DATE - dt.timedelta(days=1)
+    deepfm(f"generate-logs --output {raw} --days 4 --rows-per-day 300 --start-date {start} --malformed-fraction 0.02")
+    deepfm(f"preprocess --input {raw} --output {processed} --end-date {validation_day} --train-days 2 "
+           f"--validation-days 1 --test-days 0 --day-cache {work / 'cache'}")  # fmt: skip
+    bundle = work / "bundle"
     spec = FeatureSpec.load(str(processed))
     save_bundle(bundle, model_for_spec("deepfm", spec), spec)
-    scores, metrics = str(delta / "scores"), str(delta / "metrics")
-    main(["score", "--date", RUN_DATE.isoformat(), "--model", bundle, "--input", str(raw), "--table", scores,
-          "--metrics-table", metrics, "--rejects", str(work / "rejects"),
-          "--summary", str(work / "score.json")])  # fmt: skip
+    deepfm(f"score --date {RUN_DATE} --model {bundle} --input {raw} --table {delta / 'scores'} "
+           f"--metrics-table {delta / 'metrics'} --rejects {work / 'rejects'} --summary {work}/score.json")  # fmt: skip
 
 
 if __name__ == "__main__":
