@@ -18,7 +18,7 @@ from deepfm.models.layers import ACTIVATIONS, PRODUCT_KINDS
 # Keys added after bundles were first written, with the value that reproduces a bundle written
 # before: such a bundle was trained without the feature. ``to_dict`` leaves a key out while it
 # holds this value, so an older bundle's content hash (its version) stays what it was.
-ADDED_KEYS: dict[str, Any] = {"batch_norm": False, "embedding_weight_decay": 0.0}
+ADDED_KEYS: dict[str, Any] = {"batch_norm": False, "embedding_weight_decay": 0.0, "embedding_lr_scale": 1.0}
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,8 @@ class ModelConfig:
         embedding_weight_decay: decoupled weight decay (AdamW's, Loshchilov & Hutter 2019) of the
             embedding-table rows a batch touched: ``row -= lr * decay * row`` after each step.
             An L2 term in the loss barely acts under Adam, whose step is normalised per element.
+        embedding_lr_scale: the embedding tables' step size as a multiple of ``learning_rate``
+            (their SparseAdam only; the MLP, numeric vectors and biases keep ``learning_rate``).
     """
 
     embedding_dim: int
@@ -50,6 +52,7 @@ class ModelConfig:
     learning_rate: float
     batch_norm: bool = False
     embedding_weight_decay: float = 0.0
+    embedding_lr_scale: float = 1.0
 
     def __post_init__(self) -> None:
         if self.activation not in ACTIVATIONS:
@@ -60,6 +63,8 @@ class ModelConfig:
             raise ValueError(f"only the paper's Adam is implemented, config asks for {self.optimizer!r}")
         if self.embedding_weight_decay < 0:
             raise ValueError(f"embedding_weight_decay must be >= 0, not {self.embedding_weight_decay}")
+        if self.embedding_lr_scale <= 0:
+            raise ValueError(f"embedding_lr_scale must be > 0, not {self.embedding_lr_scale}")
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> ModelConfig:
@@ -81,6 +86,7 @@ class ModelConfig:
             learning_rate=float(values["learning_rate"]),
             batch_norm=bool(values["batch_norm"]),
             embedding_weight_decay=float(values["embedding_weight_decay"]),
+            embedding_lr_scale=float(values["embedding_lr_scale"]),
         )
 
     def to_dict(self) -> dict[str, Any]:

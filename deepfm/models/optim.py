@@ -31,6 +31,8 @@ class Optimizers:
     """Several plain torch optimizers driven as one (``zero_grad``/``step``/state dicts).
 
     ``row_decay``: decoupled weight decay of the touched rows of sparse parameters (see above).
+    ``lr_scales``: each optimizer's step size as a multiple of the one base step size (``lr``,
+    ``set_lr``); 1 for every optimizer when not given.
     """
 
     def __init__(
@@ -38,12 +40,14 @@ class Optimizers:
         optimizers: list[torch.optim.Optimizer],
         named_parameters: list[NamedParameters],
         row_decay: float = 0.0,
+        lr_scales: list[float] | None = None,
     ) -> None:
         if len(optimizers) != len(named_parameters):
             raise ValueError("one named-parameter list per optimizer is needed")
         self.optimizers = optimizers
         self.named_parameters = named_parameters
         self.row_decay = row_decay
+        self.lr_scales = lr_scales or [1.0] * len(optimizers)
 
     def __iter__(self) -> Iterator[torch.optim.Optimizer]:
         return iter(self.optimizers)
@@ -65,13 +69,14 @@ class Optimizers:
 
     @property
     def lr(self) -> float:
-        return float(self.optimizers[0].param_groups[0]["lr"])
+        """The base step size (each optimizer steps by it times its scale)."""
+        return float(self.optimizers[0].param_groups[0]["lr"]) / self.lr_scales[0]
 
     def set_lr(self, lr: float) -> None:
-        """One step size for every parameter group (the plateau schedule lowers it)."""
-        for optimizer in self.optimizers:
+        """A new base step size, each optimizer keeping its scale (the plateau schedule lowers it)."""
+        for optimizer, scale in zip(self.optimizers, self.lr_scales):
             for group in optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * scale
 
     @torch.no_grad()
     def _decay_touched_rows(self) -> None:
@@ -99,6 +104,7 @@ class Optimizers:
             [wrapper(opt, named) for opt, named in zip(self.optimizers, self.named_parameters)],
             self.named_parameters,
             self.row_decay,
+            self.lr_scales,
         )
 
 
@@ -119,19 +125,25 @@ def make_optimizers(
     betas: tuple[float, float] = (0.9, 0.999),
     eps: float = 1e-8,
     row_decay: float = 0.0,
+    sparse_lr_scale: float = 1.0,
 ) -> Optimizers:
-    """SparseAdam for the sparse embedding tables, Adam for everything else (same ``lr``/``betas``);
-    ``row_decay``: decoupled weight decay of the tables' touched rows."""
+    """SparseAdam for the sparse embedding tables (step size ``lr * sparse_lr_scale``), Adam for
+    everything else (``lr``), same ``betas``; ``row_decay``: decoupled weight decay of the tables'
+    touched rows."""
     sparse, dense = split_sparse_parameters(model)
     optimizers: list[torch.optim.Optimizer] = []
     groups: list[NamedParameters] = []
+    scales: list[float] = []
     if sparse:
-        optimizers.append(torch.optim.SparseAdam([p for _, p in sparse], lr=lr, betas=betas, eps=eps))
+        scaled = lr * sparse_lr_scale
+        optimizers.append(torch.optim.SparseAdam([p for _, p in sparse], lr=scaled, betas=betas, eps=eps))
         groups.append(sparse)
+        scales.append(sparse_lr_scale)
     if dense:
         optimizers.append(torch.optim.Adam([p for _, p in dense], lr=lr, betas=betas, eps=eps))
         groups.append(dense)
-    return Optimizers(optimizers, groups, row_decay)
+        scales.append(1.0)
+    return Optimizers(optimizers, groups, row_decay, scales)
 
 
 @torch.no_grad()

@@ -188,7 +188,10 @@ def build_parts(
     base_lr = cfg.learning_rate if cfg.learning_rate is not None else model_config.learning_rate
     lr = base_lr * (comm.size if cfg.lr_scaling == "linear" else 1)
     optimizers = comm.distributed(
-        make_optimizers(model, lr, row_decay=model_config.embedding_weight_decay), cfg.sparse_as_dense
+        make_optimizers(
+            model, lr, row_decay=model_config.embedding_weight_decay, sparse_lr_scale=model_config.embedding_lr_scale
+        ),
+        cfg.sparse_as_dense,
     )
     rank, world = comm.rank, comm.size
     train_loader = make_loader(
