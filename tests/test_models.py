@@ -388,7 +388,7 @@ def test_batch_norm_sits_before_each_hidden_activation_and_normalises_the_batch(
 
 
 def test_configs_written_before_the_recipe_keys_load_and_keep_their_form():
-    config = model_config("deepfm", {"hidden_units": [8], "batch_norm": False})
+    config = model_config("deepfm", {"hidden_units": [8], "batch_norm": False, "embedding_lr_scale": 1.0})
     added = ("batch_norm", "embedding_weight_decay", "embedding_lr_scale")
     old = {k: v for k, v in config.to_dict().items() if k not in added}
     assert config.to_dict() == old  # at their legacy values the added keys are not written
