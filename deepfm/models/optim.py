@@ -31,8 +31,8 @@ class Optimizers:
     """Several plain torch optimizers driven as one (``zero_grad``/``step``/state dicts).
 
     ``row_decay``: decoupled weight decay of the touched rows of sparse parameters (see above).
-    ``lr_scales``: each optimizer's step size as a multiple of the one base step size (``lr``,
-    ``set_lr``); 1 for every optimizer when not given.
+    A parameter group's ``lr_scale`` (1 when absent) makes its step size that multiple of the one
+    base step size (``lr``, ``set_lr``).
     """
 
     def __init__(
@@ -40,14 +40,12 @@ class Optimizers:
         optimizers: list[torch.optim.Optimizer],
         named_parameters: list[NamedParameters],
         row_decay: float = 0.0,
-        lr_scales: list[float] | None = None,
     ) -> None:
         if len(optimizers) != len(named_parameters):
             raise ValueError("one named-parameter list per optimizer is needed")
         self.optimizers = optimizers
         self.named_parameters = named_parameters
         self.row_decay = row_decay
-        self.lr_scales = lr_scales or [1.0] * len(optimizers)
 
     def __iter__(self) -> Iterator[torch.optim.Optimizer]:
         return iter(self.optimizers)
@@ -69,14 +67,15 @@ class Optimizers:
 
     @property
     def lr(self) -> float:
-        """The base step size (each optimizer steps by it times its scale)."""
-        return float(self.optimizers[0].param_groups[0]["lr"]) / self.lr_scales[0]
+        """The base step size (each parameter group steps by it times its ``lr_scale``)."""
+        group = self.optimizers[0].param_groups[0]
+        return float(group["lr"]) / group.get("lr_scale", 1.0)
 
     def set_lr(self, lr: float) -> None:
-        """A new base step size, each optimizer keeping its scale (the plateau schedule lowers it)."""
-        for optimizer, scale in zip(self.optimizers, self.lr_scales):
+        """A new base step size, each parameter group keeping its scale (the plateau schedule lowers it)."""
+        for optimizer in self.optimizers:
             for group in optimizer.param_groups:
-                group["lr"] = lr * scale
+                group["lr"] = lr * group.get("lr_scale", 1.0)
 
     @torch.no_grad()
     def _decay_touched_rows(self) -> None:
@@ -104,7 +103,6 @@ class Optimizers:
             [wrapper(opt, named) for opt, named in zip(self.optimizers, self.named_parameters)],
             self.named_parameters,
             self.row_decay,
-            self.lr_scales,
         )
 
 
@@ -133,17 +131,14 @@ def make_optimizers(
     sparse, dense = split_sparse_parameters(model)
     optimizers: list[torch.optim.Optimizer] = []
     groups: list[NamedParameters] = []
-    scales: list[float] = []
     if sparse:
-        scaled = lr * sparse_lr_scale
-        optimizers.append(torch.optim.SparseAdam([p for _, p in sparse], lr=scaled, betas=betas, eps=eps))
+        tables = {"params": [p for _, p in sparse], "lr": lr * sparse_lr_scale, "lr_scale": sparse_lr_scale}
+        optimizers.append(torch.optim.SparseAdam([tables], betas=betas, eps=eps))
         groups.append(sparse)
-        scales.append(sparse_lr_scale)
     if dense:
         optimizers.append(torch.optim.Adam([p for _, p in dense], lr=lr, betas=betas, eps=eps))
         groups.append(dense)
-        scales.append(1.0)
-    return Optimizers(optimizers, groups, row_decay, scales)
+    return Optimizers(optimizers, groups, row_decay)
 
 
 @torch.no_grad()
