@@ -253,12 +253,16 @@ def test_vocabulary_comes_from_training_days_only_ranked_by_count(tmp_path, spar
     spec = FeatureSpec.load(tmp_path / "out")
     c1 = spec.field("C1")
     vocabulary = spec.vocabulary_table(c1).to_pydict()
-    assert vocabulary["value"] == ["aaaaaaaa", "cccccccc", "dddddddd"]  # count desc, then value asc
+    # Count desc; cccccccc and dddddddd tie at 2 and come in the order of their 64-bit hashes (unsigned).
+    hashes = spark.createDataFrame([("cccccccc",), ("dddddddd",)], "v string").select("v", F.xxhash64("v").alias("h"))
+    tied = [r["v"] for r in sorted(hashes.collect(), key=lambda r: r["h"] % 2**64)]
+    assert vocabulary["value"] == ["aaaaaaaa", *tied]
     assert vocabulary["index"] == [1, 2, 3] and c1.cardinality == 4 and c1.vocabulary == ()
     stored = pq.read_table(tmp_path / "out" / "vocabularies")  # written by Spark, next to the spec
     assert "C1" in set(stored.column("field").to_pylist()) <= set(CATEGORICAL_FIELDS)
     test_c1 = sorted(r[ENCODED.index("C1")] for r in rows(tmp_path / "out", "test"))
-    assert test_c1 == [0] * 10 + [3]  # bbbbbbbb (test day only) and missing -> 0
+    d_index = vocabulary["value"].index("dddddddd") + 1
+    assert test_c1 == [0] * 10 + [d_index]  # bbbbbbbb (test day only) and missing -> 0
     # No line was malformed: every day still has its (empty) quarantine folder.
     quarantine = tmp_path / "out" / "quarantine"
     assert sorted(p.name for p in quarantine.glob("day=*")) == [

@@ -10,13 +10,16 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
+from pyspark.sql import functions as F
 from testkit import model_for_spec
 
 from deepfm.core.features import FeatureSpec
 from deepfm.core.schema import LogSchema
 from deepfm.models.bundle import load_bundle, save_bundle
 from deepfm.models.surgery import embedding_row_map, warm_start
+from deepfm.prep import vocabulary
 from deepfm.prep.encoding import FeatureConfig, encode, fit
+from deepfm.prep.vocabulary import COUNT_BITS
 
 pytestmark = pytest.mark.slow
 
@@ -70,6 +73,19 @@ def test_vocabularies_are_stored_by_spark_next_to_the_spec(tmp_path, spark):
     assert grown.version != spec.version and grown.field("site").vocabulary_hash != site.vocabulary_hash
     again = fit(rows(spark, list(reversed(TRAIN))), config(), str(tmp_path / "again"))
     assert again.version == spec.version
+
+
+def test_ranks_follow_counts_exactly_also_past_the_rank_keys_count_bits(spark):
+    # Two fields, each numbered 1.. in its own partition; counts from 2**24 on share the sort key's
+    # front and are ordered by the full count behind it; ties of count 3 follow the value's hash.
+    huge = 2**COUNT_BITS
+    counts = [("a", "x", huge + 5), ("a", "y", huge * 3), ("a", "z", 3), ("a", "w", 3), ("a", "u", 9), ("a", "r", 1)]
+    counts += [("b", "x", 2), ("b", "q", huge)]
+    frame = spark.createDataFrame(counts, "field string, value string, count long")
+    ranked = vocabulary.rank(frame, {"a": 2, "b": 1}, {"a": 0, "b": 1}, summed=True).collect()
+    got = {(r["field"], r["value"]): r["index"] for r in ranked}
+    tied = sorted(["z", "w"], key=lambda v: spark.range(1).select(F.xxhash64(F.lit(v))).first()[0] % 2**64)
+    assert got == {("a", "y"): 1, ("a", "x"): 2, ("a", "u"): 3, ("a", tied[0]): 4, ("a", tied[1]): 5, ("b", "q"): 1}
 
 
 def test_a_shuffled_vocabulary_encodes_exactly_as_a_broadcast_one(tmp_path, spark):
