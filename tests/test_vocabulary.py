@@ -85,6 +85,8 @@ def test_ranks_follow_counts_exactly_also_past_the_rank_keys_count_bits(spark):
     ranked = vocabulary.rank(frame, {"a": 2, "b": 1}, {"a": 0, "b": 1}, summed=True).collect()
     got = {(r["field"], r["value"]): r["index"] for r in ranked}
     tied = sorted(["z", "w"], key=lambda v: spark.range(1).select(F.xxhash64(F.lit(v))).first()[0] % 2**64)
+    ints = spark.range(-50, 5000).select(F.col("id").cast("int").alias("k"))
+    assert all(vocabulary.murmur3_int(r["k"]) == r["h"] for r in ints.select("k", F.hash("k").alias("h")).collect())
     assert got == {("a", "y"): 1, ("a", "x"): 2, ("a", "u"): 3, ("a", tied[0]): 4, ("a", tied[1]): 5, ("b", "q"): 1}
 
 

@@ -55,7 +55,7 @@ def rank(
     totals = counts if summed else counts.groupBy("field", "value").agg(F.sum("count").alias("count"))
     frequent = totals.where(F.col("count") >= thresholds[F.col("field")])
     names = list(min_count)
-    keys = _partition_keys(counts.sparkSession, len(names))
+    keys = _partition_keys(len(names))
     partition = F.create_map(*(x for name, k in zip(names, keys) for x in (F.lit(name), F.lit(k))))
     value_hash = F.xxhash64("value")
     by_field = frequent.repartition(len(names), partition[F.col("field")]).sortWithinPartitions(
@@ -81,16 +81,31 @@ def _rank_key(count: Column, value_hash: Column) -> Column:
     return F.when(count < 2**COUNT_BITS, key).otherwise(F.lit(0))
 
 
-def _partition_keys(spark: SparkSession, n: int) -> list[int]:
-    """``n`` ints that Spark's hash partitioning into ``n`` partitions (``repartition(n, key)``,
-    Murmur3 as ``F.hash``) sends to partitions 0 .. n-1, one each: the smallest such of 0 .. 64n."""
-    candidates = spark.range(0, 64 * n).select(F.col("id").cast("int").alias("key"))
-    partition = F.pmod(F.hash("key"), F.lit(n)).alias("partition")
-    smallest = candidates.groupBy(partition).agg(F.min("key").alias("key")).collect()
-    found = {row["partition"]: row["key"] for row in smallest}
-    if len(found) < n:
-        raise RuntimeError(f"no partition key found for {n - len(found)} of {n} hash partitions")
-    return [found[p] for p in range(n)]
+def _partition_keys(n: int) -> list[int]:
+    """``n`` ints that Spark's hash partitioning into ``n`` partitions (``repartition(n, key)``:
+    ``pmod(murmur3(key), n)``) sends to partitions 0 .. n-1, one each: for each, the smallest."""
+    keys: dict[int, int] = {}
+    candidate = 0
+    while len(keys) < n:
+        keys.setdefault(murmur3_int(candidate) % n, candidate)
+        candidate += 1
+    return [keys[p] for p in range(n)]
+
+
+def murmur3_int(value: int, seed: int = 42) -> int:
+    """Spark's Murmur3 hash of one int column (``F.hash``, and hash partitioning's), a signed int:
+    computed here, where a Spark job asking for it cost ~0.5 s of every fit."""
+
+    def rotl(x: int, r: int) -> int:
+        return ((x << r) | (x >> (32 - r))) & 0xFFFFFFFF
+
+    k = rotl((value & 0xFFFFFFFF) * 0xCC9E2D51 & 0xFFFFFFFF, 15) * 0x1B873593 & 0xFFFFFFFF
+    h = (rotl(seed ^ k, 13) * 5 + 0xE6546B64) & 0xFFFFFFFF
+    h ^= 4  # the input's length in bytes
+    h = (h ^ (h >> 16)) * 0x85EBCA6B & 0xFFFFFFFF
+    h = (h ^ (h >> 13)) * 0xC2B2AE35 & 0xFFFFFFFF
+    h ^= h >> 16
+    return h - (1 << 32) if h & 0x80000000 else h
 
 
 def store(ranked: DataFrame, directory: str, fields: Sequence[str]) -> dict[str, Fitted]:
