@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 import pytest
 from pyspark.sql import Observation
 from pyspark.sql import functions as F
-from testkit import CATEGORICAL_FIELDS, CRITEO, ENV, INTEGER_FIELDS, deepfm_command
+from testkit import CATEGORICAL_FIELDS, CRITEO, ENV, INTEGER_FIELDS, deepfm_command, in_hash_order
 
 from deepfm.cli.config import deep_update, load_defaults
 from deepfm.core import fs
@@ -254,9 +254,7 @@ def test_vocabulary_comes_from_training_days_only_ranked_by_count(tmp_path, spar
     c1 = spec.field("C1")
     vocabulary = spec.vocabulary_table(c1).to_pydict()
     # Count desc; cccccccc and dddddddd tie at 2 and come in the order of their 64-bit hashes (unsigned).
-    hashes = spark.createDataFrame([("cccccccc",), ("dddddddd",)], "v string").select("v", F.xxhash64("v").alias("h"))
-    tied = [r["v"] for r in sorted(hashes.collect(), key=lambda r: r["h"] % 2**64)]
-    assert vocabulary["value"] == ["aaaaaaaa", *tied]
+    assert vocabulary["value"] == ["aaaaaaaa", *in_hash_order(spark, ["cccccccc", "dddddddd"])]
     assert vocabulary["index"] == [1, 2, 3] and c1.cardinality == 4 and c1.vocabulary == ()
     stored = pq.read_table(tmp_path / "out" / "vocabularies")  # written by Spark, next to the spec
     assert "C1" in set(stored.column("field").to_pylist()) <= set(CATEGORICAL_FIELDS)

@@ -230,8 +230,8 @@ def fit(
 def _vocabulary_table(df: DataFrame, spec: FeatureSpec, fields: Sequence[FieldSpec]) -> DataFrame:
     """``fields``' vocabularies in one frame: ``field`` (the field's position in ``fields``), ``value``
     (string), ``index`` (int, 1-based) and ``key`` (the value hashed as the rows' probe key is)."""
-    position = F.create_map(*(x for k, f in enumerate(fields) for x in (F.lit(f.name), F.lit(k))))
-    table = vocabulary.tables(df.sparkSession, spec, fields).withColumn("field", position[F.col("field")])
+    position = vocabulary.of_field({f.name: k for k, f in enumerate(fields)})
+    table = vocabulary.tables(df.sparkSession, spec, fields).withColumn("field", position)
     return table.withColumn("key", _probe_key(F.col("field"), F.col("value")))
 
 

@@ -50,21 +50,23 @@ def rank(
     compared whole rows, 2-4x slower on millions of values per field (benchmarks/README.md).
     One task ranks a field: millions of values per field, never the driver's memory.
     """
-    thresholds = F.create_map(*(x for name, n in min_count.items() for x in (F.lit(name), F.lit(n))))
-    caps = F.create_map(*(x for name, n in max_size.items() for x in (F.lit(name), F.lit(n))))
     totals = counts if summed else counts.groupBy("field", "value").agg(F.sum("count").alias("count"))
-    frequent = totals.where(F.col("count") >= thresholds[F.col("field")])
+    frequent = totals.where(F.col("count") >= of_field(min_count))
     names = list(min_count)
-    keys = _partition_keys(len(names))
-    partition = F.create_map(*(x for name, k in zip(names, keys) for x in (F.lit(name), F.lit(k))))
+    partition = of_field(dict(zip(names, _partition_keys(len(names)))))
     value_hash = F.xxhash64("value")
-    by_field = frequent.repartition(len(names), partition[F.col("field")]).sortWithinPartitions(
+    by_field = frequent.repartition(len(names), partition).sortWithinPartitions(
         _rank_key(F.col("count"), value_hash), F.col("count").desc(), value_hash, "value"
     )
     position = F.monotonically_increasing_id().bitwiseAND(2**33 - 1)
     ranked = by_field.select("field", "value", (position + 1).cast("int").alias("index"))
-    cap = caps[F.col("field")]
+    cap = of_field(max_size)
     return ranked.where((cap == 0) | (F.col("index") <= cap))
+
+
+def of_field(values: Mapping[str, int]) -> Column:
+    """``values`` of each row's ``field`` (a field name), null for a field it lacks: one literal map."""
+    return F.create_map(*(x for name, v in values.items() for x in (F.lit(name), F.lit(v))))[F.col("field")]
 
 
 COUNT_BITS = 24  # counts below 2**24 order exactly by the rank key; larger ones tie at its front

@@ -46,6 +46,14 @@ def model_for_spec(name: str, spec: FeatureSpec, overrides: Mapping[str, Any] | 
     return build_model_for_spec(name, spec, model_config(name, overrides))
 
 
+def in_hash_order(spark: Any, values: list[str]) -> list[str]:
+    """``values`` in the order a vocabulary gives values of equal count: their xxhash64, unsigned."""
+    from pyspark.sql import functions as F
+
+    hashed = spark.createDataFrame([(v,) for v in values], "v string").select("v", F.xxhash64("v").alias("h"))
+    return [r["v"] for r in sorted(hashed.collect(), key=lambda r: r["h"] % 2**64)]
+
+
 def build_wheel(root: Path) -> Path:
     """The project as a wheel under ``root``, built from a copy of the package (building in the
     checkout would leave build/ and an egg-info there, which pip then takes for an installed copy)."""
