@@ -27,8 +27,9 @@ from testkit import CATEGORICAL_FIELDS, CRITEO, ENV, INTEGER_FIELDS, deepfm_comm
 from deepfm.cli.config import deep_update, load_defaults
 from deepfm.core import fs
 from deepfm.core.features import FeatureSpec, FieldSpec
-from deepfm.prep.encoding import FeatureConfig, encode, fit
-from deepfm.prep.preprocess import Options, Window, _missing_counts, _missing_masks, run
+from deepfm.core.schema import LogSchema
+from deepfm.prep.encoding import FeatureConfig, encode, fill_missing, fit, missing_counts
+from deepfm.prep.preprocess import Options, Window, run
 from deepfm.prep.rawlogs import InputDayError, LogFormat, day_paths, detect_layout, quarantined
 from deepfm.prep.synthetic import write_logs
 
@@ -206,16 +207,57 @@ def test_job_counts_reconcile_and_output_layout(generated, spark):
         assert len(files) >= 4 and all(f.num_row_groups == 1 for f in files)
 
 
-def test_missing_values_are_counted_per_field_through_masks_of_63_fields(spark):
-    """Each field's missing bit lands on its own count, across more fields than one long holds."""
-    names = [f"f{i}" for i in range(70)]
-    values = [[None if (r + i) % (i % 5 + 2) == 0 else r for i in range(70)] for r in range(40)]
-    df = spark.createDataFrame(values, ", ".join(f"{n} int" for n in names))
-    masks = _missing_masks([(n, "integer") for n in names])
+MISSING_SCHEMA = LogSchema.from_dict(
+    {
+        "name": "missing",
+        "columns": [
+            {"name": "label", "kind": "label"},
+            *({"name": n, "kind": "integer"} for n in ("log", "bucketize", "ivocab")),
+            {"name": "raw", "kind": "float"},
+            *({"name": n, "kind": "categorical"} for n in ("vocab", "hybrid", "hash")),
+            {"name": "apps", "kind": "multi", "max_items": 2, "item_delimiter": "|"},
+        ],
+    }
+)
+
+
+def test_missing_values_are_counted_per_field_for_every_transform(tmp_path, spark):
+    """A missing value is counted whatever its encoded value shares it with: an out-of-vocabulary
+    value (index 0 too), a log or raw 0.0, an empty list. Counted on the unfilled encoding, whose
+    filled form is the usual one."""
+    conf = deep_update(
+        load_defaults("features"), {"defaults": {"categorical": {"min_count": 2}, "multi": {"min_count": 2}}}
+    )
+    conf["fields"] = {
+        "bucketize": {"transform": "bucketize", "buckets": 3},
+        "ivocab": {"transform": "vocab", "min_count": 2},
+        "raw": {"transform": "raw"},
+        "hybrid": {"oov_buckets": 3},
+        "hash": {"transform": "hash", "hash_buckets": 16},
+    }
+    config = FeatureConfig.from_dict(conf, MISSING_SCHEMA)
+    gap = lambda r, k: r % (k + 2) == 0  # noqa: E731  row r lacks field k
+    n = 60
+    rows = [
+        (
+            r % 2,
+            *(None if gap(r, k) else (r % 5) - 2 for k in range(3)),  # zeros and negatives: log 0.0
+            None if gap(r, 3) else 0.0,
+            *(None if gap(r, k) else f"v{r % 7 if r < 30 else r}" for k in (4, 5, 6)),  # OOV from row 30
+            [] if gap(r, 7) else [f"a{r % 3}", f"new{r}"],
+        )
+        for r in range(n)
+    ]
+    ddl = "label int, log long, bucketize long, ivocab long, raw double, vocab string, hybrid string, hash string"
+    df = spark.createDataFrame(rows, f"{ddl}, apps array<string>")
+    spec = fit(df, config, str(tmp_path))
+    unfilled = encode(df, spec, fill=False)
     observed = Observation("missing")
-    df.select(*masks.values()).observe(observed, *_missing_counts(names)).collect()
-    assert len(masks) == 2
-    assert observed.get == {f"missing {n}": sum(row[i] is None for row in values) for i, n in enumerate(names)}
+    filled = fill_missing(unfilled.observe(observed, *missing_counts(spec)), spec)
+    assert sorted(map(tuple, filled.collect())) == sorted(map(tuple, encode(df, spec).collect()))
+    names = [f.name for f in spec.fields]
+    assert observed.get == {f"missing {name}": sum(gap(r, k) for r in range(n)) for k, name in enumerate(names)}
+    assert 0 < observed.get["missing apps"] < observed.get["missing vocab"]  # each field its own count
 
 
 def test_both_layouts_and_gzip_give_the_same_encoded_data(generated, tmp_path, spark):

@@ -254,7 +254,7 @@ def _lookups(fields: Sequence[FieldSpec]) -> list[tuple[str, Column, int]]:
 
 def _look_up(df: DataFrame, spec: FeatureSpec, fields: Sequence[FieldSpec], broadcast_max: int) -> DataFrame:
     """``df`` plus ``_<column>_index`` per encoded column of ``fields`` (``spec``'s vocabulary
-    fields): the value's index in its field's vocabulary, null when it is not in it (or missing).
+    fields): the value's index in its field's vocabulary, 0 when it is not in it, null when missing.
 
     Vocabularies up to ``broadcast_max`` values are broadcast (``_broadcast_lookups``); the larger
     ones are looked up together in one shuffle (``_shuffled_lookups``), so neither the driver's
@@ -287,7 +287,9 @@ def _broadcast_lookups(df: DataFrame, spec: FeatureSpec, fields: Sequence[FieldS
     for j, (column, _, _) in enumerate(lookups):
         table = f"vocabulary_{j}"
         joins.append(f"LEFT JOIN {{vocabularies}} AS {table} ON rows.`_{column}_probe` = {table}.key")
-        added.append(f"CASE WHEN {table}.value = rows.`_{column}_raw` THEN {table}.index END AS `_{column}_index`")
+        value = f"rows.`_{column}_raw`"
+        index = f"CASE WHEN {table}.value = {value} THEN {table}.index WHEN {value} IS NOT NULL THEN 0 END"
+        added.append(f"{index} AS `_{column}_index`")
     tables = ", ".join(f"vocabulary_{j}" for j in range(len(lookups)))
     kept = [f"rows.`{c}`" for c in df.columns]
     query = f"SELECT /*+ BROADCAST({tables}) */ {', '.join(kept + added)} FROM {{rows}} AS rows {' '.join(joins)}"
@@ -329,33 +331,41 @@ def _shuffled_lookups(df: DataFrame, spec: FeatureSpec, fields: Sequence[FieldSp
         *(F.max(F.when(slot == j, F.col("index"))).alias(f"_{c}_index") for j, (c, _, _) in enumerate(lookups))
     )
     joined = keyed.join(found, ["_row_a", "_row_b"], "left")
-    return joined.select(*content, *(f"_{c}_index" for c, _, _ in lookups))
+    indexes = [F.when(v.isNotNull(), F.coalesce(f"_{c}_index", F.lit(0))).alias(f"_{c}_index") for c, v, _ in lookups]
+    return joined.select(*content, *indexes)
 
 
 def _index(field: FieldSpec, column: str, value: Column, hash_seed: int) -> Column:
-    """The index of one raw value (a single field's, or one item) by ``field``'s transform."""
+    """The index of one raw value (a single field's, or one item) by ``field``'s transform; null
+    when it is missing (``fill_missing`` makes that 0)."""
     hashed = F.xxhash64(F.lit(hash_seed), value)  # seed first: no per-row string built
     if field.transform == "vocab":
+        # Null when missing already: a test of the raw value would keep that column in the rows
+        # through every vocabulary join, beside its lookup's copy.
         found = F.col(f"_{column}_index")
         if not field.oov_buckets:
-            return F.coalesce(found, F.lit(0))
-        oov = F.pmod(hashed, F.lit(field.oov_buckets)) + (field.vocabulary_length + 1)
-        return F.when(found.isNotNull(), found).when(value.isNotNull(), oov).otherwise(0)
+            return found
+        return F.when(found == 0, F.pmod(hashed, F.lit(field.oov_buckets)) + (field.vocabulary_length + 1)).otherwise(
+            found
+        )
     if field.transform == "hash":
-        return F.when(value.isNull(), 0).otherwise(F.pmod(hashed, F.lit(field.hash_buckets - 1)) + 1)
+        return F.when(value.isNotNull(), F.pmod(hashed, F.lit(field.hash_buckets - 1)) + 1)
     # bucketize
     number = value.cast("double")
-    above = reduce(add, ((number >= F.lit(b)).cast("int") for b in field.boundaries), F.lit(0))
-    return F.when(value.isNull(), 0).otherwise(above + 1)
+    return F.when(
+        value.isNotNull(), reduce(add, ((number >= F.lit(b)).cast("int") for b in field.boundaries), F.lit(1))
+    )
 
 
 def _encoded(field: FieldSpec, hash_seed: int) -> list[Column]:
-    """``field``'s encoded columns (one, or a multi-valued field's slots)."""
+    """``field``'s encoded columns (one, or a multi-valued field's slots), the first one null where
+    the row lacks the field (``fill_missing`` gives it its encoded value, 0)."""
     x = F.col(field.name)
     if field.transform == "log":
-        return [F.coalesce(F.log1p(F.greatest(x, F.lit(0))), F.lit(0.0)).cast("float").alias(field.name)]
+        # greatest() skips nulls: a missing x would give log1p(0).
+        return [F.when(x.isNotNull(), F.log1p(F.greatest(x, F.lit(0)))).cast("float").alias(field.name)]
     if field.transform == "raw":
-        return [F.coalesce(x, F.lit(0)).cast("float").alias(field.name)]
+        return [x.cast("float").alias(field.name)]
     if not field.is_multi_valued:
         value = x if field.transform == "bucketize" else _key(field.name)
         return [_index(field, field.name, value, hash_seed).cast("int").alias(field.name)]
@@ -364,17 +374,37 @@ def _encoded(field: FieldSpec, hash_seed: int) -> list[Column]:
     slots = []
     for i, column in enumerate(field.columns):
         index = _index(field, column, _item(field, i), hash_seed)
-        past_end = F.lit(0) if i == 0 else F.lit(PADDING)
+        past_end = F.lit(None) if i == 0 else F.lit(PADDING)
         slots.append(F.when(items > i, index).otherwise(past_end).cast("int").alias(column))
     return slots
 
 
-def encode(df: DataFrame, spec: FeatureSpec, broadcast_max: int = BROADCAST_MAX_VOCABULARY) -> DataFrame:
+def fill_missing(df: DataFrame, spec: FeatureSpec) -> DataFrame:
+    """``encode(..., fill=False)`` output with each missing value at its encoded value: index 0,
+    or 0.0 for a ``log`` or ``raw`` field (every column of a field: none is then nullable)."""
+    fills = {
+        c: F.lit(0).cast("float" if f.transform in ("log", "raw") else "int") for f in spec.fields for c in f.columns
+    }
+    return df.select(*(F.coalesce(F.col(c), fills[c]).alias(c) if c in fills else F.col(c) for c in df.columns))
+
+
+def missing_counts(spec: FeatureSpec) -> list[Column]:
+    """Aggregates ``missing <field>`` over ``encode(..., fill=False)`` rows: the rows that
+    lack each field of ``spec`` (a multi-valued one: no item). A ``count`` of the encoded column,
+    which is null exactly there: no per-row flag is built (the writer's pass of ``preprocess``
+    observes them; benchmarks/README.md has the costs)."""
+    return [(F.count(F.lit(1)) - F.count(f.columns[0])).alias(f"missing {f.name}") for f in spec.fields]
+
+
+def encode(
+    df: DataFrame, spec: FeatureSpec, broadcast_max: int = BROADCAST_MAX_VOCABULARY, fill: bool = True
+) -> DataFrame:
     """Encode parsed rows with ``spec`` (vocabularies of up to ``broadcast_max`` values broadcast).
 
     Out: ``label`` (float32, when ``df`` has one), the spec's encoded columns in spec order (int32
     index or float32 value, see :mod:`deepfm.core.features`), then ``df``'s other columns unchanged
-    (e.g. ``impression_id``, ``day``).
+    (e.g. ``impression_id``, ``day``). With ``fill`` off, a field's (first) column is null where
+    the row lacks the field, for ``missing_counts``; ``fill_missing`` then completes the encoding.
     """
     missing = [f.name for f in spec.fields if f.name not in df.columns]
     if missing:
@@ -382,8 +412,9 @@ def encode(df: DataFrame, spec: FeatureSpec, broadcast_max: int = BROADCAST_MAX_
     joined = _look_up(df, spec, [f for f in spec.fields if f.transform == "vocab"], broadcast_max)
     encoded_names = {spec.label, *(f.name for f in spec.fields)}
     label = [F.col(spec.label).cast("float").alias(spec.label)] if spec.label in df.columns else []
-    return joined.select(
+    encoded = joined.select(
         *label,
         *(c for f in spec.fields for c in _encoded(f, spec.hash_seed)),
         *(F.col(c) for c in df.columns if c not in encoded_names),
     )
+    return fill_missing(encoded, spec) if fill else encoded

@@ -51,10 +51,9 @@ import datetime as dt
 import logging
 import math
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
-from functools import partial, reduce
+from functools import partial
 from typing import Any
 
 import pyarrow as pa
@@ -432,29 +431,26 @@ def encode_days(
     """
     written = Observation("written")
     rows = valid_rows(spark, logs, files, counts, sorted(counts), fs.join(out_dir, QUARANTINE))
-    kinds = logs.schema.feature_kinds
-    masks = _missing_masks([(f.name, kinds[f.name]) for f in spec.fields])
-    in_window = F.col("day").isin(window.days).alias("_in_window")
+    # Only event-time rows can fall outside the window (a folder's rows are its day's).
+    in_window = (F.col("day").isin(window.days) if logs.schema.event_time else F.lit(True)).alias("_in_window")
     columns: list[Column | str] = [*spec.encoded_columns, "day", window.split_of_rows().alias("split"), in_window]
-    encoded = encoding.encode(rows.select("*", *masks.values()), spec).select(*columns, *masks.keys())
+    encoded = encoding.encode(rows, spec, fill=False).select(*columns)
     # One observation, next to the writer: one of its own before encoding would end the pass's
     # generated code there (~1.3 s per 1M rows). It sees the rows outside the window too.
     metrics = [
         *_rows_per_day(window.days),
         F.count_if(~F.col("_in_window")).alias("outside the window"),
-        *_missing_counts([f.name for f in spec.fields]),
+        *encoding.missing_counts(spec),
     ]
     staging = fs.join(out_dir, "_encoded")
-    with _without_constraint_propagation(spark):
-        (
-            encoded.observe(written, *metrics)
-            .where("_in_window")
-            .select(*spec.encoded_columns, "day", "split")
-            .write.partitionBy("split", "day")
-            .option("maxRecordsPerFile", max_rows_per_file)
-            .mode("overwrite")
-            .parquet(fs.hadoop_uri(staging))
-        )
+    (
+        encoding.fill_missing(encoded.observe(written, *metrics).where("_in_window"), spec)
+        .select(*spec.encoded_columns, "day", "split")
+        .write.partitionBy("split", "day")
+        .option("maxRecordsPerFile", max_rows_per_file)
+        .mode("overwrite")
+        .parquet(fs.hadoop_uri(staging))
+    )
     observed = written.get
     outside = int(observed.pop("outside the window"))
     missing = {f.name: int(observed.pop(f"missing {f.name}")) for f in spec.fields}
@@ -467,54 +463,6 @@ def encode_days(
             fs.move(fs.join(staging, f"split={split}"), fs.join(out_dir, split))
     fs.remove_tree(staging)
     return {"rows_outside_window": outside, "missing_by_field": missing}
-
-
-@contextmanager
-def _without_constraint_propagation(spark: SparkSession) -> Iterator[None]:
-    """Plan without inferring constraints: the masks (an expression over every field) ride through
-    a join and a projection per vocabulary, and the optimizer's constraint propagation, which
-    rewrites every constraint through every alias, had not planned the pass after 10 minutes
-    (SPARK-33152). All it could add here are not-null filters on the lookups' keys."""
-    key = "spark.sql.constraintPropagation.enabled"
-    before = spark.conf.get(key) or "true"
-    spark.conf.set(key, "false")
-    try:
-        yield
-    finally:
-        spark.conf.set(key, before)
-
-
-MASK_BITS = 63  # fields per mask: the bits of a long but its sign
-
-
-def _missing_masks(fields: list[tuple[str, str]]) -> dict[str, Column]:
-    """Which of ``fields`` (name, kind) a row lacks (a multi field: no item), as the bits of
-    ``_missing<k>`` longs, field ``i`` being bit ``i % MASK_BITS`` of mask ``i // MASK_BITS``.
-
-    A few longs, not a flag per field: they travel with the rows through the vocabularies'
-    broadcast joins to the writer's observation, and 39 flags made that pass three times slower.
-    """
-    masks: dict[str, Column] = {}
-    for start in range(0, len(fields), MASK_BITS):
-        bits = [
-            F.when(F.size(name) == 0 if kind == "multi" else F.col(name).isNull(), F.lit(1 << bit)).otherwise(0)
-            for bit, (name, kind) in enumerate(fields[start : start + MASK_BITS])
-        ]
-        name = f"_missing{start // MASK_BITS}"
-        masks[name] = reduce(Column.bitwiseOR, [bit.cast("long") for bit in bits]).alias(name)
-    return masks
-
-
-def _missing_counts(names: list[str]) -> list[Column]:
-    """Observation metrics ``missing <name>``: the rows whose mask (``_missing_masks``) has the
-    field's bit. Sums of shifted bits, not ``count_if``: Spark computes a ``count_if``'s condition
-    in a projection of its own, a column per field on every row."""
-    return [
-        F.sum(F.shiftright(F.col(f"_missing{i // MASK_BITS}"), i % MASK_BITS).bitwiseAND(F.lit(1))).alias(
-            f"missing {name}"
-        )
-        for i, name in enumerate(names)
-    ]
 
 
 def rejected_by_field(quarantine_dir: str) -> dict[str, dict[str, int]]:
