@@ -207,17 +207,13 @@ def test_job_counts_reconcile_and_output_layout(generated, spark):
         assert len(files) >= 4 and all(f.num_row_groups == 1 for f in files)
 
 
+# A field per transform (named after it), and a multi-valued one.
+TRANSFORM_KINDS = {"log": "integer", "bucketize": "integer", "ivocab": "integer", "raw": "float"}
+TRANSFORM_KINDS |= {"vocab": "categorical", "hybrid": "categorical", "hash": "categorical"}
+APPS = {"name": "apps", "kind": "multi", "max_items": 2, "item_delimiter": "|"}
+FIELDS = [{"name": name, "kind": kind} for name, kind in TRANSFORM_KINDS.items()]
 MISSING_SCHEMA = LogSchema.from_dict(
-    {
-        "name": "missing",
-        "columns": [
-            {"name": "label", "kind": "label"},
-            *({"name": n, "kind": "integer"} for n in ("log", "bucketize", "ivocab")),
-            {"name": "raw", "kind": "float"},
-            *({"name": n, "kind": "categorical"} for n in ("vocab", "hybrid", "hash")),
-            {"name": "apps", "kind": "multi", "max_items": 2, "item_delimiter": "|"},
-        ],
-    }
+    {"name": "missing", "columns": [{"name": "label", "kind": "label"}, *FIELDS, APPS]}
 )
 
 
@@ -236,7 +232,10 @@ def test_missing_values_are_counted_per_field_for_every_transform(tmp_path, spar
         "hash": {"transform": "hash", "hash_buckets": 16},
     }
     config = FeatureConfig.from_dict(conf, MISSING_SCHEMA)
-    gap = lambda r, k: r % (k + 2) == 0  # noqa: E731  row r lacks field k
+
+    def gap(r: int, k: int) -> bool:  # row r lacks field k
+        return r % (k + 2) == 0
+
     n = 60
     rows = [
         (
