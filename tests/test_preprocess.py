@@ -28,7 +28,7 @@ from deepfm.cli.config import deep_update, load_defaults
 from deepfm.core import fs
 from deepfm.core.features import FeatureSpec, FieldSpec
 from deepfm.core.schema import LogSchema
-from deepfm.prep.encoding import FeatureConfig, encode, fill_missing, fit, missing_counts
+from deepfm.prep.encoding import FeatureConfig, encode, fill_missing, fit, present_counts
 from deepfm.prep.preprocess import Options, Window, run
 from deepfm.prep.rawlogs import InputDayError, LogFormat, day_paths, detect_layout, quarantined
 from deepfm.prep.synthetic import write_logs
@@ -252,11 +252,12 @@ def test_missing_values_are_counted_per_field_for_every_transform(tmp_path, spar
     spec = fit(df, config, str(tmp_path))
     unfilled = encode(df, spec, fill=False)
     observed = Observation("missing")
-    filled = fill_missing(unfilled.observe(observed, *missing_counts(spec)), spec)
+    filled = fill_missing(unfilled.observe(observed, *present_counts(spec)), spec)
     assert sorted(map(tuple, filled.collect())) == sorted(map(tuple, encode(df, spec).collect()))
     names = [f.name for f in spec.fields]
-    assert observed.get == {f"missing {name}": sum(gap(r, k) for r in range(n)) for k, name in enumerate(names)}
-    assert 0 < observed.get["missing apps"] < observed.get["missing vocab"]  # each field its own count
+    missing = {name: n - observed.get[f"present {name}"] for name in names}
+    assert missing == {name: sum(gap(r, k) for r in range(n)) for k, name in enumerate(names)}
+    assert 0 < missing["apps"] < missing["vocab"]  # each field its own count
 
 
 def test_both_layouts_and_gzip_give_the_same_encoded_data(generated, tmp_path, spark):

@@ -388,12 +388,13 @@ def fill_missing(df: DataFrame, spec: FeatureSpec) -> DataFrame:
     return df.select(*(F.coalesce(F.col(c), fills[c]).alias(c) if c in fills else F.col(c) for c in df.columns))
 
 
-def missing_counts(spec: FeatureSpec) -> list[Column]:
-    """Aggregates ``missing <field>`` over ``encode(..., fill=False)`` rows: the rows that
-    lack each field of ``spec`` (a multi-valued one: no item). A ``count`` of the encoded column,
-    which is null exactly there: no per-row flag is built (the writer's pass of ``preprocess``
-    observes them; benchmarks/README.md has the costs)."""
-    return [(F.count(F.lit(1)) - F.count(f.columns[0])).alias(f"missing {f.name}") for f in spec.fields]
+def present_counts(spec: FeatureSpec) -> list[Column]:
+    """Aggregates ``present <field>`` over ``encode(..., fill=False)`` rows: the rows that have
+    each field of ``spec`` (a multi-valued one: an item), a ``count`` of its encoded column, null
+    exactly where the value is missing. The rows minus it are the missing values, counted without
+    a per-row flag (the writer's pass of ``preprocess`` observes them; benchmarks/README.md has
+    the costs)."""
+    return [F.count(f.columns[0]).alias(f"present {f.name}") for f in spec.fields]
 
 
 def encode(
@@ -404,7 +405,7 @@ def encode(
     Out: ``label`` (float32, when ``df`` has one), the spec's encoded columns in spec order (int32
     index or float32 value, see :mod:`deepfm.core.features`), then ``df``'s other columns unchanged
     (e.g. ``impression_id``, ``day``). With ``fill`` off, a field's (first) column is null where
-    the row lacks the field, for ``missing_counts``; ``fill_missing`` then completes the encoding.
+    the row lacks the field, for ``present_counts``; ``fill_missing`` then completes the encoding.
     """
     missing = [f.name for f in spec.fields if f.name not in df.columns]
     if missing:
