@@ -247,8 +247,9 @@ def test_missing_values_are_counted_per_field_for_every_transform(tmp_path, spar
         )
         for r in range(n)
     ]
-    ddl = "label int, log long, bucketize long, ivocab long, raw double, vocab string, hybrid string, hash string"
-    df = spark.createDataFrame(rows, f"{ddl}, apps array<string>")
+    types = {"integer": "long", "float": "double", "categorical": "string"}
+    ddl = ", ".join(f"{name} {types[kind]}" for name, kind in TRANSFORM_KINDS.items())
+    df = spark.createDataFrame(rows, f"label int, {ddl}, apps array<string>")
     spec = fit(df, config, str(tmp_path))
     unfilled = encode(df, spec, fill=False)
     observed = Observation("missing")

@@ -349,12 +349,11 @@ def _index(field: FieldSpec, column: str, value: Column, hash_seed: int) -> Colu
             found
         )
     if field.transform == "hash":
-        return F.when(value.isNotNull(), F.pmod(hashed, F.lit(field.hash_buckets - 1)) + 1)
-    # bucketize
-    number = value.cast("double")
-    return F.when(
-        value.isNotNull(), reduce(add, ((number >= F.lit(b)).cast("int") for b in field.boundaries), F.lit(1))
-    )
+        index = F.pmod(hashed, F.lit(field.hash_buckets - 1)) + 1
+    else:  # bucketize
+        number = value.cast("double")
+        index = reduce(add, ((number >= F.lit(b)).cast("int") for b in field.boundaries), F.lit(1))
+    return F.when(value.isNotNull(), index)
 
 
 def _encoded(field: FieldSpec, hash_seed: int) -> list[Column]:

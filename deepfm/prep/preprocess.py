@@ -440,7 +440,6 @@ def encode_days(
     metrics = [
         *_rows_per_day(window.days),
         F.count_if(~F.col("_in_window")).alias("outside the window"),
-        F.count(F.lit(1)).alias("rows"),
         *encoding.present_counts(spec),
     ]
     staging = fs.join(out_dir, "_encoded")
@@ -454,8 +453,9 @@ def encode_days(
     )
     observed = written.get
     outside = int(observed.pop("outside the window"))
-    rows_encoded = int(observed.pop("rows"))
-    missing = {f.name: rows_encoded - int(observed.pop(f"present {f.name}")) for f in spec.fields}
+    present = {f.name: int(observed.pop(f"present {f.name}")) for f in spec.fields}
+    rows_observed = outside + sum(observed.values())  # the rest: the rows of each window day
+    missing = {name: rows_observed - n for name, n in present.items()}
     for day_text, n in observed.items():
         day = dt.date.fromisoformat(day_text)
         if day in counts or n:  # an event day whose own folder is missing may still have late rows
