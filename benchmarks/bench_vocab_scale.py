@@ -1,7 +1,7 @@
 """Benchmark the preprocessing job's categorical vocabularies at production scale (50M+ entries).
 
     python benchmarks/bench_vocab_scale.py [--rows 4800000] [--days 4] [--min-count 1]
-        [--driver-memory 4g] [--modes vocab,hash] [--bundle] [--workdir /tmp/deepfm-bench-vocab]
+        [--driver-memory 4g] [--modes vocab,hash,floor] [--bundle] [--workdir /tmp/deepfm-bench-vocab]
 
 Generates Criteo-layout raw logs (``<workdir>/raw-.../date=YYYY-MM-DD/part-00000.tsv``, reused when
 already there) whose 26 categorical fields are mostly distinct values (each field also has a few
@@ -11,7 +11,11 @@ runs the preprocessing job (``deepfm.prep.preprocess.run``, the job's Spark sett
 on the same logs once per mode, each mode in a process (and a Spark driver JVM) of its own, so that
 each has its own memory peaks and a JVM that ran out of memory does not spoil the next mode:
   - ``vocab``: every categorical field by vocabulary (``min_count`` from ``--min-count``);
-  - ``hash``: every categorical field hashed: the baseline, the same job without vocabularies.
+  - ``hash``: every categorical field hashed: the baseline, the same job without vocabularies;
+  - ``floor``: not the job, but the work that an exact vocabulary job adds to the hash job when
+    its vocabularies are too large to broadcast, each part done as cheaply as Spark can
+    (``child_floor``); the hash job's total plus these seconds is a lower bound of such a job's,
+    and says whether the target is reachable on the machine.
 The window is ``--days`` days: the validation day and the test day end it, the days before are
 training days (the vocabularies are fitted on those alone).
 
@@ -34,7 +38,8 @@ scheduler): a mode still running ``--oom-grace-minutes`` after its log reported 
 failed, and so is one still running after ``--timeout-minutes``.
 
 Targets (the issue "Vocabularies at production scale: nothing grows on the driver"): the vocabulary
-job completes with the default 4 GiB driver, and takes <= 2x the hash job on the same logs. With
+job completes with the default 4 GiB driver, and takes <= 2x the hash job on the same logs; the
+``floor`` mode says the lowest ratio a job that joins its vocabularies could reach there. With
 ``--bundle``, a DeepFM bundle (embedding_dim 2, one hidden layer of 8) is saved for the vocabulary
 mode's spec, in a process of its own, and its size reported (the embedding tables dominate).
 The run ends with one JSON line of every figure.
@@ -64,7 +69,7 @@ from typing import Any
 import numpy as np
 
 START = dt.date(2024, 1, 1)
-MODES = ("vocab", "hash")
+MODES = ("vocab", "hash", "floor")
 GENERATED = "_generated.json"  # written last: the logs are complete
 INTEGERS, CATEGORICALS = 13, 26
 # Each categorical value of a row: missing, one of HOT values of the field (Zipf-like weights:
@@ -242,6 +247,55 @@ def child_job(args: argparse.Namespace, result: dict[str, Any]) -> None:
     spark.stop()
 
 
+def child_floor(args: argparse.Namespace, result: dict[str, Any]) -> None:
+    """Time, in one Spark session, what an exact vocabulary job must do beyond the hash job, each
+    part as cheaply as it can be done (the rows read without validation, no strings shuffled):
+      - ``count``: count the training days' values per field, keyed by a 64-bit hash of each value
+        (a job must count them to know its vocabularies; strings cost more, benchmarks/README.md);
+      - ``pairs``: move every (row, field, value) key of every day once, to where its field's
+        vocabulary entry lives (no broadcast: a vocabulary of millions does not fit one);
+      - ``rows``: move every row once, to meet the indexes found for its values.
+    Each pass ends in a no-op write and reads the logs itself; ``scan``, a pass that only reads them,
+    is taken off each (a job could read them once for all), and what is left, summed, is
+    ``total_seconds``: still a lower bound."""
+    from pyspark.sql import functions as F
+
+    from deepfm.cli.config import load_schema
+    from deepfm.ops.spark import get_spark
+
+    spark = get_spark("bench-vocab-scale-floor", _spark_conf(args, args.workdir / "gc-floor.log"))
+    kinds = load_schema("criteo").feature_kinds
+    integers = [n for n, k in kinds.items() if k == "integer"]
+    categoricals = [n for n, k in kinds.items() if k == "categorical"]
+    ddl = ", ".join(["label INT", *(f"{n} LONG" for n in integers), *(f"{n} STRING" for n in categoricals)])
+    rows = spark.read.schema(ddl).option("sep", "\t").csv(args.raw)  # + `date`, from the folders
+    last_training_day = (START + dt.timedelta(days=args.days - 3)).isoformat()
+    row_key = F.xxhash64(*(F.col(c) for c in ["label", *integers, *categoricals]))
+
+    def pairs(frame: Any, *keep: Any) -> Any:
+        items = [F.struct(F.lit(i).alias("field"), F.xxhash64(n).alias("key")) for i, n in enumerate(categoricals)]
+        return frame.select(*keep, F.inline(F.array(*items))).where(F.col("key").isNotNull())
+
+    passes = {
+        "scan": rows.select(*rows.columns),
+        "count": pairs(rows.where(F.col("date") <= last_training_day)).groupBy("field", "key").count(),
+        "pairs": pairs(rows, row_key.alias("row")).repartition("field", "key"),
+        "rows": rows.repartition(row_key),
+    }
+    passes["scan"].write.mode("overwrite").format("noop").save()  # warms the JVM up: untimed
+    seconds = {}
+    for name, frame in passes.items():
+        began = time.perf_counter()
+        frame.write.mode("overwrite").format("noop").save()
+        seconds[name] = round(time.perf_counter() - began, 2)
+        print(f"floor pass {name}: {seconds[name]:.1f} s", flush=True)
+    scan = seconds.pop("scan")
+    result["scan_seconds"] = scan
+    result["floor_seconds"] = {name: round(max(0.0, s - scan), 2) for name, s in seconds.items()}
+    result["total_seconds"] = round(sum(result["floor_seconds"].values()), 2)
+    spark.stop()
+
+
 def child_bundle(args: argparse.Namespace, result: dict[str, Any]) -> None:
     """Save a tiny DeepFM bundle for the vocabulary mode's spec; fill ``result``."""
     from deepfm.cli.config import load_defaults
@@ -298,7 +352,7 @@ def child(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("deepfm").setLevel(logging.INFO)  # the job's log (its stages), into this mode's log file
     try:
-        (child_bundle if args.child == "bundle" else child_job)(args, result)
+        {"bundle": child_bundle, "floor": child_floor}.get(args.child, child_job)(args, result)
     except BaseException as exc:  # any failure (an OutOfMemoryError too) is a figure of this benchmark
         traceback.print_exc()
         text = str(exc)
@@ -550,7 +604,7 @@ def report(args: argparse.Namespace, raw: Path, results: dict[str, dict[str, Any
         f"{'JVM RSS':>9}{'py RSS':>8}   result"
     )  # fmt: skip
     for mode, r in results.items():
-        if mode == "bundle":
+        if mode in ("bundle", "floor"):
             continue
         cells = [f"{r[k]:.1f}" if k in r else "-" for k in ("total_seconds", "jvm_cpu_seconds")]
         cells += [_stage_cell(r, s) for s in stages]
@@ -588,6 +642,8 @@ def report(args: argparse.Namespace, raw: Path, results: dict[str, dict[str, Any
         print(f"vocabulary / hash: {shown}; target total <= 2x: {verdict}")
         print("(each mode ran once, at a different time: on a busy machine the JVM CPU ratio is the steadier one)")
         figures["ratios_vocab_to_hash"] = ratios
+    if (floor := results.get("floor")) is not None:
+        figures["floor"] = floor_report(floor, hashed)
     if args.bundle and "bundle" not in results:
         print("bundle: skipped (no vocabulary spec: the vocabulary mode failed or did not run)")
     if "bundle" in results:
@@ -602,6 +658,30 @@ def report(args: argparse.Namespace, raw: Path, results: dict[str, dict[str, Any
                 f"{b['save_seconds']:.1f} s; Python peak RSS {b['python_rss_peak_mb']:,.0f} MiB"
             )
     return figures
+
+
+def floor_report(floor: dict[str, Any], hashed: dict[str, Any] | None) -> dict[str, Any]:
+    """Print the floor passes and, with the hash job's total, the lowest vocabulary / hash ratio
+    that an exact vocabulary job could reach on this machine."""
+    if "error" in floor:
+        print(f"floor: {floor['status']}")
+        return {}
+    parts = floor["floor_seconds"]
+    print(
+        "floor (what an exact vocabulary job adds to the hash job, each part as cheap as it can be): "
+        f"count the training values by 64-bit key {parts['count']:.1f} s, move every value to its "
+        f"vocabulary entry {parts['pairs']:.1f} s, move every row to its indexes {parts['rows']:.1f} s "
+        f"(each without its reading of the logs, {floor['scan_seconds']:.1f} s)"
+    )
+    hash_total = _seconds(hashed, "total") if hashed is not None else None
+    if not hash_total:
+        print("(no hash job measured: no floor ratio)")
+        return {"seconds": parts}
+    least = (hash_total + floor["total_seconds"]) / hash_total
+    reachable = "reachable" if least <= 2 else "NOT reachable on this machine"
+    print(f"lowest vocabulary / hash ratio: {least:.2f}x (the hash job's {hash_total:.1f} s plus these): "
+          f"the <= 2x target is {reachable}")  # fmt: skip
+    return {"seconds": parts, "least_ratio": round(least, 3)}
 
 
 def main(argv: list[str] | None = None) -> int:
