@@ -272,8 +272,9 @@ def child_floor(args: argparse.Namespace, result: dict[str, Any]) -> None:
     last_training_day = (START + dt.timedelta(days=args.days - 3)).isoformat()
     row_key = F.xxhash64(*(F.col(c) for c in ["label", *integers, *categoricals]))
 
-    def pairs(frame: Any, *keep: Any) -> Any:
-        items = [F.struct(F.lit(i).alias("field"), F.xxhash64(n).alias("key")) for i, n in enumerate(categoricals)]
+    def pairs(frame: Any, *keep: Any) -> Any:  # the present values only: xxhash64(null) is not null
+        keys = [F.when(F.col(n).isNotNull(), F.xxhash64(n)) for n in categoricals]
+        items = [F.struct(F.lit(i).alias("field"), key.alias("key")) for i, key in enumerate(keys)]
         return frame.select(*keep, F.inline(F.array(*items))).where(F.col("key").isNotNull())
 
     passes = {
@@ -662,7 +663,7 @@ def report(args: argparse.Namespace, raw: Path, results: dict[str, dict[str, Any
 
 def floor_report(floor: dict[str, Any], hashed: dict[str, Any] | None) -> dict[str, Any]:
     """Print the floor passes and, with the hash job's total, the lowest vocabulary / hash ratio
-    that an exact vocabulary job could reach on this machine."""
+    that an exact vocabulary job which counts, then looks up, could reach on this machine."""
     if "error" in floor:
         print(f"floor: {floor['status']}")
         return {}
