@@ -69,7 +69,8 @@ from typing import Any
 import numpy as np
 
 START = dt.date(2024, 1, 1)
-MODES = ("vocab", "hash", "floor")
+JOB_MODES = ("vocab", "hash")  # runs of the job: stages and an output to measure
+MODES = (*JOB_MODES, "floor")
 GENERATED = "_generated.json"  # written last: the logs are complete
 INTEGERS, CATEGORICALS = 13, 26
 # Each categorical value of a row: missing, one of HOT values of the field (Zipf-like weights:
@@ -516,7 +517,7 @@ def run_child(args: argparse.Namespace, mode: str, raw: Path | None) -> dict[str
     gc_log, out = args.workdir / f"gc-{mode}.log", args.workdir / f"out-{mode}"
     for path in (result_path, gc_log):
         path.unlink(missing_ok=True)
-    if mode != "bundle":
+    if mode in JOB_MODES:
         shutil.rmtree(out, ignore_errors=True)
     command = [sys.executable, __file__, "--child", mode, "--workdir", str(args.workdir), "--days", str(args.days)]
     command += ["--min-count", str(args.min_count), "--raw", str(raw or "")]
@@ -551,16 +552,17 @@ def run_child(args: argparse.Namespace, mode: str, raw: Path | None) -> dict[str
         result["error"] = f"{why}{' (out of memory? see dmesg)' if rc == -9 else ''}; last log line: {last[0][:300]}"
     if "error" in result and "OutOfMemoryError" not in result["error"] and "OutOfMemoryError" in text:
         result["error"] += f" (the log reports {error_line(text)})"
-    if "error" in result and mode != "bundle":
+    if "error" in result and mode in JOB_MODES:
         result["stage_seconds"], result["failed_in_stage"] = logged_stages(text, dt.datetime.now())
     result["process_seconds"] = round(wall, 1)
     result["python_rss_peak_mb"] = round(peaks.python_kb / 1024, 1)
     jvm_pid = int(result.get("jvm_pid", 0))
     jvm_kb = peaks.jvm_kb.get(jvm_pid, 0) if jvm_pid else max(peaks.jvm_kb.values(), default=0)
-    if mode != "bundle":
+    if mode != "bundle":  # a Spark driver: its JVM's peaks
         result["jvm_rss_peak_mb"] = round(jvm_kb / 1024, 1)
         result.update(gc_heap(gc_log))
         result["jvm_heap_peak_mb"] = max(result["jvm_heap_peak_mb"], result.get("jvm_heap_at_end_mb", 0))
+    if mode in JOB_MODES:
         result["spec_bytes"] = tree_bytes(out / "feature_spec.json")
         result["vocabularies_bytes"] = tree_bytes(out / "vocabularies")
         result["output_bytes"] = entry_bytes(out)
@@ -605,7 +607,7 @@ def report(args: argparse.Namespace, raw: Path, results: dict[str, dict[str, Any
         f"{'JVM RSS':>9}{'py RSS':>8}   result"
     )  # fmt: skip
     for mode, r in results.items():
-        if mode in ("bundle", "floor"):
+        if mode not in JOB_MODES:
             continue
         cells = [f"{r[k]:.1f}" if k in r else "-" for k in ("total_seconds", "jvm_cpu_seconds")]
         cells += [_stage_cell(r, s) for s in stages]
